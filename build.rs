@@ -1,0 +1,22 @@
+//! Compiles `proto/` with protox (a pure-Rust protoc), so a build needs no
+//! system protoc, and emits the descriptor set that server reflection serves.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // tonic-prost-build records rerun-if-changed but never prints it.
+    println!("cargo:rerun-if-changed=proto");
+
+    let file_descriptors = protox::compile(["switchboard/v1/switchboard.proto"], ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("switchboard_descriptor.bin"),
+        prost::Message::encode_to_vec(&file_descriptors),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(file_descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Verifies tokens as Supabase issues them (HS256 with the project's JWT
+//! secret), with PostgREST's rules: 30 s of clock skew on `exp`, `nbf` and
+//! `iat`; `alg: none` and every other algorithm refused.
+
+use std::{collections::HashSet, sync::Arc};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{Claims, DbRole};
+use crate::error::Error;
+
+/// Supabase refuses shorter secrets; so do we.
+pub const MIN_SECRET_LEN: usize = 32;
+const CLOCK_SKEW_SECS: u64 = 30;
+/// A Supabase access token is well under 2 KiB; anything near this is abuse.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+#[derive(Clone)]
+pub struct JwtVerifier {
+    key: Arc<DecodingKey>,
+    validation: Arc<Validation>,
+}
+
+fn unauthenticated(message: &str) -> Error {
+    Error::Unauthenticated(message.to_owned())
+}
+
+impl JwtVerifier {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = CLOCK_SKEW_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // `aud` is checked only when configured (PostgREST's rule); Supabase
+        // tokens carry "authenticated", which says nothing about this service.
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::from(["exp".to_owned()]);
+        JwtVerifier {
+            key: Arc::new(DecodingKey::from_secret(secret.as_bytes())),
+            validation: Arc::new(validation),
+        }
+    }
+
+    /// Verifies the value of an `authorization` header.
+    pub fn verify_header(&self, header: Option<&[u8]>) -> Result<Claims, Error> {
+        let header = header.ok_or_else(|| unauthenticated("missing authorization metadata"))?;
+        let header = std::str::from_utf8(header)
+            .map_err(|_| unauthenticated("authorization metadata is not text"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| unauthenticated("authorization must be 'Bearer <token>'"))?;
+        self.verify(token.trim())
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(unauthenticated("token is too large"));
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => unauthenticated("token has expired"),
+                    ErrorKind::ImmatureSignature => unauthenticated("token is not valid yet"),
+                    ErrorKind::InvalidSignature => unauthenticated("token signature is invalid"),
+                    ErrorKind::InvalidAlgorithm => {
+                        unauthenticated("token algorithm is not accepted")
+                    }
+                    ErrorKind::MissingRequiredClaim(_) => unauthenticated("token has no exp"),
+                    _ => unauthenticated("token is malformed"),
+                }
+            })?;
+        claims_from_payload(data.claims)
+    }
+}
+
+fn claims_from_payload(mut payload: Map<String, Value>) -> Result<Claims, Error> {
+    if let Some(iat) = payload.get("iat") {
+        let iat = iat
+            .as_u64()
+            .ok_or_else(|| unauthenticated("token iat is not a timestamp"))?;
+        if iat > jsonwebtoken::get_current_timestamp() + CLOCK_SKEW_SECS {
+            return Err(unauthenticated("token was issued in the future"));
+        }
+    }
+    let role = payload
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unauthenticated("token has no role"))?;
+    let role = DbRole::parse(role).ok_or_else(|| {
+        unauthenticated("token role must be anon, authenticated or service_role")
+    })?;
+    let sub = match payload.get("sub") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Uuid::try_parse(s).ok(),
+        Some(_) => None,
+    };
+    if role == DbRole::Authenticated && sub.is_none() {
+        return Err(unauthenticated("an authenticated token needs a UUID sub"));
+    }
+    // As PostgREST: the role Postgres runs as is the one the claims say.
+    payload.insert("role".into(), Value::String(role.as_str().into()));
+    let json = serde_json::to_string(&payload).map_err(|_| unauthenticated("token is malformed"))?;
+    // Postgres's jsonb cannot hold U+0000; such claims could never be applied.
+    if json.contains("\\u0000") {
+        return Err(unauthenticated("token claims contain a NUL character"));
+    }
+    Ok(Claims {
+        role,
+        sub,
+        json: json.into(),
+    })
+}
+
+/// Mints an HS256 token the way Supabase does, for development and tests.
+pub fn mint_token(
+    secret: &str,
+    role: DbRole,
+    sub: Option<Uuid>,
+    ttl_secs: u64,
+    extra: Map<String, Value>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = extra;
+    claims.insert("role".into(), role.as_str().into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + ttl_secs).into());
+    claims.insert("iss".into(), "switchboard-dev".into());
+    if let Some(sub) = sub {
+        claims.insert("sub".into(), sub.to_string().into());
+        claims.insert("aud".into(), "authenticated".into());
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+
+    use super::*;
+
+    const SECRET: &str = "test-secret-with-at-least-32-characters!!";
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(SECRET)
+    }
+
+    fn sign(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap_or_default()
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn rejected(token: &str) -> String {
+        match verifier().verify(token) {
+            Ok(c) => format!("accepted as {:?}", c.role),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies() {
+        let sub = Uuid::new_v4();
+        let token = mint_token(SECRET, DbRole::Authenticated, Some(sub), 60, Map::new());
+        let claims = token.map_err(|e| e.to_string()).and_then(|t| verifier().verify(&t).map_err(|e| e.to_string()));
+        assert_eq!(claims.as_ref().map(|c| (c.role, c.sub)), Ok((DbRole::Authenticated, Some(sub))));
+    }
+
+    #[test]
+    fn expiry_has_thirty_seconds_of_skew() {
+        let sub = Uuid::new_v4().to_string();
+        let inside = sign(serde_json::json!({"role": "authenticated", "sub": sub, "exp": now() - 20}));
+        assert!(verifier().verify(&inside).is_ok());
+        let outside = sign(serde_json::json!({"role": "authenticated", "sub": sub, "exp": now() - 40}));
+        assert_eq!(rejected(&outside), "token has expired");
+    }
+
+    #[test]
+    fn bad_tokens_are_rejected() {
+        let sub = Uuid::new_v4().to_string();
+        assert_eq!(rejected(&sign(serde_json::json!({"role": "authenticated", "sub": sub}))), "token has no exp");
+        assert_eq!(
+            rejected(&sign(serde_json::json!({"role": "postgres", "exp": now() + 60}))),
+            "token role must be anon, authenticated or service_role"
+        );
+        assert_eq!(
+            rejected(&sign(serde_json::json!({"role": "authenticated", "sub": "nobody", "exp": now() + 60}))),
+            "an authenticated token needs a UUID sub"
+        );
+        assert_eq!(
+            rejected(&sign(serde_json::json!({"role": "anon", "exp": now() + 60, "nbf": now() + 120}))),
+            "token is not valid yet"
+        );
+        assert_eq!(
+            rejected(&sign(serde_json::json!({"role": "anon", "exp": now() + 60, "iat": now() + 120}))),
+            "token was issued in the future"
+        );
+        assert_eq!(rejected("not.a.token"), "token is malformed");
+        assert_eq!(rejected(&"a".repeat(9000)), "token is too large");
+    }
+
+    #[test]
+    fn forged_and_unsigned_tokens_are_rejected() {
+        let other = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"role": "service_role", "exp": now() + 60}),
+            &EncodingKey::from_secret(b"some-other-secret-of-at-least-32-chars"),
+        )
+        .unwrap_or_default();
+        assert_eq!(rejected(&other), "token signature is invalid");
+
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"role":"service_role","exp":{}}}"#, now() + 60));
+        assert!(rejected(&format!("{header}.{body}.")).starts_with("token"));
+        assert!(verifier().verify(&format!("{header}.{body}.")).is_err());
+    }
+
+    #[test]
+    fn the_header_must_be_bearer() {
+        let v = verifier();
+        assert_eq!(v.verify_header(None).map(|_| ()), Err(unauthenticated("missing authorization metadata")));
+        assert_eq!(
+            v.verify_header(Some(b"Basic abc")).map(|_| ()),
+            Err(unauthenticated("authorization must be 'Bearer <token>'"))
+        );
+    }
+}

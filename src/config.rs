@@ -1,0 +1,192 @@
+//! Command line and environment, validated once. A bad or missing setting
+//! stops start-up with one line that names it.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{auth::MIN_SECRET_LEN, store::PoolSettings};
+
+/// The JWT secret of a local Supabase (`supabase start`), used by `dev`.
+pub const DEV_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+pub const DEV_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/switchboard_dev";
+pub const DEV_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+#[derive(Parser, Debug)]
+#[command(name = "switchboard", version, about = "Resolves the agent for a dialed number, isolated per tenant by Postgres RLS")]
+pub struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the migrations in migrations/ to DATABASE_URL (a direct or
+    /// session-mode URL, not the transaction pooler).
+    Migrate(MigrateArgs),
+    /// Serve gRPC.
+    Serve(ServeArgs),
+    /// Mint a development JWT signed with the local secret.
+    Token(TokenArgs),
+    /// Local development in one command: create and migrate the database,
+    /// load the demo data, print tokens, and serve.
+    Dev(DevArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Postgres URL for queries (Supavisor's transaction pooler, port 6543, is fine).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis URL for the shared cache tier. Optional.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// The Supabase project's JWT secret (HS256).
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: String,
+    /// Postgres connections this replica may hold.
+    #[arg(long, env = "SWITCHBOARD_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// How long a request waits for a database connection before UNAVAILABLE.
+    #[arg(long, env = "SWITCHBOARD_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+    /// The longest any request may take; a shorter client deadline wins.
+    #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// anon, authenticated or service_role.
+    #[arg(long, default_value = "authenticated")]
+    pub role: String,
+    /// The user id (`auth.users.id`); required for authenticated.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true, default_value = DEV_JWT_SECRET)]
+    pub jwt_secret: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = DEV_DATABASE_URL)]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = DEV_REDIS_URL)]
+    pub redis_url: String,
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Everything `serve` needs, validated.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub jwt_secret: String,
+    pub pool: PoolSettings,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeConfig {
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let database_url = args
+            .database_url
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| ConfigError("DATABASE_URL (or --database-url) is not set".into()))?;
+        sqlx::postgres::PgConnectOptions::from_str(&database_url).map_err(|_| {
+            ConfigError("DATABASE_URL is not a valid postgres:// URL".into())
+        })?;
+        let redis_url = args.redis_url.filter(|u| !u.trim().is_empty());
+        if let Some(url) = &redis_url {
+            redis::Client::open(url.as_str())
+                .map_err(|_| ConfigError("REDIS_URL is not a valid redis:// URL".into()))?;
+        }
+        let jwt_secret = args
+            .jwt_secret
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError("SUPABASE_JWT_SECRET (or --jwt-secret) is not set".into()))?;
+        if jwt_secret.len() < MIN_SECRET_LEN {
+            return Err(ConfigError(format!(
+                "SUPABASE_JWT_SECRET must be at least {MIN_SECRET_LEN} characters"
+            )));
+        }
+        let listen = args.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "SWITCHBOARD_LISTEN {:?} is not an address like 0.0.0.0:50051",
+                args.listen
+            ))
+        })?;
+        if args.db_max_connections == 0 {
+            return Err(ConfigError("SWITCHBOARD_DB_MAX_CONNECTIONS must be at least 1".into()));
+        }
+        Ok(ServeConfig {
+            listen,
+            database_url,
+            redis_url,
+            jwt_secret,
+            pool: PoolSettings {
+                max_connections: args.db_max_connections,
+                acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms.max(1)),
+                statement_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+            },
+            request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+            shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            database_url: Some("postgres://postgres@127.0.0.1/db".into()),
+            redis_url: None,
+            jwt_secret: Some(DEV_JWT_SECRET.into()),
+            listen: "127.0.0.1:0".into(),
+            db_max_connections: 4,
+            db_acquire_timeout_ms: 100,
+            request_timeout_ms: 100,
+            shutdown_timeout_ms: 100,
+        }
+    }
+
+    fn error(args: ServeArgs) -> String {
+        ServeConfig::from_args(args).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        assert!(ServeConfig::from_args(args()).is_ok());
+        assert_eq!(error(ServeArgs { database_url: None, ..args() }), "DATABASE_URL (or --database-url) is not set");
+        assert_eq!(error(ServeArgs { database_url: Some("mysql://x".into()), ..args() }), "DATABASE_URL is not a valid postgres:// URL");
+        assert_eq!(error(ServeArgs { jwt_secret: None, ..args() }), "SUPABASE_JWT_SECRET (or --jwt-secret) is not set");
+        assert!(error(ServeArgs { jwt_secret: Some("short".into()), ..args() }).contains("at least 32"));
+        assert!(error(ServeArgs { listen: "nowhere".into(), ..args() }).starts_with("SWITCHBOARD_LISTEN"));
+        assert_eq!(error(ServeArgs { redis_url: Some("http://x".into()), ..args() }), "REDIS_URL is not a valid redis:// URL");
+    }
+}

@@ -1,0 +1,157 @@
+//! What switchboard knows about: organizations, agents, customers, and the
+//! answer to "who takes this call".
+
+use chrono::{DateTime, Utc};
+
+use super::{AgentId, CustomerId, LlmConfig, OrgId, PhoneNumber};
+use crate::error::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanTier {
+    Starter,
+    Pro,
+    Enterprise,
+}
+
+impl PlanTier {
+    /// From the database enum `public.plan_tier`.
+    pub fn from_db(value: &str) -> Option<Self> {
+        match value {
+            "starter" => Some(PlanTier::Starter),
+            "pro" => Some(PlanTier::Pro),
+            "enterprise" => Some(PlanTier::Enterprise),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Organization {
+    pub id: OrgId,
+    pub name: String,
+    pub slug: String,
+    pub plan_tier: Option<PlanTier>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agent {
+    pub id: AgentId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub phone_number: PhoneNumber,
+    pub voice_id: String,
+    pub llm_config: LlmConfig,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Customer {
+    pub id: CustomerId,
+    pub org_id: OrgId,
+    pub phone: PhoneNumber,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The answer to `ResolveAgent`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution {
+    pub agent: Agent,
+    pub organization: Organization,
+    /// The caller's record in the agent's organization, when known.
+    pub caller: Option<Customer>,
+}
+
+/// Text fields a client sets. Bounded like the database's check constraints,
+/// so the client learns which field is wrong.
+pub fn parse_text(field: &str, value: &str, max: usize) -> Result<String, Error> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::invalid(format!("{field} is required")));
+    }
+    if value.chars().count() > max {
+        return Err(Error::invalid(format!("{field} is longer than {max} characters")));
+    }
+    Ok(value.to_owned())
+}
+
+pub fn parse_optional_text(field: &str, value: &str, max: usize) -> Result<Option<String>, Error> {
+    if value.trim().is_empty() {
+        Ok(None)
+    } else {
+        parse_text(field, value, max).map(Some)
+    }
+}
+
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_VOICE_ID_CHARS: usize = 200;
+pub const MAX_EMAIL_CHARS: usize = 320;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAgent {
+    /// Required for service_role; tenant callers leave it empty and the
+    /// database puts the agent in their own org.
+    pub org_id: Option<OrgId>,
+    pub name: String,
+    pub phone_number: PhoneNumber,
+    pub voice_id: String,
+    pub llm_config: LlmConfig,
+    pub is_active: bool,
+}
+
+/// The fields `UpdateAgent` may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentField {
+    Name,
+    PhoneNumber,
+    VoiceId,
+    LlmConfig,
+    IsActive,
+}
+
+impl AgentField {
+    pub const ALL: [AgentField; 5] = [
+        AgentField::Name,
+        AgentField::PhoneNumber,
+        AgentField::VoiceId,
+        AgentField::LlmConfig,
+        AgentField::IsActive,
+    ];
+
+    pub fn parse_path(path: &str) -> Result<Self, Error> {
+        match path {
+            "name" => Ok(AgentField::Name),
+            "phone_number" | "phoneNumber" => Ok(AgentField::PhoneNumber),
+            "voice_id" | "voiceId" => Ok(AgentField::VoiceId),
+            "llm_config" | "llmConfig" => Ok(AgentField::LlmConfig),
+            "is_active" | "isActive" => Ok(AgentField::IsActive),
+            other => Err(Error::invalid(format!(
+                "update_mask path {other:?} is not one of: name, phone_number, voice_id, llm_config, is_active"
+            ))),
+        }
+    }
+}
+
+/// A partial update: `None` leaves the column as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentPatch {
+    pub name: Option<String>,
+    pub phone_number: Option<PhoneNumber>,
+    pub voice_id: Option<String>,
+    pub llm_config: Option<LlmConfig>,
+    pub is_active: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomerUpsert {
+    /// Required for service_role; tenant callers leave it empty.
+    pub org_id: Option<OrgId>,
+    pub phone: PhoneNumber,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}

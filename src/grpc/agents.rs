@@ -1,0 +1,142 @@
+//! `switchboard.v1.AgentService`.
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{agent_to_pb, in_field, resolution_to_pb, target_org, with_org};
+use crate::{
+    auth::{claims_of, Claims},
+    domain::{
+        model::{parse_text, MAX_NAME_CHARS, MAX_VOICE_ID_CHARS},
+        AgentField, AgentId, AgentPatch, LlmConfig, NewAgent, PageRequest, PhoneNumber,
+    },
+    error::Error,
+    pb::{self, agent_service_server::AgentService},
+    resolver::Resolver,
+    store::PgStore,
+};
+
+pub struct AgentApi {
+    resolver: Resolver,
+    store: PgStore,
+}
+
+impl AgentApi {
+    pub fn new(resolver: Resolver, store: PgStore) -> Self {
+        AgentApi { resolver, store }
+    }
+}
+
+fn parse_new_agent(claims: &Claims, agent: pb::Agent) -> Result<NewAgent, Error> {
+    Ok(NewAgent {
+        org_id: target_org(claims, &agent.org_id)?,
+        name: parse_text("name", &agent.name, MAX_NAME_CHARS)?,
+        phone_number: PhoneNumber::parse(&agent.phone_number).map_err(in_field("phone_number"))?,
+        voice_id: parse_text("voice_id", &agent.voice_id, MAX_VOICE_ID_CHARS)?,
+        llm_config: LlmConfig::from_struct(agent.llm_config)?,
+        is_active: agent.is_active.unwrap_or(true),
+    })
+}
+
+fn parse_patch(agent: pb::Agent, mask: Option<prost_types::FieldMask>) -> Result<AgentPatch, Error> {
+    let paths = mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::invalid(
+            "update_mask must name at least one of: name, phone_number, voice_id, llm_config, is_active (or *)",
+        ));
+    }
+    let fields: Vec<AgentField> = if paths.iter().any(|p| p == "*") {
+        AgentField::ALL.to_vec()
+    } else {
+        paths
+            .iter()
+            .map(|p| AgentField::parse_path(p))
+            .collect::<Result<_, _>>()?
+    };
+    let mut patch = AgentPatch::default();
+    let mut llm_config = agent.llm_config;
+    for field in fields {
+        match field {
+            AgentField::Name => patch.name = Some(parse_text("name", &agent.name, MAX_NAME_CHARS)?),
+            AgentField::PhoneNumber => {
+                patch.phone_number = Some(PhoneNumber::parse(&agent.phone_number).map_err(in_field("phone_number"))?)
+            }
+            AgentField::VoiceId => {
+                patch.voice_id = Some(parse_text("voice_id", &agent.voice_id, MAX_VOICE_ID_CHARS)?)
+            }
+            AgentField::LlmConfig => patch.llm_config = Some(LlmConfig::from_struct(llm_config.take())?),
+            AgentField::IsActive => {
+                patch.is_active = Some(agent.is_active.ok_or_else(|| {
+                    Error::invalid("is_active is in update_mask but not set")
+                })?)
+            }
+        }
+    }
+    Ok(patch)
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn resolve_agent(
+        &self,
+        request: Request<pb::ResolveAgentRequest>,
+    ) -> Result<Response<pb::ResolveAgentResponse>, Status> {
+        let claims = claims_of(&request)?;
+        let request = request.into_inner();
+        let called = PhoneNumber::parse(&request.called_number).map_err(in_field("called_number"))?;
+        let caller = if request.caller_number.trim().is_empty() {
+            None
+        } else {
+            Some(PhoneNumber::parse(&request.caller_number).map_err(in_field("caller_number"))?)
+        };
+        let resolution = self.resolver.resolve(&claims, &called, caller.as_ref()).await?;
+        Ok(with_org(resolution_to_pb(&resolution), resolution.organization.id))
+    }
+
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let claims = claims_of(&request)?;
+        let id = AgentId::parse(&request.get_ref().id)?;
+        let agent = self.store.get_agent(&claims, id).await?;
+        Ok(with_org(agent_to_pb(&agent), agent.org_id))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let claims = claims_of(&request)?;
+        let page = PageRequest::parse(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let page = self.store.list_agents(&claims, page).await?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: page.items.iter().map(agent_to_pb).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn create_agent(&self, request: Request<pb::CreateAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let claims = claims_of(&request)?;
+        let agent = request
+            .into_inner()
+            .agent
+            .ok_or_else(|| Error::invalid("agent is required"))?;
+        let new_agent = parse_new_agent(&claims, agent)?;
+        let agent = self.store.create_agent(&claims, &new_agent).await?;
+        Ok(with_org(agent_to_pb(&agent), agent.org_id))
+    }
+
+    async fn update_agent(&self, request: Request<pb::UpdateAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let claims = claims_of(&request)?;
+        let request = request.into_inner();
+        let agent = request.agent.ok_or_else(|| Error::invalid("agent is required"))?;
+        let id = AgentId::parse(&agent.id).map_err(in_field("agent"))?;
+        let patch = parse_patch(agent, request.update_mask)?;
+        let (agent, _previous_number) = self.store.update_agent(&claims, id, &patch).await?;
+        Ok(with_org(agent_to_pb(&agent), agent.org_id))
+    }
+
+    async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
+        let claims = claims_of(&request)?;
+        let id = AgentId::parse(&request.get_ref().id)?;
+        let agent = self.store.delete_agent(&claims, id).await?;
+        Ok(with_org((), agent.org_id))
+    }
+}

@@ -1,0 +1,99 @@
+//! Domain ↔ protobuf conversions, and request parsing helpers.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use tonic::Response;
+
+use super::LoggedOrg;
+use crate::{
+    auth::Claims,
+    domain::{Agent, Customer, OrgId, Organization, PlanTier, Resolution},
+    error::Error,
+    pb,
+};
+
+pub fn timestamp(at: DateTime<Utc>) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    })
+}
+
+/// Prefixes a parse error with the request field it came from, so a client
+/// with two phone fields knows which one was wrong.
+pub fn in_field(field: &'static str) -> impl Fn(Error) -> Error {
+    move |error| match error {
+        Error::InvalidArgument(message) => Error::InvalidArgument(format!("{field}: {message}")),
+        other => other,
+    }
+}
+
+pub fn agent_to_pb(agent: &Agent) -> pb::Agent {
+    pb::Agent {
+        id: agent.id.to_string(),
+        org_id: agent.org_id.to_string(),
+        name: agent.name.clone(),
+        phone_number: agent.phone_number.to_string(),
+        voice_id: agent.voice_id.clone(),
+        llm_config: Some(agent.llm_config.to_struct()),
+        is_active: Some(agent.is_active),
+        created_at: timestamp(agent.created_at),
+        updated_at: timestamp(agent.updated_at),
+    }
+}
+
+pub fn customer_to_pb(customer: &Customer) -> pb::Customer {
+    pb::Customer {
+        id: customer.id.to_string(),
+        org_id: customer.org_id.to_string(),
+        phone: customer.phone.to_string(),
+        name: customer.name.clone().unwrap_or_default(),
+        email: customer.email.clone().unwrap_or_default(),
+        created_at: timestamp(customer.created_at),
+        updated_at: timestamp(customer.updated_at),
+    }
+}
+
+pub fn organization_to_pb(org: &Organization) -> pb::Organization {
+    let plan_tier = match org.plan_tier {
+        Some(PlanTier::Starter) => pb::PlanTier::Starter,
+        Some(PlanTier::Pro) => pb::PlanTier::Pro,
+        Some(PlanTier::Enterprise) => pb::PlanTier::Enterprise,
+        None => pb::PlanTier::Unspecified,
+    };
+    pb::Organization {
+        id: org.id.to_string(),
+        name: org.name.clone(),
+        slug: org.slug.clone(),
+        plan_tier: plan_tier as i32,
+        created_at: timestamp(org.created_at),
+    }
+}
+
+pub fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentResponse {
+    pb::ResolveAgentResponse {
+        agent: Some(agent_to_pb(&resolution.agent)),
+        organization: Some(organization_to_pb(&resolution.organization)),
+        caller: resolution.caller.as_ref().map(customer_to_pb),
+    }
+}
+
+/// A response that names the org it concerns, for the request log.
+pub fn with_org<T>(message: T, org: OrgId) -> Response<T> {
+    let mut response = Response::new(message);
+    response.extensions_mut().insert(LoggedOrg(org));
+    response
+}
+
+/// A tenant's writes go to its own org (RLS refuses any other, so naming
+/// another is PERMISSION_DENIED); a service_role caller must say which org.
+pub fn target_org(claims: &Claims, org_id: &str) -> Result<Option<OrgId>, Error> {
+    if org_id.trim().is_empty() {
+        if claims.is_service_role() {
+            return Err(Error::invalid("org_id is required for service_role callers"));
+        }
+        return Ok(None);
+    }
+    OrgId::parse(org_id).map(Some)
+}

@@ -1,0 +1,15 @@
+//! The gRPC transport: thin handlers that parse requests into domain types,
+//! call the resolver or the store, and convert the answer back. No SQL, no
+//! caching decisions, no tenant filtering here.
+
+mod agents;
+mod convert;
+mod customers;
+mod request_log;
+
+pub use agents::AgentApi;
+pub use customers::CustomerApi;
+pub use request_log::{LoggedOrg, RequestLogLayer};
+
+/// Metadata naming the tier that answered a `ResolveAgent`: memory, redis or db.
+pub const CACHE_TIER_HEADER: &str = "x-switchboard-cache";

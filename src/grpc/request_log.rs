@@ -1,0 +1,152 @@
+//! One log line per request (method, status, latency, org, cache tier), and
+//! the client's gRPC deadline enforced with the right status.
+//!
+//! tonic's own `Server::timeout` answers CANCELLED when the deadline passes;
+//! a media server expects DEADLINE_EXCEEDED, so the deadline lives here.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use crate::domain::OrgId;
+
+/// Put in a response's extensions by handlers, so the log names the org.
+#[derive(Clone, Copy, Debug)]
+pub struct LoggedOrg(pub OrgId);
+
+#[derive(Clone, Copy, Default)]
+pub struct RequestLogLayer {
+    /// The server's own limit; the client's `grpc-timeout` wins if shorter.
+    pub max_request_time: Option<Duration>,
+}
+
+impl<S> Layer<S> for RequestLogLayer {
+    type Service = RequestLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLog {
+            inner,
+            max_request_time: self.max_request_time,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestLog<S> {
+    inner: S,
+    max_request_time: Option<Duration>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RequestLog<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The clone that was polled ready serves this call (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let method = request.uri().path().to_owned();
+        let client_deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        let deadline = match (client_deadline, self.max_request_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Box::pin(async move {
+            let started = Instant::now();
+            let call = inner.call(request);
+            let result = match deadline {
+                Some(deadline) => match tokio::time::timeout(deadline, call).await {
+                    Ok(result) => result,
+                    Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+                },
+                None => call.await,
+            };
+            if let Ok(response) = &result {
+                log_request(&method, response, started.elapsed());
+            }
+            result
+        })
+    }
+}
+
+fn log_request<B>(method: &str, response: &http::Response<B>, latency: Duration) {
+    // Unary errors are trailers-only responses, so their status is in the
+    // headers; a success carries its OK in the trailers.
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32)
+        .unwrap_or(Code::Ok);
+    let org = response.extensions().get::<LoggedOrg>().map(|o| o.0.to_string());
+    let tier = response
+        .headers()
+        .get(crate::grpc::CACHE_TIER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    tracing::info!(
+        target: "switchboard::request",
+        method,
+        status = ?code,
+        latency_us = latency.as_micros() as u64,
+        org = org.as_deref().unwrap_or("-"),
+        cache = tier.unwrap_or("-"),
+        "request"
+    );
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount.checked_mul(3600)?),
+        b'M' => Duration::from_secs(amount.checked_mul(60)?),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"123456789m"), None);
+        assert_eq!(parse_grpc_timeout(b"m"), None);
+        assert_eq!(parse_grpc_timeout(b"10x"), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! Builds the server from a validated config. `main` and the tests start it
+//! the same way; tests bind port 0 and read back the address.
+
+use std::{future::Future, net::SocketAddr};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{pb::health_server::HealthServer, server::HealthReporter, ServingStatus};
+use tower::ServiceBuilder;
+
+use crate::{
+    auth::{AuthLayer, JwtVerifier},
+    config::ServeConfig,
+    grpc::{AgentApi, CustomerApi, RequestLogLayer},
+    pb::{
+        self, agent_service_server::AgentServiceServer,
+        customer_service_server::CustomerServiceServer,
+    },
+    resolver::Resolver,
+    store::PgStore,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("DATABASE_URL is not usable: {0}")]
+    Database(sqlx::Error),
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    config: ServeConfig,
+    store: PgStore,
+}
+
+const SERVICE_NAMES: [&str; 3] = [
+    "",
+    "switchboard.v1.AgentService",
+    "switchboard.v1.CustomerService",
+];
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartupError::Listen(config.listen, e))?;
+        let store = PgStore::connect_lazy(&config.database_url, &config.pool).map_err(StartupError::Database)?;
+        Ok(Application {
+            listener,
+            config,
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` completes, then: health NOT_SERVING, stop
+    /// accepting, let in-flight calls finish for at most the shutdown timeout.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+        let (health, server) = self.spawn().await?;
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+        for name in SERVICE_NAMES {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        let _ = server.stop.send(());
+        match tokio::time::timeout(self_timeout(&server), server.handle).await {
+            Ok(Ok(result)) => result.map_err(StartupError::Serve),
+            Ok(Err(_join)) => Ok(()),
+            Err(_) => {
+                tracing::warn!("drain timed out; closing remaining connections");
+                Ok(())
+            }
+        }
+    }
+
+    async fn spawn(self) -> Result<(HealthReporter, RunningServer), StartupError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in SERVICE_NAMES {
+            health.set_service_status(name, ServingStatus::Serving).await;
+        }
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = build_router(&self.config, self.store.clone(), health_service)?;
+        let incoming = TcpListenerStream::new(self.listener);
+        let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+        Ok((
+            health,
+            RunningServer {
+                stop,
+                handle,
+                drain: self.config.shutdown_timeout,
+            },
+        ))
+    }
+}
+
+struct RunningServer {
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), tonic::transport::Error>>,
+    drain: std::time::Duration,
+}
+
+fn self_timeout(server: &RunningServer) -> std::time::Duration {
+    server.drain
+}
+
+fn build_router(
+    config: &ServeConfig,
+    store: PgStore,
+    health_service: HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<tonic::transport::server::Router<impl tower::Layer<tonic::service::Routes> + Clone>, StartupError>
+{
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Two builds: the builder is consumed, and common grpcurl builds speak
+    // only v1alpha.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let resolver = Resolver::new(store.clone());
+    let layers = ServiceBuilder::new()
+        .layer(RequestLogLayer {
+            max_request_time: Some(config.request_timeout),
+        })
+        .layer(AuthLayer::new(JwtVerifier::new(&config.jwt_secret)))
+        .into_inner();
+
+    Ok(Server::builder()
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AgentServiceServer::new(AgentApi::new(resolver, store.clone())))
+        .add_service(CustomerServiceServer::new(CustomerApi::new(store))))
+}

@@ -1,0 +1,9 @@
+//! Storage. Invariant: this module is the only place that writes SQL (beside
+//! `migrations/`), and every query on behalf of a caller runs under that
+//! caller's claims, so Postgres RLS decides what it sees.
+
+mod postgres;
+mod sql_literal;
+
+pub use postgres::{PgStore, PoolSettings};
+pub use sql_literal::sql_literal;

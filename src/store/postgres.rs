@@ -1,0 +1,485 @@
+//! Postgres under Row Level Security.
+//!
+//! Every query on behalf of a caller runs in a transaction that first applies
+//! the caller's verified claims the way PostgREST does: `request.jwt.claims`
+//! and `role` set transaction-locally, so `auth.uid()` and the policies decide
+//! what the caller sees. The service never filters tenants itself.
+//!
+//! Pooler safety: Supavisor's and PgBouncer's transaction mode hand each
+//! transaction a different server connection, so nothing here relies on
+//! session state. BEGIN and the claims go in one simple-protocol round trip;
+//! statements with parameters are unnamed (`persistent(false)`) and always
+//! inside that transaction, so their parse and execute reach the same server;
+//! `ResolveAgent` is one simple-protocol statement.
+
+use std::{str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    pool::PoolOptions,
+    postgres::{PgConnectOptions, PgDatabaseError, PgRow},
+    PgPool, Postgres, Row, Transaction,
+};
+use uuid::Uuid;
+
+use super::sql_literal;
+use crate::{
+    auth::Claims,
+    domain::{
+        Agent, AgentId, AgentPatch, Customer, CustomerId, CustomerUpsert, LlmConfig, NewAgent,
+        OrgId, Organization, Page, PageRequest, PhoneNumber, PlanTier, Resolution,
+    },
+    error::Error,
+};
+
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before UNAVAILABLE. Short:
+    /// a call must not hang on a database that is down.
+    pub acquire_timeout: Duration,
+    /// Applied to every statement run for a caller.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    statement_timeout_ms: u128,
+}
+
+const AGENT_COLUMNS: &str =
+    "id, org_id, name, phone_number, voice_id, llm_config, is_active, created_at, updated_at";
+const CUSTOMER_COLUMNS: &str = "id, org_id, phone, name, email, created_at, updated_at";
+
+/// Read-only transactions let Postgres (and a reader replica) know no write
+/// is coming, as PostgREST does for GET.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+impl PgStore {
+    /// Parses the URL now (a bad one stops start-up); connects lazily, so the
+    /// service starts, and answers from cache, while the database is down.
+    pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
+        let options = PgConnectOptions::from_str(database_url)?.application_name("switchboard");
+        let pool = PoolOptions::<Postgres>::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        Ok(PgStore {
+            pool,
+            statement_timeout_ms: settings.statement_timeout.as_millis(),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_as(&self, claims: &Claims, access: Access) -> Result<Transaction<'static, Postgres>, Error> {
+        let claims_literal = sql_literal(&claims.json).ok_or(Error::Internal)?;
+        let mode = match access {
+            Access::Read => "READ ONLY",
+            Access::Write => "READ WRITE",
+        };
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED {mode}; \
+             SELECT set_config('request.jwt.claims', {claims_literal}, true), \
+                    set_config('role', '{role}', true), \
+                    set_config('statement_timeout', '{timeout}ms', true)",
+            role = claims.role.as_str(),
+            timeout = self.statement_timeout_ms,
+        );
+        self.pool.begin_with(begin).await.map_err(|e| db_error(e, "begin"))
+    }
+
+    /// The call path: one statement, one round trip.
+    pub async fn resolve_agent(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+        caller: Option<&PhoneNumber>,
+    ) -> Result<Option<Resolution>, Error> {
+        let claims_literal = sql_literal(&claims.json).ok_or(Error::Internal)?;
+        let called_literal = sql_literal(called.as_str()).ok_or(Error::Internal)?;
+        let caller_literal = match caller {
+            Some(caller) => sql_literal(caller.as_str()).ok_or(Error::Internal)?,
+            None => "NULL".to_owned(),
+        };
+        let sql = format!(
+            "select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
+            role = claims.role.as_str()
+        );
+        let row = sqlx::raw_sql(&sql)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "resolve_agent"))?;
+        row.map(|row| resolution_from_row(&row)).transpose()
+    }
+
+    pub async fn get_agent(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
+        let mut tx = self.begin_as(claims, Access::Read).await?;
+        let row = sqlx::query(&format!("select {AGENT_COLUMNS} from public.agents where id = $1"))
+            .persistent(false)
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "get_agent"))?;
+        commit(tx).await?;
+        row.map(|r| agent_from_row(&r)).transpose()?.ok_or_else(|| Error::not_found("agent"))
+    }
+
+    pub async fn list_agents(&self, claims: &Claims, page: PageRequest) -> Result<Page<Agent>, Error> {
+        let mut tx = self.begin_as(claims, Access::Read).await?;
+        let rows = sqlx::query(&format!(
+            "select {AGENT_COLUMNS} from public.agents \
+             where ($1::uuid is null or id > $1) order by id limit $2"
+        ))
+        .persistent(false)
+        .bind(page.after)
+        .bind(i64::from(page.size) + 1)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "list_agents"))?;
+        commit(tx).await?;
+        let agents = rows.iter().map(agent_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(agents, page, |a| a.id.as_uuid()))
+    }
+
+    pub async fn create_agent(&self, claims: &Claims, agent: &NewAgent) -> Result<Agent, Error> {
+        let mut tx = self.begin_as(claims, Access::Write).await?;
+        let row = sqlx::query(&format!(
+            "insert into public.agents (org_id, name, phone_number, voice_id, llm_config, is_active) \
+             values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5, $6) \
+             returning {AGENT_COLUMNS}"
+        ))
+        .persistent(false)
+        .bind(agent.org_id.map(|o| o.as_uuid()))
+        .bind(&agent.name)
+        .bind(agent.phone_number.as_str())
+        .bind(&agent.voice_id)
+        .bind(agent.llm_config.as_json())
+        .bind(agent.is_active)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "create_agent"))?;
+        commit(tx).await?;
+        agent_from_row(&row)
+    }
+
+    /// Returns the agent after the update, and the number it had before (the
+    /// one a cache may hold it under).
+    pub async fn update_agent(
+        &self,
+        claims: &Claims,
+        id: AgentId,
+        patch: &AgentPatch,
+    ) -> Result<(Agent, PhoneNumber), Error> {
+        let mut tx = self.begin_as(claims, Access::Write).await?;
+        let row = sqlx::query(&format!(
+            "with before as (select id, phone_number from public.agents where id = $1 for update) \
+             update public.agents a set \
+               name = coalesce($2, a.name), \
+               phone_number = coalesce($3, a.phone_number), \
+               voice_id = coalesce($4, a.voice_id), \
+               llm_config = coalesce($5, a.llm_config), \
+               is_active = coalesce($6, a.is_active) \
+             from before where a.id = before.id \
+             returning {cols}, before.phone_number as previous_phone_number",
+            cols = AGENT_COLUMNS
+                .split(", ")
+                .map(|c| format!("a.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .persistent(false)
+        .bind(id.as_uuid())
+        .bind(patch.name.as_deref())
+        .bind(patch.phone_number.as_ref().map(PhoneNumber::as_str))
+        .bind(patch.voice_id.as_deref())
+        .bind(patch.llm_config.as_ref().map(LlmConfig::as_json))
+        .bind(patch.is_active)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "update_agent"))?;
+        let Some(row) = row else {
+            return Err(missing_or_forbidden(tx, "agents", id.as_uuid(), "agent").await);
+        };
+        commit(tx).await?;
+        let previous: String = row.try_get("previous_phone_number").map_err(|e| db_error(e, "update_agent"))?;
+        Ok((agent_from_row(&row)?, phone_from_db(&previous)?))
+    }
+
+    pub async fn delete_agent(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
+        let mut tx = self.begin_as(claims, Access::Write).await?;
+        let row = sqlx::query(&format!(
+            "delete from public.agents where id = $1 returning {AGENT_COLUMNS}"
+        ))
+        .persistent(false)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "delete_agent"))?;
+        let Some(row) = row else {
+            return Err(missing_or_forbidden(tx, "agents", id.as_uuid(), "agent").await);
+        };
+        commit(tx).await?;
+        agent_from_row(&row)
+    }
+
+    pub async fn lookup_customer(&self, claims: &Claims, phone: &PhoneNumber) -> Result<Customer, Error> {
+        let mut tx = self.begin_as(claims, Access::Read).await?;
+        let rows = sqlx::query(&format!(
+            "select {CUSTOMER_COLUMNS} from public.customers where phone = $1 order by org_id limit 2"
+        ))
+        .persistent(false)
+        .bind(phone.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "lookup_customer"))?;
+        commit(tx).await?;
+        match rows.as_slice() {
+            [] => Err(Error::not_found("customer")),
+            [row] => customer_from_row(row),
+            // Only service_role sees several orgs at once.
+            _ => Err(Error::FailedPrecondition(
+                "customers of several organizations have this phone; look it up with a tenant token or by id".into(),
+            )),
+        }
+    }
+
+    pub async fn get_customer(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
+        let mut tx = self.begin_as(claims, Access::Read).await?;
+        let row = sqlx::query(&format!("select {CUSTOMER_COLUMNS} from public.customers where id = $1"))
+            .persistent(false)
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "get_customer"))?;
+        commit(tx).await?;
+        row.map(|r| customer_from_row(&r)).transpose()?.ok_or_else(|| Error::not_found("customer"))
+    }
+
+    pub async fn list_customers(&self, claims: &Claims, page: PageRequest) -> Result<Page<Customer>, Error> {
+        let mut tx = self.begin_as(claims, Access::Read).await?;
+        let rows = sqlx::query(&format!(
+            "select {CUSTOMER_COLUMNS} from public.customers \
+             where ($1::uuid is null or id > $1) order by id limit $2"
+        ))
+        .persistent(false)
+        .bind(page.after)
+        .bind(i64::from(page.size) + 1)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "list_customers"))?;
+        commit(tx).await?;
+        let customers = rows.iter().map(customer_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(customers, page, |c| c.id.as_uuid()))
+    }
+
+    pub async fn upsert_customer(&self, claims: &Claims, customer: &CustomerUpsert) -> Result<Customer, Error> {
+        let mut tx = self.begin_as(claims, Access::Write).await?;
+        let row = sqlx::query(&format!(
+            "insert into public.customers (org_id, phone, name, email) \
+             values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4) \
+             on conflict (org_id, phone) do update set name = excluded.name, email = excluded.email \
+             returning {CUSTOMER_COLUMNS}"
+        ))
+        .persistent(false)
+        .bind(customer.org_id.map(|o| o.as_uuid()))
+        .bind(customer.phone.as_str())
+        .bind(customer.name.as_deref())
+        .bind(customer.email.as_deref())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "upsert_customer"))?;
+        commit(tx).await?;
+        customer_from_row(&row)
+    }
+
+    pub async fn delete_customer(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
+        let mut tx = self.begin_as(claims, Access::Write).await?;
+        let row = sqlx::query(&format!(
+            "delete from public.customers where id = $1 returning {CUSTOMER_COLUMNS}"
+        ))
+        .persistent(false)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "delete_customer"))?;
+        let Some(row) = row else {
+            return Err(missing_or_forbidden(tx, "customers", id.as_uuid(), "customer").await);
+        };
+        commit(tx).await?;
+        customer_from_row(&row)
+    }
+}
+
+async fn commit(tx: Transaction<'static, Postgres>) -> Result<(), Error> {
+    tx.commit().await.map_err(|e| db_error(e, "commit"))
+}
+
+/// A write touched no row. RLS still decides: if the caller can see the row
+/// but not change it, their role may not write (PERMISSION_DENIED); if they
+/// cannot see it, it does not exist for them (NOT_FOUND), exactly like a
+/// missing row.
+async fn missing_or_forbidden(
+    mut tx: Transaction<'static, Postgres>,
+    table: &'static str,
+    id: Uuid,
+    what: &str,
+) -> Error {
+    let visible = sqlx::query_scalar::<_, bool>(&format!(
+        "select exists (select 1 from public.{table} where id = $1)"
+    ))
+    .persistent(false)
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await;
+    let _ = tx.rollback().await;
+    match visible {
+        Ok(true) => Error::PermissionDenied(format!("your role may not change this {what}")),
+        Ok(false) => Error::not_found(what),
+        Err(e) => db_error(e, "visibility check"),
+    }
+}
+
+/// Maps a driver error to what a client may see. The details go to the log.
+fn db_error(error: sqlx::Error, operation: &'static str) -> Error {
+    match &error {
+        sqlx::Error::Database(db) => {
+            let pg = db.try_downcast_ref::<PgDatabaseError>();
+            let code = db.code().unwrap_or_default();
+            let constraint = db.constraint().unwrap_or_default();
+            let column = pg.and_then(|p| p.column()).unwrap_or_default();
+            tracing::debug!(operation, code = %code, constraint, column, "database refused");
+            match code.as_ref() {
+                "23505" if constraint == "agents_phone_number_key" => {
+                    Error::AlreadyExists("phone number is already taken by an agent".into())
+                }
+                "23505" => Error::AlreadyExists("a row with these values already exists".into()),
+                "42501" => Error::PermissionDenied("your role may not do this".into()),
+                "23502" if column == "org_id" => Error::PermissionDenied(
+                    "you are not a member of any organization".into(),
+                ),
+                "23502" => Error::invalid(format!("{column} is required")),
+                "23503" if constraint.ends_with("org_id_fkey") => {
+                    Error::invalid("org_id does not name an organization")
+                }
+                "23503" => Error::invalid("a referenced row does not exist"),
+                "23514" => Error::invalid(format!("a value breaks the rule {constraint}")),
+                "22P02" | "22023" | "22001" => Error::invalid("a value is not valid"),
+                "57014" => Error::DeadlineExceeded("the database query timed out".into()),
+                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                    tracing::warn!(operation, error = %error, "database unavailable");
+                    Error::Unavailable("database unavailable".into())
+                }
+                _ => {
+                    tracing::error!(operation, error = %error, "database error");
+                    Error::Internal
+                }
+            }
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            tracing::warn!(operation, error = %error, "database unavailable");
+            Error::Unavailable("database unavailable".into())
+        }
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
+            tracing::warn!(operation, error = %error, "database connection failed");
+            Error::Unavailable("database unavailable".into())
+        }
+        _ => {
+            tracing::error!(operation, error = %error, "database error");
+            Error::Internal
+        }
+    }
+}
+
+fn phone_from_db(value: &str) -> Result<PhoneNumber, Error> {
+    PhoneNumber::parse(value).map_err(|_| {
+        tracing::error!("database holds a phone number that is not E.164");
+        Error::Internal
+    })
+}
+
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(column).map_err(|e| {
+        tracing::error!(column, error = %e, "unexpected row shape");
+        Error::Internal
+    })
+}
+
+fn agent_from_row(row: &PgRow) -> Result<Agent, Error> {
+    agent_from_columns(row, "id", "name", "created_at", "updated_at")
+}
+
+fn agent_from_columns(row: &PgRow, id: &str, name: &str, created: &str, updated: &str) -> Result<Agent, Error> {
+    Ok(Agent {
+        id: AgentId::from_uuid(get(row, id)?),
+        org_id: OrgId::from_uuid(get(row, "org_id")?),
+        name: get(row, name)?,
+        phone_number: phone_from_db(&get::<String>(row, "phone_number")?)?,
+        voice_id: get(row, "voice_id")?,
+        llm_config: LlmConfig::from_json(get(row, "llm_config")?),
+        is_active: get(row, "is_active")?,
+        created_at: get(row, created)?,
+        updated_at: get(row, updated)?,
+    })
+}
+
+fn customer_from_row(row: &PgRow) -> Result<Customer, Error> {
+    Ok(Customer {
+        id: CustomerId::from_uuid(get(row, "id")?),
+        org_id: OrgId::from_uuid(get(row, "org_id")?),
+        phone: phone_from_db(&get::<String>(row, "phone")?)?,
+        name: get(row, "name")?,
+        email: get(row, "email")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
+    let agent = agent_from_columns(row, "agent_id", "agent_name", "agent_created_at", "agent_updated_at")?;
+    let organization = Organization {
+        id: agent.org_id,
+        name: get(row, "org_name")?,
+        slug: get(row, "org_slug")?,
+        plan_tier: PlanTier::from_db(&get::<String>(row, "org_plan_tier")?),
+        created_at: get(row, "org_created_at")?,
+    };
+    let caller = match get::<Option<Uuid>>(row, "customer_id")? {
+        None => None,
+        Some(id) => Some(Customer {
+            id: CustomerId::from_uuid(id),
+            org_id: agent.org_id,
+            phone: phone_from_db(&get::<String>(row, "customer_phone")?)?,
+            name: get(row, "customer_name")?,
+            email: get(row, "customer_email")?,
+            created_at: get::<DateTime<Utc>>(row, "customer_created_at")?,
+            updated_at: get::<DateTime<Utc>>(row, "customer_updated_at")?,
+        }),
+    };
+    Ok(Resolution {
+        agent,
+        organization,
+        caller,
+    })
+}
