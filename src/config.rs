@@ -13,10 +13,19 @@ pub const DEV_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/switchboa
 pub const DEV_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 #[derive(Parser, Debug)]
-#[command(name = "switchboard", version, about = "Resolves the agent for a dialed number, isolated per tenant by Postgres RLS")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Resolves the agent for a dialed number, isolated per tenant by Postgres RLS"
+)]
 pub struct Cli {
     /// Log format: text or json.
-    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
@@ -59,7 +68,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// How long a request waits for a database connection before UNAVAILABLE.
-    #[arg(long, env = "SWITCHBOARD_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
     pub db_acquire_timeout_ms: u64,
     /// The longest any request may take; a shorter client deadline wins.
     #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
@@ -116,18 +129,16 @@ impl ServeConfig {
             .database_url
             .filter(|u| !u.trim().is_empty())
             .ok_or_else(|| ConfigError("DATABASE_URL (or --database-url) is not set".into()))?;
-        sqlx::postgres::PgConnectOptions::from_str(&database_url).map_err(|_| {
-            ConfigError("DATABASE_URL is not a valid postgres:// URL".into())
-        })?;
+        sqlx::postgres::PgConnectOptions::from_str(&database_url)
+            .map_err(|_| ConfigError("DATABASE_URL is not a valid postgres:// URL".into()))?;
         let redis_url = args.redis_url.filter(|u| !u.trim().is_empty());
         if let Some(url) = &redis_url {
             redis::Client::open(url.as_str())
                 .map_err(|_| ConfigError("REDIS_URL is not a valid redis:// URL".into()))?;
         }
-        let jwt_secret = args
-            .jwt_secret
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ConfigError("SUPABASE_JWT_SECRET (or --jwt-secret) is not set".into()))?;
+        let jwt_secret = args.jwt_secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+            ConfigError("SUPABASE_JWT_SECRET (or --jwt-secret) is not set".into())
+        })?;
         if jwt_secret.len() < MIN_SECRET_LEN {
             return Err(ConfigError(format!(
                 "SUPABASE_JWT_SECRET must be at least {MIN_SECRET_LEN} characters"
@@ -140,7 +151,9 @@ impl ServeConfig {
             ))
         })?;
         if args.db_max_connections == 0 {
-            return Err(ConfigError("SWITCHBOARD_DB_MAX_CONNECTIONS must be at least 1".into()));
+            return Err(ConfigError(
+                "SWITCHBOARD_DB_MAX_CONNECTIONS must be at least 1".into(),
+            ));
         }
         Ok(ServeConfig {
             listen,
@@ -176,17 +189,52 @@ mod tests {
     }
 
     fn error(args: ServeArgs) -> String {
-        ServeConfig::from_args(args).err().map(|e| e.to_string()).unwrap_or_default()
+        ServeConfig::from_args(args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
     fn each_bad_setting_is_named() {
         assert!(ServeConfig::from_args(args()).is_ok());
-        assert_eq!(error(ServeArgs { database_url: None, ..args() }), "DATABASE_URL (or --database-url) is not set");
-        assert_eq!(error(ServeArgs { database_url: Some("mysql://x".into()), ..args() }), "DATABASE_URL is not a valid postgres:// URL");
-        assert_eq!(error(ServeArgs { jwt_secret: None, ..args() }), "SUPABASE_JWT_SECRET (or --jwt-secret) is not set");
-        assert!(error(ServeArgs { jwt_secret: Some("short".into()), ..args() }).contains("at least 32"));
-        assert!(error(ServeArgs { listen: "nowhere".into(), ..args() }).starts_with("SWITCHBOARD_LISTEN"));
-        assert_eq!(error(ServeArgs { redis_url: Some("http://x".into()), ..args() }), "REDIS_URL is not a valid redis:// URL");
+        assert_eq!(
+            error(ServeArgs {
+                database_url: None,
+                ..args()
+            }),
+            "DATABASE_URL (or --database-url) is not set"
+        );
+        assert_eq!(
+            error(ServeArgs {
+                database_url: Some("mysql://x".into()),
+                ..args()
+            }),
+            "DATABASE_URL is not a valid postgres:// URL"
+        );
+        assert_eq!(
+            error(ServeArgs {
+                jwt_secret: None,
+                ..args()
+            }),
+            "SUPABASE_JWT_SECRET (or --jwt-secret) is not set"
+        );
+        assert!(error(ServeArgs {
+            jwt_secret: Some("short".into()),
+            ..args()
+        })
+        .contains("at least 32"));
+        assert!(error(ServeArgs {
+            listen: "nowhere".into(),
+            ..args()
+        })
+        .starts_with("SWITCHBOARD_LISTEN"));
+        assert_eq!(
+            error(ServeArgs {
+                redis_url: Some("http://x".into()),
+                ..args()
+            }),
+            "REDIS_URL is not a valid redis:// URL"
+        );
     }
 }

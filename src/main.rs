@@ -33,11 +33,15 @@ async fn run(command: Command) -> Result<(), String> {
             let url = args
                 .database_url
                 .ok_or("DATABASE_URL (or --database-url) is not set")?;
-            migrate::run(&url).await.map_err(|e| format!("migration failed: {e}"))?;
+            migrate::run(&url)
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
             println!("migrations applied");
             Ok(())
         }
-        Command::Serve(args) => serve(ServeConfig::from_args(args).map_err(|e| e.to_string())?).await,
+        Command::Serve(args) => {
+            serve(ServeConfig::from_args(args).map_err(|e| e.to_string())?).await
+        }
         Command::Token(args) => {
             let role = DbRole::parse(&args.role)
                 .ok_or("--role must be anon, authenticated or service_role")?;
@@ -58,30 +62,58 @@ async fn run(command: Command) -> Result<(), String> {
 }
 
 async fn serve(config: ServeConfig) -> Result<(), String> {
-    let app = Application::build(config).await.map_err(|e| e.to_string())?;
+    let app = Application::build(config)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(addr = %app.local_addr(), "switchboard serving gRPC");
-    app.run_until(shutdown_signal()).await.map_err(|e| e.to_string())
+    app.run_until(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn dev(args: DevArgs) -> Result<(), String> {
     migrate::create_database_if_missing(&args.database_url)
         .await
-        .map_err(|e| format!("cannot create the dev database (is Postgres up on {}?): {e}", args.database_url))?;
-    migrate::run(&args.database_url).await.map_err(|e| format!("migration failed: {e}"))?;
-    migrate::seed(&args.database_url).await.map_err(|e| format!("seeding failed: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot create the dev database (is Postgres up on {}?): {e}",
+                args.database_url
+            )
+        })?;
+    migrate::run(&args.database_url)
+        .await
+        .map_err(|e| format!("migration failed: {e}"))?;
+    migrate::seed(&args.database_url)
+        .await
+        .map_err(|e| format!("seeding failed: {e}"))?;
     let demo_users = [
         ("Acme Dental admin", "a0000000-0000-4000-8000-000000000001"),
         ("Acme Dental viewer", "a0000000-0000-4000-8000-000000000003"),
-        ("Bluebird Clinic admin", "b0000000-0000-4000-8000-000000000001"),
+        (
+            "Bluebird Clinic admin",
+            "b0000000-0000-4000-8000-000000000001",
+        ),
     ];
     println!("\nswitchboard dev: database migrated and seeded; tokens valid for 24 h:\n");
-    let service = mint_token(DEV_JWT_SECRET, DbRole::ServiceRole, None, 86_400, Map::new())
-        .map_err(|e| e.to_string())?;
+    let service = mint_token(
+        DEV_JWT_SECRET,
+        DbRole::ServiceRole,
+        None,
+        86_400,
+        Map::new(),
+    )
+    .map_err(|e| e.to_string())?;
     println!("  export SERVICE_TOKEN={service}   # service_role (media server)");
     for (who, sub) in demo_users {
         let sub = Uuid::try_parse(sub).map_err(|e| e.to_string())?;
-        let token = mint_token(DEV_JWT_SECRET, DbRole::Authenticated, Some(sub), 86_400, Map::new())
-            .map_err(|e| e.to_string())?;
+        let token = mint_token(
+            DEV_JWT_SECRET,
+            DbRole::Authenticated,
+            Some(sub),
+            86_400,
+            Map::new(),
+        )
+        .map_err(|e| e.to_string())?;
         let var = who.to_uppercase().replace(' ', "_");
         println!("  export {var}_TOKEN={token}");
     }

@@ -21,9 +21,13 @@ pub async fn run(database_url: &str) -> Result<(), sqlx::Error> {
         .application_name("switchboard-migrate")
         .options([("search_path", "switchboard_private")]);
     let mut conn = options.connect().await?;
-    conn.execute("create schema if not exists switchboard_private").await?;
+    conn.execute("create schema if not exists switchboard_private")
+        .await?;
     conn.close().await?;
-    let pool = PgPoolOptions::new().max_connections(1).connect_with(options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
     MIGRATOR.run(&pool).await?;
     pool.close().await;
     Ok(())
@@ -34,10 +38,11 @@ pub async fn create_database_if_missing(database_url: &str) -> Result<(), sqlx::
     let options = PgConnectOptions::from_str(database_url)?;
     let name = options.get_database().unwrap_or("postgres").to_owned();
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         admin
             .execute(format!("create database \"{}\"", name.replace('"', "\"\"")).as_str())

@@ -6,7 +6,7 @@ use std::{future::Future, net::SocketAddr};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tonic_health::{pb::health_server::HealthServer, server::HealthReporter, ServingStatus};
+use tonic_health::{server::HealthReporter, ServingStatus};
 use tower::ServiceBuilder;
 
 use crate::{
@@ -51,7 +51,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartupError::Listen(config.listen, e))?;
-        let store = PgStore::connect_lazy(&config.database_url, &config.pool).map_err(StartupError::Database)?;
+        let store = PgStore::connect_lazy(&config.database_url, &config.pool)
+            .map_err(StartupError::Database)?;
         Ok(Application {
             listener,
             config,
@@ -70,10 +71,17 @@ impl Application {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
         for name in SERVICE_NAMES {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
-        let _ = server.stop.send(());
-        match tokio::time::timeout(self_timeout(&server), server.handle).await {
+        let RunningServer {
+            stop,
+            handle,
+            drain,
+        } = server;
+        let _ = stop.send(());
+        match tokio::time::timeout(drain, handle).await {
             Ok(Ok(result)) => result.map_err(StartupError::Serve),
             Ok(Err(_join)) => Ok(()),
             Err(_) => {
@@ -86,10 +94,40 @@ impl Application {
     async fn spawn(self) -> Result<(HealthReporter, RunningServer), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in SERVICE_NAMES {
-            health.set_service_status(name, ServingStatus::Serving).await;
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
         }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Two builds: the builder is consumed, and common grpcurl builds
+        // speak only v1alpha.
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let resolver = Resolver::new(self.store.clone());
+        let layers = ServiceBuilder::new()
+            .layer(RequestLogLayer {
+                max_request_time: Some(self.config.request_timeout),
+            })
+            .layer(AuthLayer::new(JwtVerifier::new(&self.config.jwt_secret)))
+            .into_inner();
+
+        let router = Server::builder()
+            .layer(layers)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(AgentServiceServer::new(AgentApi::new(
+                resolver,
+                self.store.clone(),
+            )))
+            .add_service(CustomerServiceServer::new(CustomerApi::new(self.store)));
+
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = build_router(&self.config, self.store.clone(), health_service)?;
         let incoming = TcpListenerStream::new(self.listener);
         let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
@@ -109,41 +147,4 @@ struct RunningServer {
     stop: oneshot::Sender<()>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,
     drain: std::time::Duration,
-}
-
-fn self_timeout(server: &RunningServer) -> std::time::Duration {
-    server.drain
-}
-
-fn build_router(
-    config: &ServeConfig,
-    store: PgStore,
-    health_service: HealthServer<impl tonic_health::pb::health_server::Health>,
-) -> Result<tonic::transport::server::Router<impl tower::Layer<tonic::service::Routes> + Clone>, StartupError>
-{
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // Two builds: the builder is consumed, and common grpcurl builds speak
-    // only v1alpha.
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let resolver = Resolver::new(store.clone());
-    let layers = ServiceBuilder::new()
-        .layer(RequestLogLayer {
-            max_request_time: Some(config.request_timeout),
-        })
-        .layer(AuthLayer::new(JwtVerifier::new(&config.jwt_secret)))
-        .into_inner();
-
-    Ok(Server::builder()
-        .layer(layers)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(AgentServiceServer::new(AgentApi::new(resolver, store.clone())))
-        .add_service(CustomerServiceServer::new(CustomerApi::new(store))))
 }

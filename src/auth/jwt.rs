@@ -61,18 +61,16 @@ impl JwtVerifier {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => unauthenticated("token has expired"),
-                    ErrorKind::ImmatureSignature => unauthenticated("token is not valid yet"),
-                    ErrorKind::InvalidSignature => unauthenticated("token signature is invalid"),
-                    ErrorKind::InvalidAlgorithm => {
-                        unauthenticated("token algorithm is not accepted")
-                    }
-                    ErrorKind::MissingRequiredClaim(_) => unauthenticated("token has no exp"),
-                    _ => unauthenticated("token is malformed"),
-                }
-            })?;
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => unauthenticated("token has expired"),
+                ErrorKind::ImmatureSignature => unauthenticated("token is not valid yet"),
+                ErrorKind::InvalidSignature => unauthenticated("token signature is invalid"),
+                ErrorKind::InvalidAlgorithm => unauthenticated("token algorithm is not accepted"),
+                ErrorKind::MissingRequiredClaim(_) => unauthenticated("token has no exp"),
+                _ => unauthenticated("token is malformed"),
+            }
+        })?;
         claims_from_payload(data.claims)
     }
 }
@@ -90,9 +88,8 @@ fn claims_from_payload(mut payload: Map<String, Value>) -> Result<Claims, Error>
         .get("role")
         .and_then(Value::as_str)
         .ok_or_else(|| unauthenticated("token has no role"))?;
-    let role = DbRole::parse(role).ok_or_else(|| {
-        unauthenticated("token role must be anon, authenticated or service_role")
-    })?;
+    let role = DbRole::parse(role)
+        .ok_or_else(|| unauthenticated("token role must be anon, authenticated or service_role"))?;
     let sub = match payload.get("sub") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Uuid::try_parse(s).ok(),
@@ -103,7 +100,8 @@ fn claims_from_payload(mut payload: Map<String, Value>) -> Result<Claims, Error>
     }
     // As PostgREST: the role Postgres runs as is the one the claims say.
     payload.insert("role".into(), Value::String(role.as_str().into()));
-    let json = serde_json::to_string(&payload).map_err(|_| unauthenticated("token is malformed"))?;
+    let json =
+        serde_json::to_string(&payload).map_err(|_| unauthenticated("token is malformed"))?;
     // Postgres's jsonb cannot hold U+0000; such claims could never be applied.
     if json.contains("\\u0000") {
         return Err(unauthenticated("token claims contain a NUL character"));
@@ -176,37 +174,57 @@ mod tests {
     fn a_minted_token_verifies() {
         let sub = Uuid::new_v4();
         let token = mint_token(SECRET, DbRole::Authenticated, Some(sub), 60, Map::new());
-        let claims = token.map_err(|e| e.to_string()).and_then(|t| verifier().verify(&t).map_err(|e| e.to_string()));
-        assert_eq!(claims.as_ref().map(|c| (c.role, c.sub)), Ok((DbRole::Authenticated, Some(sub))));
+        let claims = token
+            .map_err(|e| e.to_string())
+            .and_then(|t| verifier().verify(&t).map_err(|e| e.to_string()));
+        assert_eq!(
+            claims.as_ref().map(|c| (c.role, c.sub)),
+            Ok((DbRole::Authenticated, Some(sub)))
+        );
     }
 
     #[test]
     fn expiry_has_thirty_seconds_of_skew() {
         let sub = Uuid::new_v4().to_string();
-        let inside = sign(serde_json::json!({"role": "authenticated", "sub": sub, "exp": now() - 20}));
+        let inside =
+            sign(serde_json::json!({"role": "authenticated", "sub": sub, "exp": now() - 20}));
         assert!(verifier().verify(&inside).is_ok());
-        let outside = sign(serde_json::json!({"role": "authenticated", "sub": sub, "exp": now() - 40}));
+        let outside =
+            sign(serde_json::json!({"role": "authenticated", "sub": sub, "exp": now() - 40}));
         assert_eq!(rejected(&outside), "token has expired");
     }
 
     #[test]
     fn bad_tokens_are_rejected() {
         let sub = Uuid::new_v4().to_string();
-        assert_eq!(rejected(&sign(serde_json::json!({"role": "authenticated", "sub": sub}))), "token has no exp");
         assert_eq!(
-            rejected(&sign(serde_json::json!({"role": "postgres", "exp": now() + 60}))),
+            rejected(&sign(
+                serde_json::json!({"role": "authenticated", "sub": sub})
+            )),
+            "token has no exp"
+        );
+        assert_eq!(
+            rejected(&sign(
+                serde_json::json!({"role": "postgres", "exp": now() + 60})
+            )),
             "token role must be anon, authenticated or service_role"
         );
         assert_eq!(
-            rejected(&sign(serde_json::json!({"role": "authenticated", "sub": "nobody", "exp": now() + 60}))),
+            rejected(&sign(
+                serde_json::json!({"role": "authenticated", "sub": "nobody", "exp": now() + 60})
+            )),
             "an authenticated token needs a UUID sub"
         );
         assert_eq!(
-            rejected(&sign(serde_json::json!({"role": "anon", "exp": now() + 60, "nbf": now() + 120}))),
+            rejected(&sign(
+                serde_json::json!({"role": "anon", "exp": now() + 60, "nbf": now() + 120})
+            )),
             "token is not valid yet"
         );
         assert_eq!(
-            rejected(&sign(serde_json::json!({"role": "anon", "exp": now() + 60, "iat": now() + 120}))),
+            rejected(&sign(
+                serde_json::json!({"role": "anon", "exp": now() + 60, "iat": now() + 120})
+            )),
             "token was issued in the future"
         );
         assert_eq!(rejected("not.a.token"), "token is malformed");
@@ -224,7 +242,8 @@ mod tests {
         assert_eq!(rejected(&other), "token signature is invalid");
 
         let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
-        let body = URL_SAFE_NO_PAD.encode(format!(r#"{{"role":"service_role","exp":{}}}"#, now() + 60));
+        let body =
+            URL_SAFE_NO_PAD.encode(format!(r#"{{"role":"service_role","exp":{}}}"#, now() + 60));
         assert!(rejected(&format!("{header}.{body}.")).starts_with("token"));
         assert!(verifier().verify(&format!("{header}.{body}.")).is_err());
     }
@@ -232,7 +251,10 @@ mod tests {
     #[test]
     fn the_header_must_be_bearer() {
         let v = verifier();
-        assert_eq!(v.verify_header(None).map(|_| ()), Err(unauthenticated("missing authorization metadata")));
+        assert_eq!(
+            v.verify_header(None).map(|_| ()),
+            Err(unauthenticated("missing authorization metadata"))
+        );
         assert_eq!(
             v.verify_header(Some(b"Basic abc")).map(|_| ()),
             Err(unauthenticated("authorization must be 'Bearer <token>'"))

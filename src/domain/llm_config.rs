@@ -26,7 +26,9 @@ impl LlmConfig {
             return Ok(LlmConfig::default());
         };
         let object = struct_to_json(config, 1)?;
-        let size = serde_json::to_vec(&object).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&object)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_BYTES {
             return Err(Error::invalid(format!(
                 "llm_config is {size} bytes as JSON; the limit is {MAX_BYTES}"
@@ -59,7 +61,9 @@ impl LlmConfig {
 }
 
 fn depth_error() -> Error {
-    Error::invalid(format!("llm_config is nested deeper than {MAX_DEPTH} levels"))
+    Error::invalid(format!(
+        "llm_config is nested deeper than {MAX_DEPTH} levels"
+    ))
 }
 
 fn struct_to_json(config: Struct, depth: usize) -> Result<Map<String, Json>, Error> {

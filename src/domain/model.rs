@@ -75,7 +75,9 @@ pub fn parse_text(field: &str, value: &str, max: usize) -> Result<String, Error>
         return Err(Error::invalid(format!("{field} is required")));
     }
     if value.chars().count() > max {
-        return Err(Error::invalid(format!("{field} is longer than {max} characters")));
+        return Err(Error::invalid(format!(
+            "{field} is longer than {max} characters"
+        )));
     }
     Ok(value.to_owned())
 }

@@ -27,7 +27,10 @@ impl PageRequest {
         let after = if page_token.is_empty() {
             None
         } else {
-            Some(decode_token(page_token).ok_or_else(|| Error::invalid("page_token is not valid"))?)
+            Some(
+                decode_token(page_token)
+                    .ok_or_else(|| Error::invalid("page_token is not valid"))?,
+            )
         };
         Ok(PageRequest { size, after })
     }
@@ -59,7 +62,9 @@ impl<T> Page<T> {
     pub fn from_rows(mut rows: Vec<T>, request: PageRequest, id_of: impl Fn(&T) -> Uuid) -> Self {
         let next_page_token = if rows.len() > request.size as usize {
             rows.truncate(request.size as usize);
-            rows.last().map(|last| encode_token(id_of(last))).unwrap_or_default()
+            rows.last()
+                .map(|last| encode_token(id_of(last)))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -76,8 +81,14 @@ mod tests {
 
     #[test]
     fn sizes_default_and_clamp() {
-        assert_eq!(PageRequest::parse(0, "").map(|p| p.size), Ok(DEFAULT_PAGE_SIZE));
-        assert_eq!(PageRequest::parse(10_000, "").map(|p| p.size), Ok(MAX_PAGE_SIZE));
+        assert_eq!(
+            PageRequest::parse(0, "").map(|p| p.size),
+            Ok(DEFAULT_PAGE_SIZE)
+        );
+        assert_eq!(
+            PageRequest::parse(10_000, "").map(|p| p.size),
+            Ok(MAX_PAGE_SIZE)
+        );
         assert!(PageRequest::parse(-1, "").is_err());
     }
 
@@ -88,7 +99,12 @@ mod tests {
             PageRequest::parse(5, &encode_token(id)).map(|p| p.after),
             Ok(Some(id))
         );
-        for bad in ["x", "!!!", &URL_SAFE_NO_PAD.encode("v2:abc"), &"A".repeat(100)] {
+        for bad in [
+            "x",
+            "!!!",
+            &URL_SAFE_NO_PAD.encode("v2:abc"),
+            &"A".repeat(100),
+        ] {
             assert_eq!(
                 PageRequest::parse(5, bad),
                 Err(Error::invalid("page_token is not valid"))
@@ -99,7 +115,10 @@ mod tests {
     #[test]
     fn the_extra_row_becomes_a_token() {
         let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-        let request = PageRequest { size: 2, after: None };
+        let request = PageRequest {
+            size: 2,
+            after: None,
+        };
         let page = Page::from_rows(ids.clone(), request, |id| *id);
         assert_eq!(page.items, ids[..2]);
         assert_eq!(page.next_page_token, encode_token(ids[1]));

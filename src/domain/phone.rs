@@ -117,8 +117,20 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for bad in ["", "+", "+0123", "+1", "hello", "+1 800 CALL ME NOW PLEASE 0000000000000000000", "+12345678901234567"] {
-            assert!(e164(bad).starts_with("error"), "{bad:?} was accepted as {}", e164(bad));
+        for bad in [
+            "",
+            "+",
+            "+0123",
+            "+1",
+            "hello",
+            "+1 800 CALL ME NOW PLEASE 0000000000000000000",
+            "+12345678901234567",
+        ] {
+            assert!(
+                e164(bad).starts_with("error"),
+                "{bad:?} was accepted as {}",
+                e164(bad)
+            );
         }
         assert!(e164(&"9".repeat(1000)).starts_with("error"));
     }

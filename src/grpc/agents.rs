@@ -37,7 +37,10 @@ fn parse_new_agent(claims: &Claims, agent: pb::Agent) -> Result<NewAgent, Error>
     })
 }
 
-fn parse_patch(agent: pb::Agent, mask: Option<prost_types::FieldMask>) -> Result<AgentPatch, Error> {
+fn parse_patch(
+    agent: pb::Agent,
+    mask: Option<prost_types::FieldMask>,
+) -> Result<AgentPatch, Error> {
     let paths = mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
         return Err(Error::invalid(
@@ -58,16 +61,22 @@ fn parse_patch(agent: pb::Agent, mask: Option<prost_types::FieldMask>) -> Result
         match field {
             AgentField::Name => patch.name = Some(parse_text("name", &agent.name, MAX_NAME_CHARS)?),
             AgentField::PhoneNumber => {
-                patch.phone_number = Some(PhoneNumber::parse(&agent.phone_number).map_err(in_field("phone_number"))?)
+                patch.phone_number = Some(
+                    PhoneNumber::parse(&agent.phone_number).map_err(in_field("phone_number"))?,
+                )
             }
             AgentField::VoiceId => {
                 patch.voice_id = Some(parse_text("voice_id", &agent.voice_id, MAX_VOICE_ID_CHARS)?)
             }
-            AgentField::LlmConfig => patch.llm_config = Some(LlmConfig::from_struct(llm_config.take())?),
+            AgentField::LlmConfig => {
+                patch.llm_config = Some(LlmConfig::from_struct(llm_config.take())?)
+            }
             AgentField::IsActive => {
-                patch.is_active = Some(agent.is_active.ok_or_else(|| {
-                    Error::invalid("is_active is in update_mask but not set")
-                })?)
+                patch.is_active = Some(
+                    agent
+                        .is_active
+                        .ok_or_else(|| Error::invalid("is_active is in update_mask but not set"))?,
+                )
             }
         }
     }
@@ -82,17 +91,27 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::ResolveAgentResponse>, Status> {
         let claims = claims_of(&request)?;
         let request = request.into_inner();
-        let called = PhoneNumber::parse(&request.called_number).map_err(in_field("called_number"))?;
+        let called =
+            PhoneNumber::parse(&request.called_number).map_err(in_field("called_number"))?;
         let caller = if request.caller_number.trim().is_empty() {
             None
         } else {
             Some(PhoneNumber::parse(&request.caller_number).map_err(in_field("caller_number"))?)
         };
-        let resolution = self.resolver.resolve(&claims, &called, caller.as_ref()).await?;
-        Ok(with_org(resolution_to_pb(&resolution), resolution.organization.id))
+        let resolution = self
+            .resolver
+            .resolve(&claims, &called, caller.as_ref())
+            .await?;
+        Ok(with_org(
+            resolution_to_pb(&resolution),
+            resolution.organization.id,
+        ))
     }
 
-    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         let claims = claims_of(&request)?;
         let id = AgentId::parse(&request.get_ref().id)?;
         let agent = self.store.get_agent(&claims, id).await?;
@@ -112,7 +131,10 @@ impl AgentService for AgentApi {
         }))
     }
 
-    async fn create_agent(&self, request: Request<pb::CreateAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn create_agent(
+        &self,
+        request: Request<pb::CreateAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         let claims = claims_of(&request)?;
         let agent = request
             .into_inner()
@@ -123,17 +145,25 @@ impl AgentService for AgentApi {
         Ok(with_org(agent_to_pb(&agent), agent.org_id))
     }
 
-    async fn update_agent(&self, request: Request<pb::UpdateAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn update_agent(
+        &self,
+        request: Request<pb::UpdateAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         let claims = claims_of(&request)?;
         let request = request.into_inner();
-        let agent = request.agent.ok_or_else(|| Error::invalid("agent is required"))?;
+        let agent = request
+            .agent
+            .ok_or_else(|| Error::invalid("agent is required"))?;
         let id = AgentId::parse(&agent.id).map_err(in_field("agent"))?;
         let patch = parse_patch(agent, request.update_mask)?;
         let (agent, _previous_number) = self.store.update_agent(&claims, id, &patch).await?;
         Ok(with_org(agent_to_pb(&agent), agent.org_id))
     }
 
-    async fn delete_agent(&self, request: Request<pb::DeleteAgentRequest>) -> Result<Response<()>, Status> {
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<()>, Status> {
         let claims = claims_of(&request)?;
         let id = AgentId::parse(&request.get_ref().id)?;
         let agent = self.store.delete_agent(&claims, id).await?;

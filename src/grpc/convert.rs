@@ -91,7 +91,9 @@ pub fn with_org<T>(message: T, org: OrgId) -> Response<T> {
 pub fn target_org(claims: &Claims, org_id: &str) -> Result<Option<OrgId>, Error> {
     if org_id.trim().is_empty() {
         if claims.is_service_role() {
-            return Err(Error::invalid("org_id is required for service_role callers"));
+            return Err(Error::invalid(
+                "org_id is required for service_role callers",
+            ));
         }
         return Ok(None);
     }

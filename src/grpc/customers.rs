@@ -36,7 +36,10 @@ impl CustomerService for CustomerApi {
         Ok(with_org(customer_to_pb(&customer), customer.org_id))
     }
 
-    async fn get_customer(&self, request: Request<pb::GetCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
         let claims = claims_of(&request)?;
         let id = CustomerId::parse(&request.get_ref().id)?;
         let customer = self.store.get_customer(&claims, id).await?;
@@ -75,7 +78,10 @@ impl CustomerService for CustomerApi {
         Ok(with_org(customer_to_pb(&customer), customer.org_id))
     }
 
-    async fn delete_customer(&self, request: Request<pb::DeleteCustomerRequest>) -> Result<Response<()>, Status> {
+    async fn delete_customer(
+        &self,
+        request: Request<pb::DeleteCustomerRequest>,
+    ) -> Result<Response<()>, Status> {
         let claims = claims_of(&request)?;
         let id = CustomerId::parse(&request.get_ref().id)?;
         let customer = self.store.delete_customer(&claims, id).await?;

@@ -102,7 +102,10 @@ fn log_request<B>(method: &str, response: &http::Response<B>, latency: Duration)
         .and_then(|v| v.parse::<i32>().ok())
         .map(Code::from_i32)
         .unwrap_or(Code::Ok);
-    let org = response.extensions().get::<LoggedOrg>().map(|o| o.0.to_string());
+    let org = response
+        .extensions()
+        .get::<LoggedOrg>()
+        .map(|o| o.0.to_string());
     let tier = response
         .headers()
         .get(crate::grpc::CACHE_TIER_HEADER)
@@ -142,7 +145,10 @@ mod tests {
 
     #[test]
     fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout(b"123456789m"), None);

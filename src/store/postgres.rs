@@ -90,7 +90,11 @@ impl PgStore {
         &self.pool
     }
 
-    async fn begin_as(&self, claims: &Claims, access: Access) -> Result<Transaction<'static, Postgres>, Error> {
+    async fn begin_as(
+        &self,
+        claims: &Claims,
+        access: Access,
+    ) -> Result<Transaction<'static, Postgres>, Error> {
         let claims_literal = sql_literal(&claims.json).ok_or(Error::Internal)?;
         let mode = match access {
             Access::Read => "READ ONLY",
@@ -104,7 +108,10 @@ impl PgStore {
             role = claims.role.as_str(),
             timeout = self.statement_timeout_ms,
         );
-        self.pool.begin_with(begin).await.map_err(|e| db_error(e, "begin"))
+        self.pool
+            .begin_with(begin)
+            .await
+            .map_err(|e| db_error(e, "begin"))
     }
 
     /// The call path: one statement, one round trip.
@@ -124,26 +131,36 @@ impl PgStore {
             "select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
             role = claims.role.as_str()
         );
-        let row = sqlx::raw_sql(&sql)
-            .fetch_optional(&self.pool)
+        // `RawSql::fetch_optional` in sqlx 0.8 errors on zero rows (it calls
+        // `fetch_one`), so fetch all: the number is unique, at most one row.
+        let rows = sqlx::raw_sql(&sql)
+            .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "resolve_agent"))?;
-        row.map(|row| resolution_from_row(&row)).transpose()
+        rows.first().map(resolution_from_row).transpose()
     }
 
     pub async fn get_agent(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
-        let row = sqlx::query(&format!("select {AGENT_COLUMNS} from public.agents where id = $1"))
-            .persistent(false)
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, "get_agent"))?;
+        let row = sqlx::query(&format!(
+            "select {AGENT_COLUMNS} from public.agents where id = $1"
+        ))
+        .persistent(false)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "get_agent"))?;
         commit(tx).await?;
-        row.map(|r| agent_from_row(&r)).transpose()?.ok_or_else(|| Error::not_found("agent"))
+        row.map(|r| agent_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| Error::not_found("agent"))
     }
 
-    pub async fn list_agents(&self, claims: &Claims, page: PageRequest) -> Result<Page<Agent>, Error> {
+    pub async fn list_agents(
+        &self,
+        claims: &Claims,
+        page: PageRequest,
+    ) -> Result<Page<Agent>, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
         let rows = sqlx::query(&format!(
             "select {AGENT_COLUMNS} from public.agents \
@@ -156,7 +173,10 @@ impl PgStore {
         .await
         .map_err(|e| db_error(e, "list_agents"))?;
         commit(tx).await?;
-        let agents = rows.iter().map(agent_from_row).collect::<Result<Vec<_>, _>>()?;
+        let agents = rows
+            .iter()
+            .map(agent_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page::from_rows(agents, page, |a| a.id.as_uuid()))
     }
 
@@ -220,7 +240,9 @@ impl PgStore {
             return Err(missing_or_forbidden(tx, "agents", id.as_uuid(), "agent").await);
         };
         commit(tx).await?;
-        let previous: String = row.try_get("previous_phone_number").map_err(|e| db_error(e, "update_agent"))?;
+        let previous: String = row
+            .try_get("previous_phone_number")
+            .map_err(|e| db_error(e, "update_agent"))?;
         Ok((agent_from_row(&row)?, phone_from_db(&previous)?))
     }
 
@@ -241,7 +263,11 @@ impl PgStore {
         agent_from_row(&row)
     }
 
-    pub async fn lookup_customer(&self, claims: &Claims, phone: &PhoneNumber) -> Result<Customer, Error> {
+    pub async fn lookup_customer(
+        &self,
+        claims: &Claims,
+        phone: &PhoneNumber,
+    ) -> Result<Customer, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
         let rows = sqlx::query(&format!(
             "select {CUSTOMER_COLUMNS} from public.customers where phone = $1 order by org_id limit 2"
@@ -264,17 +290,25 @@ impl PgStore {
 
     pub async fn get_customer(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
-        let row = sqlx::query(&format!("select {CUSTOMER_COLUMNS} from public.customers where id = $1"))
-            .persistent(false)
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, "get_customer"))?;
+        let row = sqlx::query(&format!(
+            "select {CUSTOMER_COLUMNS} from public.customers where id = $1"
+        ))
+        .persistent(false)
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "get_customer"))?;
         commit(tx).await?;
-        row.map(|r| customer_from_row(&r)).transpose()?.ok_or_else(|| Error::not_found("customer"))
+        row.map(|r| customer_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| Error::not_found("customer"))
     }
 
-    pub async fn list_customers(&self, claims: &Claims, page: PageRequest) -> Result<Page<Customer>, Error> {
+    pub async fn list_customers(
+        &self,
+        claims: &Claims,
+        page: PageRequest,
+    ) -> Result<Page<Customer>, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
         let rows = sqlx::query(&format!(
             "select {CUSTOMER_COLUMNS} from public.customers \
@@ -287,11 +321,18 @@ impl PgStore {
         .await
         .map_err(|e| db_error(e, "list_customers"))?;
         commit(tx).await?;
-        let customers = rows.iter().map(customer_from_row).collect::<Result<Vec<_>, _>>()?;
+        let customers = rows
+            .iter()
+            .map(customer_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page::from_rows(customers, page, |c| c.id.as_uuid()))
     }
 
-    pub async fn upsert_customer(&self, claims: &Claims, customer: &CustomerUpsert) -> Result<Customer, Error> {
+    pub async fn upsert_customer(
+        &self,
+        claims: &Claims,
+        customer: &CustomerUpsert,
+    ) -> Result<Customer, Error> {
         let mut tx = self.begin_as(claims, Access::Write).await?;
         let row = sqlx::query(&format!(
             "insert into public.customers (org_id, phone, name, email) \
@@ -311,7 +352,11 @@ impl PgStore {
         customer_from_row(&row)
     }
 
-    pub async fn delete_customer(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
+    pub async fn delete_customer(
+        &self,
+        claims: &Claims,
+        id: CustomerId,
+    ) -> Result<Customer, Error> {
         let mut tx = self.begin_as(claims, Access::Write).await?;
         let row = sqlx::query(&format!(
             "delete from public.customers where id = $1 returning {CUSTOMER_COLUMNS}"
@@ -373,9 +418,9 @@ fn db_error(error: sqlx::Error, operation: &'static str) -> Error {
                 }
                 "23505" => Error::AlreadyExists("a row with these values already exists".into()),
                 "42501" => Error::PermissionDenied("your role may not do this".into()),
-                "23502" if column == "org_id" => Error::PermissionDenied(
-                    "you are not a member of any organization".into(),
-                ),
+                "23502" if column == "org_id" => {
+                    Error::PermissionDenied("you are not a member of any organization".into())
+                }
                 "23502" => Error::invalid(format!("{column} is required")),
                 "23503" if constraint.ends_with("org_id_fkey") => {
                     Error::invalid("org_id does not name an organization")
@@ -394,7 +439,10 @@ fn db_error(error: sqlx::Error, operation: &'static str) -> Error {
                 }
             }
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => {
             tracing::warn!(operation, error = %error, "database unavailable");
             Error::Unavailable("database unavailable".into())
         }
@@ -430,7 +478,13 @@ fn agent_from_row(row: &PgRow) -> Result<Agent, Error> {
     agent_from_columns(row, "id", "name", "created_at", "updated_at")
 }
 
-fn agent_from_columns(row: &PgRow, id: &str, name: &str, created: &str, updated: &str) -> Result<Agent, Error> {
+fn agent_from_columns(
+    row: &PgRow,
+    id: &str,
+    name: &str,
+    created: &str,
+    updated: &str,
+) -> Result<Agent, Error> {
     Ok(Agent {
         id: AgentId::from_uuid(get(row, id)?),
         org_id: OrgId::from_uuid(get(row, "org_id")?),
@@ -457,7 +511,13 @@ fn customer_from_row(row: &PgRow) -> Result<Customer, Error> {
 }
 
 fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
-    let agent = agent_from_columns(row, "agent_id", "agent_name", "agent_created_at", "agent_updated_at")?;
+    let agent = agent_from_columns(
+        row,
+        "agent_id",
+        "agent_name",
+        "agent_created_at",
+        "agent_updated_at",
+    )?;
     let organization = Organization {
         id: agent.org_id,
         name: get(row, "org_name")?,
