@@ -129,8 +129,12 @@ impl ServeConfig {
             .database_url
             .filter(|u| !u.trim().is_empty())
             .ok_or_else(|| ConfigError("DATABASE_URL (or --database-url) is not set".into()))?;
-        sqlx::postgres::PgConnectOptions::from_str(&database_url)
-            .map_err(|_| ConfigError("DATABASE_URL is not a valid postgres:// URL".into()))?;
+        let postgres_scheme =
+            database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
+        postgres_scheme
+            .then_some(())
+            .and_then(|()| sqlx::postgres::PgConnectOptions::from_str(&database_url).ok())
+            .ok_or_else(|| ConfigError("DATABASE_URL is not a valid postgres:// URL".into()))?;
         let redis_url = args.redis_url.filter(|u| !u.trim().is_empty());
         if let Some(url) = &redis_url {
             redis::Client::open(url.as_str())
