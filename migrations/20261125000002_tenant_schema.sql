@@ -21,9 +21,15 @@ grant usage on schema switchboard_private to authenticated, service_role;
 
 -- ---------------------------------------------------------------- tables
 
-create type public.plan_tier as enum ('starter', 'pro', 'enterprise');
+do $$
+begin
+  if to_regtype('public.plan_tier') is null then
+    create type public.plan_tier as enum ('starter', 'pro', 'enterprise');
+  end if;
+end
+$$;
 
-create table public.organizations (
+create table if not exists public.organizations (
   id uuid primary key default gen_random_uuid(),
   name text not null check (length(name) between 1 and 200),
   slug text not null unique check (slug ~ '^[a-z0-9][a-z0-9-]{0,62}$'),
@@ -32,20 +38,20 @@ create table public.organizations (
   updated_at timestamptz not null default now()
 );
 
-create table public.profiles (
+create table if not exists public.profiles (
   id uuid primary key references auth.users (id) on delete cascade,
   org_id uuid not null references public.organizations (id) on delete cascade,
   role text not null default 'viewer' check (role in ('admin', 'manager', 'viewer')),
   full_name text,
   created_at timestamptz not null default now()
 );
-create index profiles_org_id_idx on public.profiles (org_id);
+create index if not exists profiles_org_id_idx on public.profiles (org_id);
 
 -- The caller's organization, and only when their role is one of `roles`.
 -- SECURITY DEFINER because the policies on `profiles` call it: as invoker it
 -- would recurse into those policies. It reads nothing but the caller's own
 -- profile row.
-create function switchboard_private.auth_org_id(roles text[] default array['admin', 'manager', 'viewer'])
+create or replace function switchboard_private.auth_org_id(roles text[] default array['admin', 'manager', 'viewer'])
 returns uuid
 language sql stable security definer
 set search_path = ''
@@ -57,7 +63,7 @@ $$;
 revoke all on function switchboard_private.auth_org_id(text[]) from public;
 grant execute on function switchboard_private.auth_org_id(text[]) to authenticated, service_role;
 
-create table public.agents (
+create table if not exists public.agents (
   id uuid primary key default gen_random_uuid(),
   -- A tenant's insert lands in its own org; service_role names the org.
   org_id uuid not null default switchboard_private.auth_org_id()
@@ -71,9 +77,9 @@ create table public.agents (
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
-create index agents_org_id_idx on public.agents (org_id);
+create index if not exists agents_org_id_idx on public.agents (org_id);
 
-create table public.customers (
+create table if not exists public.customers (
   id uuid primary key default gen_random_uuid(),
   org_id uuid not null default switchboard_private.auth_org_id()
     references public.organizations (id) on delete cascade,
@@ -86,7 +92,7 @@ create table public.customers (
   unique (org_id, phone)
 );
 
-create table public.calls (
+create table if not exists public.calls (
   id uuid primary key default gen_random_uuid(),
   org_id uuid not null default switchboard_private.auth_org_id()
     references public.organizations (id) on delete cascade,
@@ -100,9 +106,9 @@ create table public.calls (
   started_at timestamptz not null default now(),
   ended_at timestamptz
 );
-create index calls_org_id_idx on public.calls (org_id);
+create index if not exists calls_org_id_idx on public.calls (org_id);
 
-create table public.knowledge_base (
+create table if not exists public.knowledge_base (
   id uuid primary key default gen_random_uuid(),
   org_id uuid not null default switchboard_private.auth_org_id()
     references public.organizations (id) on delete cascade,
@@ -111,7 +117,7 @@ create table public.knowledge_base (
   content text not null,
   created_at timestamptz not null default now()
 );
-create index knowledge_base_org_id_idx on public.knowledge_base (org_id);
+create index if not exists knowledge_base_org_id_idx on public.knowledge_base (org_id);
 
 do $vector$
 declare
@@ -121,12 +127,12 @@ begin
   from pg_catalog.pg_extension e join pg_catalog.pg_namespace n on n.oid = e.extnamespace
   where e.extname = 'vector';
   if vector_schema is not null then
-    execute format('alter table public.knowledge_base add column embedding %I.vector(1536)', vector_schema);
+    execute format('alter table public.knowledge_base add column if not exists embedding %I.vector(1536)', vector_schema);
   end if;
 end
 $vector$;
 
-create function switchboard_private.touch_updated_at()
+create or replace function switchboard_private.touch_updated_at()
 returns trigger
 language plpgsql
 set search_path = ''
@@ -137,10 +143,13 @@ begin
 end
 $$;
 
+drop trigger if exists organizations_touch_updated_at on public.organizations;
 create trigger organizations_touch_updated_at before update on public.organizations
   for each row execute function switchboard_private.touch_updated_at();
+drop trigger if exists agents_touch_updated_at on public.agents;
 create trigger agents_touch_updated_at before update on public.agents
   for each row execute function switchboard_private.touch_updated_at();
+drop trigger if exists customers_touch_updated_at on public.customers;
 create trigger customers_touch_updated_at before update on public.customers
   for each row execute function switchboard_private.touch_updated_at();
 
@@ -166,57 +175,78 @@ alter table public.customers enable row level security;
 alter table public.calls enable row level security;
 alter table public.knowledge_base enable row level security;
 
+drop policy if exists organizations_select on public.organizations;
 create policy organizations_select on public.organizations for select to authenticated
   using (id = (select switchboard_private.auth_org_id()));
 
+drop policy if exists profiles_select on public.profiles;
 create policy profiles_select on public.profiles for select to authenticated
   using (org_id = (select switchboard_private.auth_org_id()));
+drop policy if exists profiles_insert on public.profiles;
 create policy profiles_insert on public.profiles for insert to authenticated
   with check (org_id = (select switchboard_private.auth_org_id(array['admin'])));
 -- An admin may not touch their own profile: no one changes their own role or org.
+drop policy if exists profiles_update on public.profiles;
 create policy profiles_update on public.profiles for update to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin'])) and id <> (select auth.uid()))
   with check (org_id = (select switchboard_private.auth_org_id(array['admin'])));
+drop policy if exists profiles_delete on public.profiles;
 create policy profiles_delete on public.profiles for delete to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin'])) and id <> (select auth.uid()));
 
+drop policy if exists agents_select on public.agents;
 create policy agents_select on public.agents for select to authenticated
   using (org_id = (select switchboard_private.auth_org_id()));
+drop policy if exists agents_insert on public.agents;
 create policy agents_insert on public.agents for insert to authenticated
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists agents_update on public.agents;
 create policy agents_update on public.agents for update to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])))
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists agents_delete on public.agents;
 create policy agents_delete on public.agents for delete to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
 
+drop policy if exists customers_select on public.customers;
 create policy customers_select on public.customers for select to authenticated
   using (org_id = (select switchboard_private.auth_org_id()));
+drop policy if exists customers_insert on public.customers;
 create policy customers_insert on public.customers for insert to authenticated
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists customers_update on public.customers;
 create policy customers_update on public.customers for update to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])))
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists customers_delete on public.customers;
 create policy customers_delete on public.customers for delete to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
 
+drop policy if exists calls_select on public.calls;
 create policy calls_select on public.calls for select to authenticated
   using (org_id = (select switchboard_private.auth_org_id()));
+drop policy if exists calls_insert on public.calls;
 create policy calls_insert on public.calls for insert to authenticated
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists calls_update on public.calls;
 create policy calls_update on public.calls for update to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])))
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists calls_delete on public.calls;
 create policy calls_delete on public.calls for delete to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
 
+drop policy if exists knowledge_base_select on public.knowledge_base;
 create policy knowledge_base_select on public.knowledge_base for select to authenticated
   using (org_id = (select switchboard_private.auth_org_id()));
+drop policy if exists knowledge_base_insert on public.knowledge_base;
 create policy knowledge_base_insert on public.knowledge_base for insert to authenticated
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists knowledge_base_update on public.knowledge_base;
 create policy knowledge_base_update on public.knowledge_base for update to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])))
   with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+drop policy if exists knowledge_base_delete on public.knowledge_base;
 create policy knowledge_base_delete on public.knowledge_base for delete to authenticated
   using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
 
@@ -227,7 +257,7 @@ create policy knowledge_base_delete on public.knowledge_base for delete to authe
 -- undo both settings when the function returns.
 -- Only switchboard's own login role may call it: it switches role on the
 -- caller's say-so.
-create function switchboard_private.resolve_agent(
+create or replace function switchboard_private.resolve_agent(
   jwt_claims text, jwt_role text, called_number text, caller_number text
 )
 returns table (

@@ -7,7 +7,9 @@ insert into auth.users (id, email) values
   ('a0000000-0000-4000-8000-000000000001', 'admin@acme-dental.example'),
   ('a0000000-0000-4000-8000-000000000002', 'manager@acme-dental.example'),
   ('a0000000-0000-4000-8000-000000000003', 'viewer@acme-dental.example'),
-  ('b0000000-0000-4000-8000-000000000001', 'admin@bluebird-clinic.example')
+  ('b0000000-0000-4000-8000-000000000001', 'admin@bluebird-clinic.example'),
+  ('b0000000-0000-4000-8000-000000000002', 'manager@bluebird-clinic.example'),
+  ('b0000000-0000-4000-8000-000000000003', 'viewer@bluebird-clinic.example')
 on conflict (id) do nothing;
 
 insert into public.organizations (id, name, slug, plan_tier) values
@@ -19,7 +21,9 @@ insert into public.profiles (id, org_id, role, full_name) values
   ('a0000000-0000-4000-8000-000000000001', '0a000000-0000-4000-8000-00000000000a', 'admin', 'Ada Admin'),
   ('a0000000-0000-4000-8000-000000000002', '0a000000-0000-4000-8000-00000000000a', 'manager', 'Max Manager'),
   ('a0000000-0000-4000-8000-000000000003', '0a000000-0000-4000-8000-00000000000a', 'viewer', 'Vic Viewer'),
-  ('b0000000-0000-4000-8000-000000000001', '0b000000-0000-4000-8000-00000000000b', 'admin', 'Bea Admin')
+  ('b0000000-0000-4000-8000-000000000001', '0b000000-0000-4000-8000-00000000000b', 'admin', 'Bea Admin'),
+  ('b0000000-0000-4000-8000-000000000002', '0b000000-0000-4000-8000-00000000000b', 'manager', 'Mo Manager'),
+  ('b0000000-0000-4000-8000-000000000003', '0b000000-0000-4000-8000-00000000000b', 'viewer', 'Val Viewer')
 on conflict (id) do nothing;
 
 insert into public.agents (id, org_id, name, phone_number, voice_id, llm_config) values

@@ -31,7 +31,9 @@ impl PhoneNumber {
         if input.len() > MAX_INPUT_LEN {
             return Err(Error::invalid("phone number is too long"));
         }
-        if !input.starts_with('+') {
+        // `(+1) 650 555 0199` is a common written form: brackets may come
+        // first, but the `+` and a country code must be there.
+        if !input.trim_start_matches(['(', ' ']).starts_with('+') {
             return Err(Error::invalid(
                 "phone number must start with + and a country code (E.164, e.g. +18005550100)",
             ));
@@ -107,6 +109,9 @@ mod tests {
         // The UK trunk prefix in brackets is dropped, not kept as a digit.
         assert_eq!(e164("+44 (0)20 7946 0958"), "+442079460958");
         assert_eq!(e164("+33 1 23 45 67 89"), "+33123456789");
+        assert_eq!(e164("(+1) 650-555-0199"), "+16505550199");
+        // Vanity letters are digits on a keypad.
+        assert_eq!(e164("+1 800 FLOWERS"), "+18003569377");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::{
     auth::claims_of,
     domain::{
         model::{parse_optional_text, MAX_EMAIL_CHARS, MAX_NAME_CHARS},
-        CustomerId, CustomerUpsert, PageRequest, PhoneNumber,
+        CustomerId, CustomerUpsert, OrgId, PageRequest, PhoneNumber,
     },
     error::Error,
     pb::{self, customer_service_server::CustomerService},
@@ -32,7 +32,11 @@ impl CustomerService for CustomerApi {
     ) -> Result<Response<pb::Customer>, Status> {
         let claims = claims_of(&request)?;
         let phone = PhoneNumber::parse(&request.get_ref().phone).map_err(in_field("phone"))?;
-        let customer = self.store.lookup_customer(&claims, &phone).await?;
+        let org_id = match request.get_ref().org_id.trim() {
+            "" => None,
+            org_id => Some(OrgId::parse(org_id)?),
+        };
+        let customer = self.store.lookup_customer(&claims, &phone, org_id).await?;
         Ok(with_org(customer_to_pb(&customer), customer.org_id))
     }
 

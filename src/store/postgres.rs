@@ -267,13 +267,18 @@ impl PgStore {
         &self,
         claims: &Claims,
         phone: &PhoneNumber,
+        org_id: Option<OrgId>,
     ) -> Result<Customer, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
+        // RLS decides what is visible; `org_id` only narrows it (the
+        // platform's service_role sees every org).
         let rows = sqlx::query(&format!(
-            "select {CUSTOMER_COLUMNS} from public.customers where phone = $1 order by org_id limit 2"
+            "select {CUSTOMER_COLUMNS} from public.customers \
+             where phone = $1 and ($2::uuid is null or org_id = $2) order by org_id limit 2"
         ))
         .persistent(false)
         .bind(phone.as_str())
+        .bind(org_id.map(|o| o.as_uuid()))
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| db_error(e, "lookup_customer"))?;
@@ -283,7 +288,7 @@ impl PgStore {
             [row] => customer_from_row(row),
             // Only service_role sees several orgs at once.
             _ => Err(Error::FailedPrecondition(
-                "customers of several organizations have this phone; look it up with a tenant token or by id".into(),
+                "customers of several organizations have this phone; name org_id".into(),
             )),
         }
     }

@@ -1,0 +1,446 @@
+//! The test harness: a fresh database per test, the real server on a loopback
+//! port, real clients and real signed tokens.
+//!
+//! Environment:
+//! * `SWITCHBOARD_TEST_DATABASE_URL`: a superuser URL to the server the tests
+//!   create their databases on (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! * `SWITCHBOARD_TEST_POOLER_URL`: when set (e.g. a PgBouncer in transaction
+//!   mode, `postgres://postgres@127.0.0.1:6543`), the service under test sends
+//!   its queries through it; migrations and fixtures still go direct.
+//! * `SWITCHBOARD_TEST_REDIS_URL`: Redis (default `redis://127.0.0.1:6379`).
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use serde_json::{Map, Value};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    ConnectOptions, Connection, Executor, PgConnection, PgPool,
+};
+use switchboard::{
+    config::{ServeArgs, ServeConfig},
+    pb::{
+        agent_service_client::AgentServiceClient, customer_service_client::CustomerServiceClient,
+    },
+    startup::Application,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{transport::Channel, Code, Request, Status};
+use uuid::Uuid;
+
+pub const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+
+pub const ACME: &str = "0a000000-0000-4000-8000-00000000000a";
+pub const BLUEBIRD: &str = "0b000000-0000-4000-8000-00000000000b";
+pub const ACME_AGENT: &str = "aa000000-0000-4000-8000-000000000001";
+pub const BLUEBIRD_AGENT: &str = "bb000000-0000-4000-8000-000000000001";
+pub const ACME_NUMBER: &str = "+18005550100";
+pub const BLUEBIRD_NUMBER: &str = "+18005550200";
+pub const ACME_CUSTOMER: &str = "ca000000-0000-4000-8000-000000000001";
+pub const BLUEBIRD_CUSTOMER: &str = "cb000000-0000-4000-8000-000000000001";
+/// The caller known to both clinics, as a different person in each.
+pub const SHARED_CALLER: &str = "+14155550123";
+
+/// Who is calling: a seeded user of one org, or the platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    AcmeAdmin,
+    AcmeManager,
+    AcmeViewer,
+    BluebirdAdmin,
+    BluebirdManager,
+    BluebirdViewer,
+    Service,
+}
+
+impl Who {
+    pub const ACME: [Who; 3] = [Who::AcmeAdmin, Who::AcmeManager, Who::AcmeViewer];
+    pub const BLUEBIRD: [Who; 3] = [
+        Who::BluebirdAdmin,
+        Who::BluebirdManager,
+        Who::BluebirdViewer,
+    ];
+    pub const TENANTS: [Who; 6] = [
+        Who::AcmeAdmin,
+        Who::AcmeManager,
+        Who::AcmeViewer,
+        Who::BluebirdAdmin,
+        Who::BluebirdManager,
+        Who::BluebirdViewer,
+    ];
+
+    pub fn user_id(self) -> Option<Uuid> {
+        let id = match self {
+            Who::AcmeAdmin => "a0000000-0000-4000-8000-000000000001",
+            Who::AcmeManager => "a0000000-0000-4000-8000-000000000002",
+            Who::AcmeViewer => "a0000000-0000-4000-8000-000000000003",
+            Who::BluebirdAdmin => "b0000000-0000-4000-8000-000000000001",
+            Who::BluebirdManager => "b0000000-0000-4000-8000-000000000002",
+            Who::BluebirdViewer => "b0000000-0000-4000-8000-000000000003",
+            Who::Service => return None,
+        };
+        Uuid::parse_str(id).ok()
+    }
+
+    /// The caller's own org and the other one.
+    pub fn orgs(self) -> (&'static str, &'static str) {
+        if Who::BLUEBIRD.contains(&self) {
+            (BLUEBIRD, ACME)
+        } else {
+            (ACME, BLUEBIRD)
+        }
+    }
+
+    pub fn can_write(self) -> bool {
+        !matches!(self, Who::AcmeViewer | Who::BluebirdViewer)
+    }
+}
+
+/// Signs any claims with the test secret (HS256), as Supabase would.
+pub fn sign(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+pub fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+/// A token for `who`, with `extra` claims merged over the usual ones (so a
+/// test can override `exp`, `role`, ...).
+pub fn token_with(who: Who, extra: Value) -> String {
+    let now = now();
+    let mut claims = Map::new();
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + 3600).into());
+    match who.user_id() {
+        Some(sub) => {
+            claims.insert("role".into(), "authenticated".into());
+            claims.insert("aud".into(), "authenticated".into());
+            claims.insert("sub".into(), sub.to_string().into());
+        }
+        None => {
+            claims.insert("role".into(), "service_role".into());
+        }
+    }
+    if let Value::Object(extra) = extra {
+        claims.extend(extra);
+    }
+    sign(&Value::Object(claims))
+}
+
+pub fn token(who: Who) -> String {
+    token_with(who, Value::Null)
+}
+
+/// Wraps a message with `authorization: Bearer <token>`.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+pub fn as_who<T>(who: Who, message: T) -> Request<T> {
+    authed(&token(who), message)
+}
+
+/// Asserts an RPC failed with `code`, and returns the message.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> String {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got OK: {value:?}"),
+        Err(status) => {
+            assert_eq!(
+                status.code(),
+                code,
+                "unexpected status: {}",
+                status.message()
+            );
+            status.message().to_owned()
+        }
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+pub fn admin_url() -> String {
+    env_or(
+        "SWITCHBOARD_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+pub fn redis_url() -> String {
+    env_or("SWITCHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let options = PgConnectOptions::from_str(url).unwrap_or_else(|e| panic!("bad test url: {e}"));
+    let user = options.get_username();
+    let host = options.get_host();
+    let port = options.get_port();
+    format!("postgres://{user}@{host}:{port}/{name}")
+}
+
+/// A database of its own for one test, dropped (with force) when it ends.
+pub struct TestDb {
+    pub name: String,
+    /// Direct connection URL: migrations, fixtures, assertions.
+    pub direct_url: String,
+    /// What the service uses: the pooler when one is configured.
+    pub service_url: String,
+    /// A superuser pool on the test database, for fixtures and checks.
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates an empty database (no migrations).
+    pub async fn empty() -> TestDb {
+        let admin = admin_url();
+        let name = format!("switchboard_test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin}: {e}"));
+        conn.execute(format!("create database {name}").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("create database: {e}"));
+        let _ = conn.close().await;
+        let direct_url = with_database(&admin, &name);
+        let service_url = match std::env::var("SWITCHBOARD_TEST_POOLER_URL") {
+            Ok(pooler) if !pooler.is_empty() => with_database(&pooler, &name),
+            _ => direct_url.clone(),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy(&direct_url)
+            .unwrap_or_else(|e| panic!("pool: {e}"));
+        TestDb {
+            name,
+            direct_url,
+            service_url,
+            pool,
+        }
+    }
+
+    /// A database with the migrations and the demo data.
+    pub async fn seeded() -> TestDb {
+        let db = TestDb::empty().await;
+        switchboard::migrate::run(&db.direct_url)
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        switchboard::migrate::seed(&db.direct_url)
+            .await
+            .unwrap_or_else(|e| panic!("seed: {e}"));
+        db
+    }
+
+    /// Runs SQL as the superuser (fixtures, out-of-band changes).
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = admin_url();
+        // Drop runs inside the test's runtime; do the async work on a thread
+        // of its own and wait for it so nothing is left behind.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(options) = PgConnectOptions::from_str(&admin) else {
+                    return;
+                };
+                if let Ok(mut conn) = options.connect().await {
+                    let _ = conn
+                        .execute(format!("drop database if exists {name} with (force)").as_str())
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Settings a test may change before the server starts.
+pub struct AppOptions {
+    pub redis: bool,
+    pub database_url: Option<String>,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            redis: true,
+            database_url: None,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The service running on a loopback port over its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(TestDb::seeded().await, AppOptions::default()).await
+    }
+
+    pub async fn spawn_with(db: TestDb, options: AppOptions) -> TestApp {
+        let config = ServeConfig::from_args(ServeArgs {
+            database_url: Some(
+                options
+                    .database_url
+                    .clone()
+                    .unwrap_or_else(|| db.service_url.clone()),
+            ),
+            redis_url: options.redis.then(redis_url),
+            jwt_secret: Some(SECRET.into()),
+            listen: "127.0.0.1:0".into(),
+            db_max_connections: 4,
+            db_acquire_timeout_ms: 1_000,
+            request_timeout_ms: options.request_timeout_ms,
+            shutdown_timeout_ms: 1_000,
+        })
+        .unwrap_or_else(|e| panic!("config: {e}"));
+        let app = Application::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("build: {e}"));
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = app
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        TestApp {
+            addr,
+            db,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let endpoint = format!("http://{}", self.addr);
+        for _ in 0..50 {
+            if let Ok(channel) = Channel::from_shared(endpoint.clone())
+                .unwrap_or_else(|e| panic!("endpoint: {e}"))
+                .connect()
+                .await
+            {
+                return channel;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server at {endpoint} never accepted a connection");
+    }
+
+    pub async fn agents(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel().await)
+    }
+
+    pub async fn customers(&self) -> CustomerServiceClient<Channel> {
+        CustomerServiceClient::new(self.channel().await)
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// JSON to `google.protobuf.Struct`, for `llm_config`.
+pub fn to_struct(json: Value) -> prost_types::Struct {
+    fn kind(value: Value) -> prost_types::Value {
+        use prost_types::value::Kind;
+        let kind = match value {
+            Value::Null => Kind::NullValue(0),
+            Value::Bool(b) => Kind::BoolValue(b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            Value::String(s) => Kind::StringValue(s),
+            Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+                values: items.into_iter().map(kind).collect(),
+            }),
+            Value::Object(map) => Kind::StructValue(to_struct(Value::Object(map))),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    match json {
+        Value::Object(map) => prost_types::Struct {
+            fields: map.into_iter().map(|(k, v)| (k, kind(v))).collect(),
+        },
+        _ => prost_types::Struct::default(),
+    }
+}
+
+/// A new agent for `org_id` ("" = the caller's own org).
+pub fn new_agent(org_id: &str, phone: &str) -> switchboard::pb::Agent {
+    switchboard::pb::Agent {
+        org_id: org_id.into(),
+        name: "Night Line".into(),
+        phone_number: phone.into(),
+        voice_id: "shimmer".into(),
+        llm_config: Some(to_struct(
+            serde_json::json!({"model": "gpt-4o", "temperature": 0.2}),
+        )),
+        is_active: Some(true),
+        ..Default::default()
+    }
+}
+
+pub fn new_customer(org_id: &str, phone: &str, name: &str) -> switchboard::pb::Customer {
+    switchboard::pb::Customer {
+        org_id: org_id.into(),
+        phone: phone.into(),
+        name: name.into(),
+        email: format!("{}@example.com", name.to_lowercase().replace(' ', ".")),
+        ..Default::default()
+    }
+}
