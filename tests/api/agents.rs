@@ -281,6 +281,22 @@ async fn bad_arguments_are_invalid_and_named() {
         Code::InvalidArgument,
     );
     assert!(message.contains("llm_config"), "{message}");
+    // Deeper than the protobuf decoder's recursion limit: still the client's
+    // fault, not an internal error.
+    let deeper = (0..60).fold(json!(1), |inner, _| json!({ "a": inner }));
+    let message = assert_code(
+        agents
+            .create_agent(as_who(
+                Who::AcmeAdmin,
+                create(Agent {
+                    llm_config: Some(to_struct(json!({ "deep": deeper }))),
+                    ..new_agent("", "+18005550111")
+                }),
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("not a valid message"), "{message}");
     // Nothing was half-written.
     let count: i64 = sqlx::query_scalar("select count(*) from public.agents")
         .fetch_one(&app.db.pool)

@@ -4,9 +4,10 @@
 //! Environment:
 //! * `SWITCHBOARD_TEST_DATABASE_URL`: a superuser URL to the server the tests
 //!   create their databases on (default `postgres://postgres@127.0.0.1:5432/postgres`).
-//! * `SWITCHBOARD_TEST_POOLER_URL`: when set (e.g. a PgBouncer in transaction
-//!   mode, `postgres://postgres@127.0.0.1:6543`), the service under test sends
-//!   its queries through it; migrations and fixtures still go direct.
+//! * `SWITCHBOARD_TEST_POOLER_URL`: in the `pooled` test binary, a transaction
+//!   pooler to use (e.g. `postgres://postgres@127.0.0.1:6543`) instead of the
+//!   PgBouncer the tests start themselves. The service's queries go through
+//!   it; migrations and fixtures always go direct.
 //! * `SWITCHBOARD_TEST_REDIS_URL`: Redis (default `redis://127.0.0.1:6379`).
 
 #![allow(dead_code)]
@@ -194,6 +195,32 @@ fn with_database(url: &str, name: &str) -> String {
     format!("postgres://{user}@{host}:{port}/{name}")
 }
 
+/// The transaction pooler every test of the `pooled` binary shares.
+async fn shared_pooler_url() -> String {
+    static POOLER: tokio::sync::OnceCell<(String, Option<crate::pgbouncer::PgBouncer>)> =
+        tokio::sync::OnceCell::const_new();
+    let (url, _) = POOLER
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("SWITCHBOARD_TEST_POOLER_URL") {
+                if !url.is_empty() {
+                    return (url, None);
+                }
+            }
+            let admin = PgConnectOptions::from_str(&admin_url())
+                .unwrap_or_else(|e| panic!("bad test url: {e}"));
+            let bouncer =
+                crate::pgbouncer::PgBouncer::start(admin.get_host(), admin.get_port()).await;
+            let url = format!(
+                "postgres://{}@127.0.0.1:{}/postgres",
+                admin.get_username(),
+                bouncer.port
+            );
+            (url, Some(bouncer))
+        })
+        .await;
+    url.clone()
+}
+
 /// A database of its own for one test, dropped (with force) when it ends.
 pub struct TestDb {
     pub name: String,
@@ -218,9 +245,10 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("create database: {e}"));
         let _ = conn.close().await;
         let direct_url = with_database(&admin, &name);
-        let service_url = match std::env::var("SWITCHBOARD_TEST_POOLER_URL") {
-            Ok(pooler) if !pooler.is_empty() => with_database(&pooler, &name),
-            _ => direct_url.clone(),
+        let service_url = if crate::THROUGH_POOLER {
+            with_database(&shared_pooler_url().await, &name)
+        } else {
+            direct_url.clone()
         };
         let pool = PgPoolOptions::new()
             .max_connections(4)

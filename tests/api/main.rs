@@ -8,4 +8,9 @@ mod helpers;
 mod isolation;
 mod migrations;
 mod operations;
+mod pgbouncer;
 mod resolve;
+
+/// This binary talks to Postgres directly; `tests/pooled.rs` runs the same
+/// tests through PgBouncer in transaction mode.
+pub const THROUGH_POOLER: bool = false;

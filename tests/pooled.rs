@@ -1,0 +1,23 @@
+//! The integration suite again, with every query of the service going
+//! through a real PgBouncer in transaction mode (as Supavisor's port 6543
+//! does on Supabase): no named prepared statement or session state may be
+//! relied on between transactions.
+
+#[path = "api/agents.rs"]
+mod agents;
+#[path = "api/auth.rs"]
+mod auth;
+#[path = "api/customers.rs"]
+mod customers;
+#[path = "api/helpers.rs"]
+mod helpers;
+#[path = "api/isolation.rs"]
+mod isolation;
+#[path = "api/operations.rs"]
+mod operations;
+#[path = "api/pgbouncer.rs"]
+mod pgbouncer;
+#[path = "api/resolve.rs"]
+mod resolve;
+
+pub const THROUGH_POOLER: bool = true;
