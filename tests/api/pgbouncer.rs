@@ -76,7 +76,7 @@ impl PgBouncer {
             dir = dir.display(),
             pid = std::process::id()
         );
-        let watchdog = Command::new("sh")
+        let mut watchdog = Command::new("sh")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())
@@ -97,6 +97,8 @@ impl PgBouncer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = watchdog.kill();
+        let _ = watchdog.wait();
         let log = std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
         panic!("pgbouncer did not start on port {port}: {log}");
     }
