@@ -71,7 +71,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "SWITCHBOARD_DB_ACQUIRE_TIMEOUT_MS",
-        default_value_t = 2000
+        default_value_t = 1000
     )]
     pub db_acquire_timeout_ms: u64,
     /// The longest any request may take; a shorter client deadline wins.
@@ -80,6 +80,64 @@ pub struct ServeArgs {
     /// How long in-flight calls may take to finish after SIGTERM.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10000)]
     pub shutdown_timeout_ms: u64,
+    /// A direct or session-mode Postgres URL for LISTEN (cache invalidation);
+    /// LISTEN does not work through a transaction pooler. Defaults to DATABASE_URL.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LISTENER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub listener_database_url: Option<String>,
+    /// Timeout of each Redis call on the call path.
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS", default_value_t = 5)]
+    pub redis_timeout_ms: u64,
+    /// Routes (called numbers) kept in process.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CACHE_MAX_ROUTES",
+        default_value_t = 1_000_000
+    )]
+    pub cache_max_routes: u64,
+    /// Caller records kept in process.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CACHE_MAX_CALLERS",
+        default_value_t = 1_000_000
+    )]
+    pub cache_max_callers: u64,
+    /// In-process TTL, a backstop: invalidation keeps entries correct.
+    #[arg(long, env = "SWITCHBOARD_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// Separates deployments (or test runs) sharing one Redis:
+    /// keys become `switchboard:v1:<namespace>:...`.
+    #[arg(long, env = "SWITCHBOARD_REDIS_NAMESPACE")]
+    pub redis_namespace: Option<String>,
+    /// Redis TTL, a backstop as well.
+    #[arg(long, env = "SWITCHBOARD_REDIS_TTL_SECS", default_value_t = 3600)]
+    pub redis_ttl_secs: u64,
+}
+
+impl ServeArgs {
+    /// The documented defaults, with nothing set: for `dev` and tests.
+    pub fn defaults() -> Self {
+        ServeArgs {
+            database_url: None,
+            redis_url: None,
+            jwt_secret: None,
+            listen: "0.0.0.0:50051".into(),
+            db_max_connections: 16,
+            db_acquire_timeout_ms: 1000,
+            request_timeout_ms: 5000,
+            shutdown_timeout_ms: 10000,
+            listener_database_url: None,
+            redis_timeout_ms: 5,
+            cache_max_routes: 1_000_000,
+            cache_max_callers: 1_000_000,
+            cache_ttl_secs: 300,
+            redis_ttl_secs: 3600,
+            redis_namespace: None,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +179,18 @@ pub struct ServeConfig {
     pub pool: PoolSettings,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub listener_database_url: String,
+    pub cache: CacheSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub redis_namespace: Option<String>,
+    pub redis_timeout: Duration,
+    pub max_routes: u64,
+    pub max_callers: u64,
+    pub memory_ttl: Duration,
+    pub redis_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -129,12 +199,11 @@ impl ServeConfig {
             .database_url
             .filter(|u| !u.trim().is_empty())
             .ok_or_else(|| ConfigError("DATABASE_URL (or --database-url) is not set".into()))?;
-        let postgres_scheme =
-            database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
-        postgres_scheme
-            .then_some(())
-            .and_then(|()| sqlx::postgres::PgConnectOptions::from_str(&database_url).ok())
-            .ok_or_else(|| ConfigError("DATABASE_URL is not a valid postgres:// URL".into()))?;
+        if !is_postgres_url(&database_url) {
+            return Err(ConfigError(
+                "DATABASE_URL is not a valid postgres:// URL".into(),
+            ));
+        }
         let redis_url = args.redis_url.filter(|u| !u.trim().is_empty());
         if let Some(url) = &redis_url {
             redis::Client::open(url.as_str())
@@ -159,8 +228,30 @@ impl ServeConfig {
                 "SWITCHBOARD_DB_MAX_CONNECTIONS must be at least 1".into(),
             ));
         }
+        let listener_database_url =
+            match args.listener_database_url.filter(|u| !u.trim().is_empty()) {
+                Some(url) => {
+                    if !is_postgres_url(&url) {
+                        return Err(ConfigError(
+                            "SWITCHBOARD_LISTENER_DATABASE_URL is not a valid postgres:// URL"
+                                .into(),
+                        ));
+                    }
+                    url
+                }
+                None => database_url.clone(),
+            };
         Ok(ServeConfig {
             listen,
+            listener_database_url,
+            cache: CacheSettings {
+                redis_namespace: args.redis_namespace.filter(|n| !n.trim().is_empty()),
+                redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+                max_routes: args.cache_max_routes.max(1),
+                max_callers: args.cache_max_callers.max(1),
+                memory_ttl: Duration::from_secs(args.cache_ttl_secs.max(1)),
+                redis_ttl: Duration::from_secs(args.redis_ttl_secs.max(1)),
+            },
             database_url,
             redis_url,
             jwt_secret,
@@ -173,6 +264,11 @@ impl ServeConfig {
             shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
         })
     }
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        && sqlx::postgres::PgConnectOptions::from_str(url).is_ok()
 }
 
 #[cfg(test)]
@@ -189,6 +285,7 @@ mod tests {
             db_acquire_timeout_ms: 100,
             request_timeout_ms: 100,
             shutdown_timeout_ms: 100,
+            ..ServeArgs::defaults()
         }
     }
 

@@ -4,6 +4,7 @@
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;

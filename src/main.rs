@@ -127,6 +127,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         db_acquire_timeout_ms: 2000,
         request_timeout_ms: 5000,
         shutdown_timeout_ms: 2000,
+        ..ServeArgs::defaults()
     })
     .map_err(|e| e.to_string())?;
     serve(config).await

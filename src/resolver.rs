@@ -1,21 +1,74 @@
 //! `ResolveAgent`: the call path. Turns "this number was dialed" into the
 //! answer the media server needs, or the reason there is none.
+//!
+//! Who gets a cached answer: the routes in the cache are facts about a
+//! number, fetched by whoever asked first; serving one to a caller must give
+//! exactly what RLS would. `service_role` (the media servers) sees every org,
+//! so it is served from the cache. A tenant token is resolved by Postgres
+//! under its claims every time, because its membership is read from
+//! `profiles` on every request (a removed user loses access on the very next
+//! call) and no cache of ours can know that sooner than Postgres does.
+
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     auth::Claims,
-    domain::{PhoneNumber, Resolution},
+    cache::{Breaker, Cache, Route, Tier},
+    domain::{OrgId, PhoneNumber},
     error::Error,
+    grpc::convert::{customer_to_pb, resolution_to_pb},
+    pb,
     store::PgStore,
 };
+
+/// A `ResolveAgent` answer and where it came from.
+pub struct Resolved {
+    pub response: pb::ResolveAgentResponse,
+    pub org_id: Option<OrgId>,
+    /// Which tier answered for the agent.
+    pub tier: Tier,
+}
 
 #[derive(Clone)]
 pub struct Resolver {
     store: PgStore,
+    cache: Cache,
+    /// Open while Postgres is unreachable: misses fail at once instead of
+    /// each waiting out the pool's acquire timeout.
+    database: Arc<Breaker>,
+}
+
+fn no_agent() -> Error {
+    Error::NotFound("no agent answers this number".into())
+}
+
+fn check_active(route: &pb::ResolveAgentResponse) -> Result<(), Error> {
+    match route.agent.as_ref().and_then(|a| a.is_active) {
+        Some(true) => Ok(()),
+        _ => Err(Error::FailedPrecondition(
+            "the agent for this number is inactive".into(),
+        )),
+    }
+}
+
+fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
+    route
+        .organization
+        .as_ref()
+        .and_then(|o| OrgId::parse(&o.id).ok())
 }
 
 impl Resolver {
-    pub fn new(store: PgStore) -> Self {
-        Resolver { store }
+    pub fn new(store: PgStore, cache: Cache) -> Self {
+        Resolver {
+            store,
+            cache,
+            database: Arc::new(Breaker::new(1, Duration::from_millis(1000))),
+        }
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     pub async fn resolve(
@@ -23,17 +76,168 @@ impl Resolver {
         claims: &Claims,
         called: &PhoneNumber,
         caller: Option<&PhoneNumber>,
-    ) -> Result<Resolution, Error> {
-        let resolution = self
-            .store
-            .resolve_agent(claims, called, caller)
-            .await?
-            .ok_or_else(|| Error::NotFound("no agent answers this number".into()))?;
-        if !resolution.agent.is_active {
-            return Err(Error::FailedPrecondition(
-                "the agent for this number is inactive".into(),
-            ));
+    ) -> Result<Resolved, Error> {
+        if !claims.is_service_role() {
+            return self.resolve_under_rls(claims, called, caller).await;
         }
-        Ok(resolution)
+        let (route, tier, fetched_caller) = self.route(claims, called, caller).await?;
+        check_active(&route)?;
+        let org_id = org_of(&route);
+        let mut response = (*route).clone();
+        if let (Some(caller), Some(org_id)) = (caller, org_id) {
+            response.caller = match fetched_caller {
+                Some(fetched) => fetched.map(|c| (*c).clone()),
+                None => self
+                    .caller(claims, org_id, caller)
+                    .await
+                    .map(|c| (*c).clone()),
+            };
+        }
+        Ok(Resolved {
+            response,
+            org_id,
+            tier,
+        })
+    }
+
+    /// Tenants: one statement under their claims, RLS decides.
+    async fn resolve_under_rls(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+        caller: Option<&PhoneNumber>,
+    ) -> Result<Resolved, Error> {
+        let resolution = self
+            .guarded(self.store.resolve_agent(claims, called, caller))
+            .await?
+            .ok_or_else(no_agent)?;
+        let response = resolution_to_pb(&resolution);
+        check_active(&response)?;
+        Ok(Resolved {
+            response,
+            org_id: Some(resolution.organization.id),
+            tier: Tier::Db,
+        })
+    }
+
+    /// Runs a database call behind the breaker.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        if !self.database.allow() {
+            return Err(Error::Unavailable("the database is unavailable".into()));
+        }
+        let result = call.await;
+        match &result {
+            Err(Error::Unavailable(_)) => self.database.record_failure(),
+            _ => self.database.record_success(),
+        }
+        result
+    }
+
+    /// The route for a number: memory, else Redis, else Postgres. Concurrent
+    /// misses for one number share one fetch. On a Postgres fill the caller
+    /// record comes back from the same statement.
+    #[allow(clippy::type_complexity)]
+    async fn route(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+        caller: Option<&PhoneNumber>,
+    ) -> Result<(Route, Tier, Option<Option<Arc<pb::Customer>>>), Error> {
+        let key: Arc<str> = called.as_str().into();
+        if let Some((route, _)) = self.cache.memory.routes.get(&key).await {
+            return Ok((route, Tier::Memory, None));
+        }
+        let generation = self.cache.generation();
+        let mut fetched_caller = None;
+        let fill = async {
+            if let Some(redis) = &self.cache.redis {
+                if let Some(route) = redis.get_route(called.as_str()).await {
+                    return Ok((route, Tier::Redis));
+                }
+            }
+            let resolution = self
+                .guarded(self.store.resolve_agent(claims, called, caller))
+                .await?
+                .ok_or_else(no_agent)?;
+            let mut response = resolution_to_pb(&resolution);
+            fetched_caller = Some(response.caller.take().map(Arc::new));
+            let route: Route = Arc::new(response);
+            if let Some(redis) = self.cache.redis.clone() {
+                let cache = self.cache.clone();
+                let number = called.as_str().to_owned();
+                let route = route.clone();
+                tokio::spawn(async move {
+                    // A change seen since the fetch began: do not publish a
+                    // value that may predate it.
+                    if cache.generation() == generation {
+                        redis.put_route(&number, &route).await;
+                    }
+                });
+            }
+            Ok::<_, Error>((route, Tier::Db))
+        };
+        let entry = self
+            .cache
+            .memory
+            .routes
+            .entry(key.clone())
+            .or_try_insert_with(fill)
+            .await
+            .map_err(|e| (*e).clone())?;
+        let (route, filled_from) = entry.into_value();
+        let tier = if fetched_caller.is_some() || filled_from == Tier::Redis {
+            filled_from
+        } else {
+            Tier::Memory
+        };
+        if self.cache.generation() != generation {
+            // Evicted while we fetched: answer this call, keep nothing.
+            self.cache.memory.routes.invalidate(&key).await;
+        }
+        if let (Some(caller), Some(org_id), Some(fetched)) =
+            (caller, org_of(&route), fetched_caller.as_ref())
+        {
+            if self.cache.generation() == generation {
+                self.cache
+                    .memory
+                    .callers
+                    .insert((org_id, caller.as_str().into()), fetched.clone())
+                    .await;
+            }
+        }
+        Ok((route, tier, fetched_caller))
+    }
+
+    /// The caller's record in the agent's org. If the database cannot say,
+    /// the call goes on without it: a missing CRM record must not drop a call.
+    async fn caller(
+        &self,
+        claims: &Claims,
+        org_id: OrgId,
+        caller: &PhoneNumber,
+    ) -> Option<Arc<pb::Customer>> {
+        let key = (org_id, Arc::<str>::from(caller.as_str()));
+        if let Some(known) = self.cache.memory.callers.get(&key).await {
+            return known;
+        }
+        let generation = self.cache.generation();
+        let found = match self
+            .guarded(self.store.lookup_customer(claims, caller, Some(org_id)))
+            .await
+        {
+            Ok(customer) => Some(Arc::new(customer_to_pb(&customer))),
+            Err(Error::NotFound(_)) => None,
+            Err(error) => {
+                tracing::warn!(%error, "caller lookup failed; answering without the caller record");
+                return None;
+            }
+        };
+        if self.cache.generation() == generation {
+            self.cache.memory.callers.insert(key, found.clone()).await;
+        }
+        found
     }
 }

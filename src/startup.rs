@@ -11,6 +11,7 @@ use tower::ServiceBuilder;
 
 use crate::{
     auth::{AuthLayer, JwtVerifier},
+    cache::{invalidation, Cache, MemoryTier, RedisTier},
     config::ServeConfig,
     grpc::{AgentApi, CustomerApi, RequestLogLayer},
     pb::{
@@ -29,6 +30,8 @@ pub enum StartupError {
     Database(sqlx::Error),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("REDIS_URL is not usable: {0}")]
+    Redis(redis::RedisError),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -79,7 +82,11 @@ impl Application {
             stop,
             handle,
             drain,
+            background,
         } = server;
+        for task in background {
+            task.abort();
+        }
         let _ = stop.send(());
         match tokio::time::timeout(drain, handle).await {
             Ok(Ok(result)) => result.map_err(StartupError::Serve),
@@ -108,7 +115,33 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let resolver = Resolver::new(self.store.clone());
+        let settings = &self.config.cache;
+        let memory = MemoryTier::new(
+            settings.max_routes,
+            settings.max_callers,
+            settings.memory_ttl,
+        );
+        let redis = match &self.config.redis_url {
+            Some(url) => Some(
+                RedisTier::new(
+                    url,
+                    settings.redis_namespace.as_deref(),
+                    settings.redis_timeout,
+                    settings.redis_ttl,
+                )
+                .map_err(StartupError::Redis)?,
+            ),
+            None => None,
+        };
+        let cache = Cache::new(memory, redis.clone());
+        let mut background = vec![invalidation::spawn_pg_listener(
+            cache.clone(),
+            self.config.listener_database_url.clone(),
+        )];
+        if let Some(redis) = redis {
+            background.push(invalidation::spawn_redis_subscriber(cache.clone(), redis));
+        }
+        let resolver = Resolver::new(self.store.clone(), cache);
         let layers = ServiceBuilder::new()
             .layer(RequestLogLayer {
                 max_request_time: Some(self.config.request_timeout),
@@ -138,6 +171,7 @@ impl Application {
                 stop,
                 handle,
                 drain: self.config.shutdown_timeout,
+                background,
             },
         ))
     }
@@ -147,4 +181,6 @@ struct RunningServer {
     stop: oneshot::Sender<()>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,
     drain: std::time::Duration,
+    /// The invalidation listener and subscriber: stopped with the server.
+    background: Vec<JoinHandle<()>>,
 }

@@ -2,9 +2,15 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{agent_to_pb, in_field, resolution_to_pb, target_org, with_org};
+use tonic::metadata::MetadataValue;
+
+use super::{
+    convert::{agent_to_pb, in_field, target_org, with_org},
+    LoggedOrg, CACHE_TIER_HEADER,
+};
 use crate::{
     auth::{claims_of, Claims},
+    cache::Invalidation,
     domain::{
         model::{parse_text, MAX_NAME_CHARS, MAX_VOICE_ID_CHARS},
         AgentField, AgentId, AgentPatch, LlmConfig, NewAgent, PageRequest, PhoneNumber,
@@ -23,6 +29,16 @@ pub struct AgentApi {
 impl AgentApi {
     pub fn new(resolver: Resolver, store: PgStore) -> Self {
         AgentApi { resolver, store }
+    }
+
+    /// A write through the service is visible on the next `ResolveAgent`
+    /// from any replica: evict here, in Redis and (pub/sub) everywhere,
+    /// before answering. The trigger's notification follows and is harmless.
+    async fn evict(&self, numbers: &[&str]) {
+        self.resolver
+            .cache()
+            .invalidate(&Invalidation::numbers(numbers.iter().copied()))
+            .await;
     }
 }
 
@@ -98,14 +114,19 @@ impl AgentService for AgentApi {
         } else {
             Some(PhoneNumber::parse(&request.caller_number).map_err(in_field("caller_number"))?)
         };
-        let resolution = self
+        let resolved = self
             .resolver
             .resolve(&claims, &called, caller.as_ref())
             .await?;
-        Ok(with_org(
-            resolution_to_pb(&resolution),
-            resolution.organization.id,
-        ))
+        let mut response = Response::new(resolved.response);
+        if let Some(org_id) = resolved.org_id {
+            response.extensions_mut().insert(LoggedOrg(org_id));
+        }
+        response.metadata_mut().insert(
+            CACHE_TIER_HEADER,
+            MetadataValue::from_static(resolved.tier.as_str()),
+        );
+        Ok(response)
     }
 
     async fn get_agent(
@@ -142,6 +163,7 @@ impl AgentService for AgentApi {
             .ok_or_else(|| Error::invalid("agent is required"))?;
         let new_agent = parse_new_agent(&claims, agent)?;
         let agent = self.store.create_agent(&claims, &new_agent).await?;
+        self.evict(&[agent.phone_number.as_str()]).await;
         Ok(with_org(agent_to_pb(&agent), agent.org_id))
     }
 
@@ -156,7 +178,9 @@ impl AgentService for AgentApi {
             .ok_or_else(|| Error::invalid("agent is required"))?;
         let id = AgentId::parse(&agent.id).map_err(in_field("agent"))?;
         let patch = parse_patch(agent, request.update_mask)?;
-        let (agent, _previous_number) = self.store.update_agent(&claims, id, &patch).await?;
+        let (agent, previous_number) = self.store.update_agent(&claims, id, &patch).await?;
+        self.evict(&[previous_number.as_str(), agent.phone_number.as_str()])
+            .await;
         Ok(with_org(agent_to_pb(&agent), agent.org_id))
     }
 
@@ -167,6 +191,7 @@ impl AgentService for AgentApi {
         let claims = claims_of(&request)?;
         let id = AgentId::parse(&request.get_ref().id)?;
         let agent = self.store.delete_agent(&claims, id).await?;
+        self.evict(&[agent.phone_number.as_str()]).await;
         Ok(with_org((), agent.org_id))
     }
 }

@@ -3,7 +3,7 @@
 //! caching decisions, no tenant filtering here.
 
 mod agents;
-mod convert;
+pub(crate) mod convert;
 mod customers;
 mod request_log;
 

@@ -357,6 +357,10 @@ impl TestApp {
             db_acquire_timeout_ms: 1_000,
             request_timeout_ms: options.request_timeout_ms,
             shutdown_timeout_ms: 1_000,
+            listener_database_url: Some(db.direct_url.clone()),
+            redis_timeout_ms: 20,
+            redis_namespace: Some(db.name.clone()),
+            ..ServeArgs::defaults()
         })
         .unwrap_or_else(|e| panic!("config: {e}"));
         let app = Application::build(config)

@@ -1,0 +1,91 @@
+//! The hot path's memory: an in-process tier in front of a shared Redis
+//! tier, both holding `ResolveAgent` routes (agent + organization by called
+//! number), kept correct by invalidation rather than by short TTLs.
+//!
+//! Invariants:
+//! * Only routes and callers are cached, keyed by called number and by
+//!   (org, caller number). Who may *see* an entry is decided by the resolver,
+//!   never by the cache: cached answers are served to `service_role` only.
+//! * Every eviction bumps `generation`; a fill that started before an
+//!   eviction does not stay in the memory tier (see `Resolver`).
+//! * A Redis failure is a miss, never an error.
+
+mod breaker;
+pub mod invalidation;
+mod memory;
+mod redis;
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+pub use self::{
+    breaker::Breaker,
+    invalidation::Invalidation,
+    memory::{MemoryTier, Route, Tier},
+    redis::{RedisTier, KEY_VERSION},
+};
+
+#[derive(Clone)]
+pub struct Cache {
+    pub memory: MemoryTier,
+    pub redis: Option<RedisTier>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Cache {
+    pub fn new(memory: MemoryTier, redis: Option<RedisTier>) -> Self {
+        Cache {
+            memory,
+            redis,
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Evicts from this replica's memory tier only (a fan-out message from
+    /// another replica: Redis was already dealt with).
+    pub async fn evict_local(&self, invalidation: &Invalidation) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match invalidation {
+            Invalidation::Numbers { numbers } => self.memory.evict_numbers(numbers).await,
+            Invalidation::Callers { callers } => {
+                let keys: Vec<_> = callers
+                    .iter()
+                    .map(|c| (c.org_id, c.phone.clone()))
+                    .collect();
+                self.memory.evict_callers(&keys).await
+            }
+            Invalidation::All => self.memory.clear(),
+        }
+    }
+
+    /// Evicts everywhere: this replica's memory, Redis, and every other
+    /// replica's memory (Redis pub/sub).
+    pub async fn invalidate(&self, invalidation: &Invalidation) {
+        self.evict_local(invalidation).await;
+        let Some(redis) = &self.redis else { return };
+        match invalidation {
+            Invalidation::Numbers { numbers } => {
+                redis.delete_routes(numbers).await;
+            }
+            Invalidation::Callers { .. } => {}
+            Invalidation::All => redis.delete_all_routes().await,
+        }
+        if let Ok(payload) = serde_json::to_string(invalidation) {
+            redis.publish(&payload).await;
+        }
+    }
+
+    /// After a reconnect notifications may have been missed: drop this
+    /// replica's memory tier (Redis keeps its entries; they are evicted by
+    /// whichever replica's listener saw the change, and expire by TTL).
+    pub fn drop_memory(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.memory.clear();
+    }
+}

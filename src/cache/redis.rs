@@ -1,0 +1,214 @@
+//! The shared tier: routes as protobuf bytes under versioned keys
+//! (`switchboard:v1:route:<E.164>`, with an optional namespace after `v1:`), with a TTL as a backstop only.
+//!
+//! Every call has a tight timeout and goes through a circuit breaker, and a
+//! failure is a miss, never an error: Redis down costs the call path nothing
+//! but the trip to Postgres. The connection is made in the background and
+//! `ConnectionManager` reconnects by itself, so start-up never waits on Redis.
+
+use std::{sync::Arc, time::Duration};
+
+use prost::Message;
+use redis::{aio::ConnectionManager, AsyncCommands};
+use tokio::sync::OnceCell;
+
+use super::{breaker::Breaker, memory::Route};
+use crate::pb;
+
+/// Every key and channel starts with this; bump `v1` when the value format
+/// changes, so old and new replicas never read each other's bytes.
+pub const KEY_VERSION: &str = "switchboard:v1:";
+
+#[derive(Clone)]
+pub struct RedisTier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    /// Set once the first connection succeeds; until then every call is a miss.
+    connection: OnceCell<ConnectionManager>,
+    breaker: Breaker,
+    timeout: Duration,
+    ttl_secs: u64,
+    /// `switchboard:v1:[<namespace>:]`
+    prefix: String,
+}
+
+impl RedisTier {
+    /// `namespace` separates deployments (or tests) that share one Redis.
+    pub fn new(
+        url: &str,
+        namespace: Option<&str>,
+        timeout: Duration,
+        ttl: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let prefix = match namespace {
+            Some(ns) => format!("{KEY_VERSION}{ns}:"),
+            None => KEY_VERSION.to_owned(),
+        };
+        let tier = RedisTier {
+            inner: Arc::new(Inner {
+                client,
+                connection: OnceCell::new(),
+                breaker: Breaker::new(3, Duration::from_millis(500)),
+                timeout,
+                ttl_secs: ttl.as_secs().max(1),
+                prefix,
+            }),
+        };
+        let connecting = tier.clone();
+        tokio::spawn(async move { connecting.connect_in_background().await });
+        Ok(tier)
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+
+    /// `switchboard:v1:[<namespace>:]route:<E.164>`
+    pub fn route_key(&self, number: &str) -> String {
+        format!("{}route:{number}", self.inner.prefix)
+    }
+
+    /// The pub/sub channel replicas fan invalidations out on.
+    pub fn channel(&self) -> String {
+        format!("{}invalidate", self.inner.prefix)
+    }
+
+    async fn connect_in_background(&self) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Duration::from_secs(1))
+                .set_response_timeout(self.inner.timeout.max(Duration::from_millis(50)))
+                .set_number_of_retries(1)
+                .set_max_delay(1000);
+            match ConnectionManager::new_with_config(self.inner.client.clone(), config).await {
+                Ok(connection) => {
+                    let _ = self.inner.connection.set(connection);
+                    tracing::info!("redis tier connected");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "redis tier not reachable yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn connection(&self) -> Option<ConnectionManager> {
+        if !self.inner.breaker.allow() {
+            return None;
+        }
+        self.inner.connection.get().cloned()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// Runs one command under the timeout and the breaker; `None` on any
+    /// failure.
+    async fn run<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.inner.timeout, command).await {
+            Ok(Ok(value)) => {
+                self.inner.breaker.record_success();
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "redis call failed");
+                self.inner.breaker.record_failure();
+                None
+            }
+            Err(_) => {
+                tracing::debug!("redis call timed out");
+                self.inner.breaker.record_failure();
+                None
+            }
+        }
+    }
+
+    pub async fn get_route(&self, number: &str) -> Option<Route> {
+        let mut connection = self.connection()?;
+        let key = self.route_key(number);
+        let bytes: Option<Vec<u8>> = self.run(connection.get(&key)).await?;
+        let bytes = bytes?;
+        match pb::ResolveAgentResponse::decode(bytes.as_slice()) {
+            Ok(route) if route.agent.is_some() && route.organization.is_some() => {
+                Some(Arc::new(route))
+            }
+            _ => {
+                tracing::warn!("undecodable route in redis; ignoring it");
+                None
+            }
+        }
+    }
+
+    pub async fn put_route(&self, number: &str, route: &Route) {
+        let Some(mut connection) = self.connection() else {
+            return;
+        };
+        let bytes = route.encode_to_vec();
+        let ttl = self.inner.ttl_secs;
+        let _: Option<()> = self
+            .run(connection.set_ex(self.route_key(number), bytes, ttl))
+            .await;
+    }
+
+    pub async fn delete_routes(&self, numbers: &[String]) -> bool {
+        if numbers.is_empty() {
+            return true;
+        }
+        let Some(mut connection) = self.connection() else {
+            return false;
+        };
+        let keys: Vec<String> = numbers.iter().map(|n| self.route_key(n)).collect();
+        let deleted: Option<i64> = self.run(connection.del(keys)).await;
+        deleted.is_some()
+    }
+
+    /// Deletes every route key (after an invalidation was too large to name
+    /// its numbers). SCAN, never KEYS, so Redis is not blocked.
+    pub async fn delete_all_routes(&self) {
+        let Some(mut connection) = self.connection() else {
+            return;
+        };
+        let pattern = format!("{}route:*", self.inner.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let step: Option<(u64, Vec<String>)> = self
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut connection),
+                )
+                .await;
+            let Some((next, keys)) = step else { return };
+            if !keys.is_empty() {
+                let _: Option<i64> = self.run(connection.del(keys)).await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+
+    pub async fn publish(&self, payload: &str) {
+        let Some(mut connection) = self.connection() else {
+            return;
+        };
+        let _: Option<i64> = self.run(connection.publish(self.channel(), payload)).await;
+    }
+}
