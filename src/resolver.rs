@@ -172,7 +172,7 @@ impl Resolver {
                 tokio::spawn(async move {
                     // A change seen since the fetch began: do not publish a
                     // value that may predate it.
-                    if cache.generation() == generation {
+                    if cache.may_keep(generation) {
                         redis.put_route(&number, &route).await;
                     }
                 });
@@ -193,14 +193,15 @@ impl Resolver {
         } else {
             Tier::Memory
         };
-        if self.cache.generation() != generation {
-            // Evicted while we fetched: answer this call, keep nothing.
+        if !self.cache.may_keep(generation) {
+            // Evicted while we fetched, or nothing would evict it: answer
+            // this call, keep nothing.
             self.cache.memory.routes.invalidate(&key).await;
         }
         if let (Some(caller), Some(org_id), Some(fetched)) =
             (caller, org_of(&route), fetched_caller.as_ref())
         {
-            if self.cache.generation() == generation {
+            if self.cache.may_keep(generation) {
                 self.cache
                     .memory
                     .callers
@@ -235,7 +236,7 @@ impl Resolver {
                 return None;
             }
         };
-        if self.cache.generation() == generation {
+        if self.cache.may_keep(generation) {
             self.cache.memory.callers.insert(key, found.clone()).await;
         }
         found

@@ -7,6 +7,8 @@
 mod agents;
 #[path = "api/auth.rs"]
 mod auth;
+#[path = "api/cache.rs"]
+mod cache;
 #[path = "api/customers.rs"]
 mod customers;
 #[path = "api/helpers.rs"]
@@ -17,6 +19,8 @@ mod isolation;
 mod operations;
 #[path = "api/pgbouncer.rs"]
 mod pgbouncer;
+#[path = "api/redis_server.rs"]
+mod redis_server;
 #[path = "api/resolve.rs"]
 mod resolve;
 

@@ -77,7 +77,7 @@ pub fn spawn_pg_listener(cache: Cache, database_url: String) -> JoinHandle<()> {
             if attempt > 0 {
                 tracing::info!("invalidation listener reconnected; dropping the memory tier");
             }
-            cache.drop_memory();
+            cache.listener_connected();
             attempt = 0;
             loop {
                 match listener.try_recv().await {
@@ -96,6 +96,7 @@ pub fn spawn_pg_listener(cache: Cache, database_url: String) -> JoinHandle<()> {
                     }
                 }
             }
+            cache.listener_disconnected();
             attempt += 1;
         }
     })

@@ -16,7 +16,7 @@ mod memory;
 mod redis;
 
 use std::sync::{
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Arc,
 };
 
@@ -32,6 +32,9 @@ pub struct Cache {
     pub memory: MemoryTier,
     pub redis: Option<RedisTier>,
     generation: Arc<AtomicU64>,
+    /// True while the Postgres listener is connected. Only then may a fill
+    /// stay in the memory tier: without the listener nothing would evict it.
+    listening: Arc<AtomicBool>,
 }
 
 impl Cache {
@@ -40,7 +43,30 @@ impl Cache {
             memory,
             redis,
             generation: Arc::new(AtomicU64::new(0)),
+            listening: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// Whether a fill that began at `generation` may be kept.
+    pub fn may_keep(&self, generation: u64) -> bool {
+        self.is_listening() && self.generation() == generation
+    }
+
+    /// The listener connected (again): anything cached before may have
+    /// missed a notification, so it goes.
+    pub fn listener_connected(&self) {
+        self.drop_memory();
+        self.listening.store(true, Ordering::Release);
+    }
+
+    /// The listener lost its connection: keep serving what is cached (a
+    /// call must not fail because the database blinked), keep nothing new.
+    pub fn listener_disconnected(&self) {
+        self.listening.store(false, Ordering::Release);
     }
 
     pub fn generation(&self) -> u64 {

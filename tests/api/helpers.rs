@@ -306,6 +306,20 @@ impl Drop for TestDb {
                         .await;
                     let _ = conn.close().await;
                 }
+                // And the test's Redis keys (its namespace is the db name).
+                if let Ok(client) = redis::Client::open(redis_url()) {
+                    if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("switchboard:v1:{name}:*"))
+                            .query_async(&mut redis)
+                            .await
+                            .unwrap_or_default();
+                        if !keys.is_empty() {
+                            let _: Result<i64, _> =
+                                redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
+                        }
+                    }
+                }
             });
         })
         .join();
@@ -315,6 +329,8 @@ impl Drop for TestDb {
 /// Settings a test may change before the server starts.
 pub struct AppOptions {
     pub redis: bool,
+    /// Another Redis than the shared one (a test that stops its own).
+    pub redis_url: Option<String>,
     pub database_url: Option<String>,
     pub request_timeout_ms: u64,
 }
@@ -323,6 +339,7 @@ impl Default for AppOptions {
     fn default() -> Self {
         AppOptions {
             redis: true,
+            redis_url: None,
             database_url: None,
             request_timeout_ms: 5_000,
         }
@@ -332,7 +349,8 @@ impl Default for AppOptions {
 /// The service running on a loopback port over its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub db: TestDb,
+    /// Shared by replicas of the same deployment (`spawn_replica`).
+    pub db: std::sync::Arc<TestDb>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -343,6 +361,16 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: TestDb, options: AppOptions) -> TestApp {
+        TestApp::spawn_on(std::sync::Arc::new(db), options).await
+    }
+
+    /// Another replica of the same deployment: same database, same Redis
+    /// namespace, its own memory tier.
+    pub async fn spawn_replica(&self, options: AppOptions) -> TestApp {
+        TestApp::spawn_on(self.db.clone(), options).await
+    }
+
+    pub async fn spawn_on(db: std::sync::Arc<TestDb>, options: AppOptions) -> TestApp {
         let config = ServeConfig::from_args(ServeArgs {
             database_url: Some(
                 options
@@ -350,7 +378,9 @@ impl TestApp {
                     .clone()
                     .unwrap_or_else(|| db.service_url.clone()),
             ),
-            redis_url: options.redis.then(redis_url),
+            redis_url: options
+                .redis
+                .then(|| options.redis_url.clone().unwrap_or_else(redis_url)),
             jwt_secret: Some(SECRET.into()),
             listen: "127.0.0.1:0".into(),
             db_max_connections: 4,

@@ -3,12 +3,14 @@
 
 mod agents;
 mod auth;
+mod cache;
 mod customers;
 mod helpers;
 mod isolation;
 mod migrations;
 mod operations;
 mod pgbouncer;
+mod redis_server;
 mod resolve;
 
 /// This binary talks to Postgres directly; `tests/pooled.rs` runs the same

@@ -1,0 +1,532 @@
+//! The cache tiers: which tier answers, invalidation within a second from any
+//! write path, isolation on every tier, and what happens when Redis or
+//! Postgres goes away while the service runs.
+
+use std::time::{Duration, Instant};
+
+use prost_types::FieldMask;
+use tonic::{transport::Channel, Code, Status};
+
+use crate::helpers::*;
+use switchboard::pb::{
+    agent_service_client::AgentServiceClient, Agent, ResolveAgentRequest, ResolveAgentResponse,
+    UpdateAgentRequest,
+};
+
+fn resolve_req(called: &str, caller: &str) -> ResolveAgentRequest {
+    ResolveAgentRequest {
+        called_number: called.into(),
+        caller_number: caller.into(),
+    }
+}
+
+/// Resolves and returns the answer with the tier that served it.
+async fn resolve_as(
+    client: &mut AgentServiceClient<Channel>,
+    who: Who,
+    called: &str,
+    caller: &str,
+) -> Result<(ResolveAgentResponse, String), Status> {
+    let response = client
+        .resolve_agent(as_who(who, resolve_req(called, caller)))
+        .await?;
+    let tier = response
+        .metadata()
+        .get("x-switchboard-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok((response.into_inner(), tier))
+}
+
+async fn service_resolve(
+    client: &mut AgentServiceClient<Channel>,
+    called: &str,
+) -> Result<(ResolveAgentResponse, String), Status> {
+    resolve_as(client, Who::Service, called, "").await
+}
+
+fn voice(answer: &ResolveAgentResponse) -> String {
+    answer
+        .agent
+        .as_ref()
+        .map(|a| a.voice_id.clone())
+        .unwrap_or_default()
+}
+
+/// Polls until `check` holds, for at most `limit`; returns how long it took.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn tiers_fill_db_then_memory_then_redis_for_a_fresh_replica() {
+    let app = TestApp::spawn().await;
+    let mut first = app.agents().await;
+    let (answer, tier) = service_resolve(&mut first, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "db");
+    assert_eq!(voice(&answer), "alloy");
+    let (again, tier) = service_resolve(&mut first, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "memory");
+    assert_eq!(again, answer);
+
+    // A fresh replica is warm at once from Redis (the fill is written there
+    // in the background: give it a moment).
+    let replica = app.spawn_replica(AppOptions::default()).await;
+    let mut second = replica.agents().await;
+    let mut tiers = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        // Only the first try can miss the replica's memory tier, so wait
+        // for the background Redis write before the first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (found, tier) = service_resolve(&mut second, ACME_NUMBER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(found.agent, answer.agent);
+        tiers.push(tier);
+        break;
+    }
+    assert_eq!(
+        tiers.first().map(String::as_str),
+        Some("redis"),
+        "{tiers:?}"
+    );
+    let (_, tier) = service_resolve(&mut second, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "memory");
+
+    // Tenants are answered by Postgres under RLS, every time.
+    let (_, tier) = resolve_as(&mut first, Who::AcmeViewer, ACME_NUMBER, "")
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "db");
+}
+
+#[tokio::test]
+async fn warming_as_one_caller_never_serves_another_tenant() {
+    let app = TestApp::spawn().await;
+    let mut agents = app.agents().await;
+    // Warm both numbers as the platform, and again as each tenant.
+    for number in [ACME_NUMBER, BLUEBIRD_NUMBER] {
+        service_resolve(&mut agents, number)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        service_resolve(&mut agents, number)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+    }
+    for who in Who::TENANTS {
+        let (own, _) = who.orgs();
+        let (own_number, other_number) = if own == ACME {
+            (ACME_NUMBER, BLUEBIRD_NUMBER)
+        } else {
+            (BLUEBIRD_NUMBER, ACME_NUMBER)
+        };
+        let (answer, _) = resolve_as(&mut agents, who, own_number, SHARED_CALLER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(answer.organization.unwrap_or_default().id, own);
+        assert_eq!(answer.caller.unwrap_or_default().org_id, own);
+        // The other org's number is cached, warm, and still NOT_FOUND.
+        assert_code(
+            agents
+                .resolve_agent(as_who(who, resolve_req(other_number, SHARED_CALLER)))
+                .await,
+            Code::NotFound,
+        );
+    }
+    // Warmed by a tenant, read by the platform and by the other tenant.
+    let fresh = TestApp::spawn().await;
+    let mut agents = fresh.agents().await;
+    resolve_as(&mut agents, Who::AcmeAdmin, ACME_NUMBER, SHARED_CALLER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_code(
+        agents
+            .resolve_agent(as_who(Who::BluebirdAdmin, resolve_req(ACME_NUMBER, "")))
+            .await,
+        Code::NotFound,
+    );
+    // The caller record is per org on every tier: warm Acme's caller, then
+    // the same caller on Bluebird's number is Bluebird's customer.
+    for _ in 0..2 {
+        let (acme, _) = resolve_as(&mut agents, Who::Service, ACME_NUMBER, SHARED_CALLER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(acme.caller.unwrap_or_default().id, ACME_CUSTOMER);
+        let (bluebird, _) = resolve_as(&mut agents, Who::Service, BLUEBIRD_NUMBER, SHARED_CALLER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(bluebird.caller.unwrap_or_default().id, BLUEBIRD_CUSTOMER);
+    }
+}
+
+#[tokio::test]
+async fn writes_through_the_service_are_seen_by_every_replica() {
+    let app = TestApp::spawn().await;
+    let replica = app.spawn_replica(AppOptions::default()).await;
+    let mut first = app.agents().await;
+    let mut second = replica.agents().await;
+    for client in [&mut first, &mut second] {
+        service_resolve(client, ACME_NUMBER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        let (_, tier) = service_resolve(client, ACME_NUMBER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(tier, "memory");
+    }
+    first
+        .update_agent(as_who(
+            Who::AcmeManager,
+            UpdateAgentRequest {
+                agent: Some(Agent {
+                    id: ACME_AGENT.into(),
+                    voice_id: "nova".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["voice_id".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    // The writing replica: at once.
+    let (answer, _) = service_resolve(&mut first, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(voice(&answer), "nova");
+    // The other replica: by the Redis fan-out, sent before the write returned.
+    let took = within(Duration::from_millis(200), || {
+        let mut second = second.clone();
+        async move {
+            service_resolve(&mut second, ACME_NUMBER)
+                .await
+                .map(|(a, _)| voice(&a) == "nova")
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    eprintln!("replica saw the service write after {took:?}");
+
+    // Moving the number: the old one stops answering everywhere.
+    first
+        .update_agent(as_who(
+            Who::AcmeAdmin,
+            UpdateAgentRequest {
+                agent: Some(Agent {
+                    id: ACME_AGENT.into(),
+                    phone_number: "+18005550101".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["phone_number".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_code(
+        service_resolve(&mut first, ACME_NUMBER).await,
+        Code::NotFound,
+    );
+    within(Duration::from_millis(200), || {
+        let mut second = second.clone();
+        async move {
+            service_resolve(&mut second, ACME_NUMBER)
+                .await
+                .err()
+                .map(|s| s.code())
+                == Some(Code::NotFound)
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn writes_that_bypass_the_service_are_seen_within_a_second() {
+    let app = TestApp::spawn().await;
+    let replica = app.spawn_replica(AppOptions::default()).await;
+    let mut first = app.agents().await;
+    let mut second = replica.agents().await;
+    for client in [&mut first, &mut second] {
+        for number in [ACME_NUMBER, BLUEBIRD_NUMBER] {
+            service_resolve(client, number)
+                .await
+                .unwrap_or_else(|s| panic!("{s:?}"));
+            service_resolve(client, number)
+                .await
+                .unwrap_or_else(|s| panic!("{s:?}"));
+        }
+        resolve_as(client, Who::Service, ACME_NUMBER, SHARED_CALLER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+    }
+
+    // As Supabase Studio or psql would: straight SQL.
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'sage' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    for client in [&mut first, &mut second] {
+        let took = within(Duration::from_secs(1), || {
+            let mut client = client.clone();
+            async move {
+                service_resolve(&mut client, ACME_NUMBER)
+                    .await
+                    .map(|(a, _)| voice(&a) == "sage")
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        eprintln!("out-of-band update seen after {took:?}");
+    }
+
+    // The organization's name is part of the cached answer too.
+    app.db
+        .exec(&format!(
+            "update public.organizations set name = 'Acme Dental & Ortho' where id = '{ACME}'"
+        ))
+        .await;
+    for client in [&mut first, &mut second] {
+        within(Duration::from_secs(1), || {
+            let mut client = client.clone();
+            async move {
+                service_resolve(&mut client, ACME_NUMBER)
+                    .await
+                    .map(|(a, _)| a.organization.unwrap_or_default().name == "Acme Dental & Ortho")
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    // A caller's record, changed out of band.
+    app.db
+        .exec(&format!(
+            "update public.customers set name = 'Rear Admiral Hopper' where id = '{ACME_CUSTOMER}'"
+        ))
+        .await;
+    for client in [&mut first, &mut second] {
+        within(Duration::from_secs(1), || {
+            let mut client = client.clone();
+            async move {
+                resolve_as(&mut client, Who::Service, ACME_NUMBER, SHARED_CALLER)
+                    .await
+                    .map(|(a, _)| a.caller.unwrap_or_default().name == "Rear Admiral Hopper")
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    // Deactivated: the media server gets FAILED_PRECONDITION within the second.
+    app.db
+        .exec(&format!(
+            "update public.agents set is_active = false where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    for client in [&mut first, &mut second] {
+        within(Duration::from_secs(1), || {
+            let mut client = client.clone();
+            async move {
+                service_resolve(&mut client, ACME_NUMBER)
+                    .await
+                    .err()
+                    .map(|s| s.code())
+                    == Some(Code::FailedPrecondition)
+            }
+        })
+        .await;
+    }
+    // Deleted: NOT_FOUND within the second.
+    app.db
+        .exec(&format!(
+            "delete from public.agents where id = '{BLUEBIRD_AGENT}'"
+        ))
+        .await;
+    for client in [&mut first, &mut second] {
+        within(Duration::from_secs(1), || {
+            let mut client = client.clone();
+            async move {
+                service_resolve(&mut client, BLUEBIRD_NUMBER)
+                    .await
+                    .err()
+                    .map(|s| s.code())
+                    == Some(Code::NotFound)
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_costs_nothing_and_comes_back_by_itself() {
+    let mut redis = crate::redis_server::RedisServer::start().await;
+    let db = TestDb::seeded().await;
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            redis_url: Some(redis.url()),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut agents = app.agents().await;
+    service_resolve(&mut agents, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+
+    redis.stop();
+    // Cached numbers from memory, uncached ones from Postgres, no errors.
+    let started = Instant::now();
+    for _ in 0..50 {
+        let (_, tier) = service_resolve(&mut agents, ACME_NUMBER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(tier, "memory");
+    }
+    let (answer, tier) = service_resolve(&mut agents, BLUEBIRD_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "db");
+    assert_eq!(voice(&answer), "verse");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Writes still evict (this replica's memory at least) and succeed.
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'ash' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    within(Duration::from_secs(1), || {
+        let mut agents = agents.clone();
+        async move {
+            service_resolve(&mut agents, ACME_NUMBER)
+                .await
+                .map(|(a, _)| voice(&a) == "ash")
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner()
+        .status;
+    assert_eq!(status, 1, "SERVING while Redis is down");
+
+    // Back: the tier fills again without a restart of ours.
+    redis.restart().await;
+    let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
+    let key = format!("switchboard:v1:{}:route:{}", app.db.name, "+18005550200");
+    within(Duration::from_secs(5), || {
+        let mut agents = agents.clone();
+        let client = client.clone();
+        let key = key.clone();
+        let db = app.db.clone();
+        async move {
+            // Evict from memory (as a write would) so the next call refills.
+            db.exec(&format!(
+                "update public.agents set name = name where id = '{BLUEBIRD_AGENT}'"
+            ))
+            .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = service_resolve(&mut agents, BLUEBIRD_NUMBER).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(0);
+            exists == 1
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_down_keeps_cached_numbers_answering() {
+    let admin = std::str::FromStr::from_str(&admin_url())
+        .map(|o: sqlx::postgres::PgConnectOptions| (o.get_host().to_owned(), o.get_port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bouncer = crate::pgbouncer::PgBouncer::start(&admin.0, admin.1).await;
+    let port = bouncer.port;
+    let db = TestDb::seeded().await;
+    let through_bouncer = format!("postgres://postgres@127.0.0.1:{port}/{}", db.name);
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            database_url: Some(through_bouncer),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut agents = app.agents().await;
+    let (warm, _) = resolve_as(&mut agents, Who::Service, ACME_NUMBER, SHARED_CALLER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+
+    bouncer.stop();
+    // The database "blinked": cached numbers keep resolving, caller included.
+    for _ in 0..20 {
+        let (answer, tier) = resolve_as(&mut agents, Who::Service, ACME_NUMBER, SHARED_CALLER)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(tier, "memory");
+        assert_eq!(answer, warm);
+    }
+    // Uncached: UNAVAILABLE, and quickly (after the first, at once).
+    for attempt in 0..3 {
+        let started = Instant::now();
+        assert_code(
+            service_resolve(&mut agents, BLUEBIRD_NUMBER).await,
+            Code::Unavailable,
+        );
+        let took = started.elapsed();
+        let limit = if attempt == 0 {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_millis(100)
+        };
+        assert!(took < limit, "attempt {attempt}: {took:?}");
+    }
+
+    // Back: the pool reconnects by itself.
+    let _bouncer = crate::pgbouncer::PgBouncer::start_on(&admin.0, admin.1, port).await;
+    let took = within(Duration::from_secs(5), || {
+        let mut agents = agents.clone();
+        async move { service_resolve(&mut agents, BLUEBIRD_NUMBER).await.is_ok() }
+    })
+    .await;
+    eprintln!("recovered {took:?} after the pooler came back");
+}
