@@ -51,11 +51,11 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: http_body::Body + Default + Unpin + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<TierTrailer<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -88,8 +88,58 @@ where
                 decode_error_is_invalid_argument(response);
                 log_request(&method, response, started.elapsed());
             }
-            result
+            result.map(tier_to_trailers)
         })
+    }
+}
+
+/// Handlers set the cache tier as a response header (tonic has no API for
+/// trailers on a unary response); the log reads it there, and here it moves
+/// to the trailers, after the message, where the media server reads it.
+fn tier_to_trailers<B>(response: http::Response<B>) -> http::Response<TierTrailer<B>> {
+    let (mut parts, body) = response.into_parts();
+    let tier = parts
+        .headers
+        .remove(crate::grpc::CACHE_TIER_HEADER)
+        .map(|value| (http::HeaderName::from_static(crate::grpc::CACHE_TIER_HEADER), value));
+    http::Response::from_parts(parts, TierTrailer { inner: body, tier })
+}
+
+/// A response body that adds one entry to the gRPC trailers.
+pub struct TierTrailer<B> {
+    inner: B,
+    tier: Option<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for TierTrailer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    if let Some((name, value)) = this.tier.take() {
+                        trailers.insert(name, value);
+                    }
+                    Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
