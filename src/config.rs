@@ -91,7 +91,7 @@ pub struct ServeArgs {
     /// Timeout of each Redis call on the call path.
     #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS", default_value_t = 5)]
     pub redis_timeout_ms: u64,
-    /// Routes (called numbers) kept in process.
+    /// Routes (called numbers) kept in process; 0 turns the memory tier off.
     #[arg(
         long,
         env = "SWITCHBOARD_CACHE_MAX_ROUTES",
@@ -247,7 +247,7 @@ impl ServeConfig {
             cache: CacheSettings {
                 redis_namespace: args.redis_namespace.filter(|n| !n.trim().is_empty()),
                 redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
-                max_routes: args.cache_max_routes.max(1),
+                max_routes: args.cache_max_routes,
                 max_callers: args.cache_max_callers.max(1),
                 memory_ttl: Duration::from_secs(args.cache_ttl_secs.max(1)),
                 redis_ttl: Duration::from_secs(args.redis_ttl_secs.max(1)),

@@ -152,33 +152,13 @@ impl Resolver {
         }
         let generation = self.cache.generation();
         let mut fetched_caller = None;
-        let fill = async {
-            if let Some(redis) = &self.cache.redis {
-                if let Some(route) = redis.get_route(called.as_str()).await {
-                    return Ok((route, Tier::Redis));
-                }
-            }
-            let resolution = self
-                .guarded(self.store.resolve_agent(claims, called, caller))
-                .await?
-                .ok_or_else(no_agent)?;
-            let mut response = resolution_to_pb(&resolution);
-            fetched_caller = Some(response.caller.take().map(Arc::new));
-            let route: Route = Arc::new(response);
-            if let Some(redis) = self.cache.redis.clone() {
-                let cache = self.cache.clone();
-                let number = called.as_str().to_owned();
-                let route = route.clone();
-                tokio::spawn(async move {
-                    // A change seen since the fetch began: do not publish a
-                    // value that may predate it.
-                    if cache.may_keep(generation) {
-                        redis.put_route(&number, &route).await;
-                    }
-                });
-            }
-            Ok::<_, Error>((route, Tier::Db))
-        };
+        if !self.cache.memory.enabled {
+            let (route, tier) = self
+                .fetch_route(claims, called, caller, generation, &mut fetched_caller)
+                .await?;
+            return Ok((route, tier, fetched_caller));
+        }
+        let fill = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
         let entry = self
             .cache
             .memory
@@ -212,6 +192,44 @@ impl Resolver {
         Ok((route, tier, fetched_caller))
     }
 
+    /// A miss of the memory tier: Redis, else Postgres (then Redis is
+    /// filled in the background). `fetched_caller` receives the caller
+    /// record when Postgres answered, since the same statement fetched it.
+    async fn fetch_route(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+        caller: Option<&PhoneNumber>,
+        generation: u64,
+        fetched_caller: &mut Option<Option<Arc<pb::Customer>>>,
+    ) -> Result<(Route, Tier), Error> {
+        if let Some(redis) = &self.cache.redis {
+            if let Some(route) = redis.get_route(called.as_str()).await {
+                return Ok((route, Tier::Redis));
+            }
+        }
+        let resolution = self
+            .guarded(self.store.resolve_agent(claims, called, caller))
+            .await?
+            .ok_or_else(no_agent)?;
+        let mut response = resolution_to_pb(&resolution);
+        *fetched_caller = Some(response.caller.take().map(Arc::new));
+        let route: Route = Arc::new(response);
+        if let Some(redis) = self.cache.redis.clone() {
+            let cache = self.cache.clone();
+            let number = called.as_str().to_owned();
+            let route = route.clone();
+            tokio::spawn(async move {
+                // A change seen since the fetch began: do not publish a
+                // value that may predate it.
+                if cache.may_keep(generation) {
+                    redis.put_route(&number, &route).await;
+                }
+            });
+        }
+        Ok((route, Tier::Db))
+    }
+
     /// The caller's record in the agent's org. If the database cannot say,
     /// the call goes on without it: a missing CRM record must not drop a call.
     async fn caller(
@@ -221,24 +239,41 @@ impl Resolver {
         caller: &PhoneNumber,
     ) -> Option<Arc<pb::Customer>> {
         let key = (org_id, Arc::<str>::from(caller.as_str()));
+        if !self.cache.memory.enabled {
+            return self
+                .fetch_caller(claims, org_id, caller)
+                .await
+                .ok()
+                .flatten();
+        }
         if let Some(known) = self.cache.memory.callers.get(&key).await {
             return known;
         }
         let generation = self.cache.generation();
-        let found = match self
-            .guarded(self.store.lookup_customer(claims, caller, Some(org_id)))
-            .await
-        {
-            Ok(customer) => Some(Arc::new(customer_to_pb(&customer))),
-            Err(Error::NotFound(_)) => None,
-            Err(error) => {
-                tracing::warn!(%error, "caller lookup failed; answering without the caller record");
-                return None;
-            }
-        };
+        // A failed lookup answers "no record" for this call only.
+        let found = self.fetch_caller(claims, org_id, caller).await.ok()?;
         if self.cache.may_keep(generation) {
             self.cache.memory.callers.insert(key, found.clone()).await;
         }
         found
+    }
+
+    async fn fetch_caller(
+        &self,
+        claims: &Claims,
+        org_id: OrgId,
+        caller: &PhoneNumber,
+    ) -> Result<Option<Arc<pb::Customer>>, Error> {
+        match self
+            .guarded(self.store.lookup_customer(claims, caller, Some(org_id)))
+            .await
+        {
+            Ok(customer) => Ok(Some(Arc::new(customer_to_pb(&customer)))),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(error) => {
+                tracing::warn!(%error, "caller lookup failed; answering without the caller record");
+                Err(error)
+            }
+        }
     }
 }

@@ -32,6 +32,10 @@ impl Tier {
 
 #[derive(Clone)]
 pub struct MemoryTier {
+    /// False when configured with no room for routes: every call then goes
+    /// to Redis or Postgres (for measuring those tiers, or to rule the
+    /// memory tier out while debugging).
+    pub enabled: bool,
     /// Called number (E.164) → route and the tier that filled it.
     pub routes: Cache<Arc<str>, (Route, Tier)>,
     /// (org, caller number) → that org's customer record, or `None` for a
@@ -42,8 +46,9 @@ pub struct MemoryTier {
 impl MemoryTier {
     pub fn new(max_routes: u64, max_callers: u64, ttl: Duration) -> Self {
         MemoryTier {
+            enabled: max_routes > 0,
             routes: Cache::builder()
-                .max_capacity(max_routes)
+                .max_capacity(max_routes.max(1))
                 .time_to_live(ttl)
                 .build(),
             callers: Cache::builder()

@@ -101,7 +101,12 @@ fn tier_to_trailers<B>(response: http::Response<B>) -> http::Response<TierTraile
     let tier = parts
         .headers
         .remove(crate::grpc::CACHE_TIER_HEADER)
-        .map(|value| (http::HeaderName::from_static(crate::grpc::CACHE_TIER_HEADER), value));
+        .map(|value| {
+            (
+                http::HeaderName::from_static(crate::grpc::CACHE_TIER_HEADER),
+                value,
+            )
+        });
     http::Response::from_parts(parts, TierTrailer { inner: body, tier })
 }
 

@@ -1,0 +1,554 @@
+//! `ResolveAgent` end to end over a real tonic server on loopback, against
+//! the real Postgres and Redis, beside the floors measured in the same run:
+//! a bare gRPC health check on the same server, a raw Redis GET, and a raw
+//! indexed Postgres lookup (with and without the RLS claims applied).
+//!
+//! criterion reports means; every sample is also recorded in an HDR
+//! histogram, and the table at the end gives p50 / p99 / p99.9 and the ratio
+//! to the health-check floor. The run fails if any p99 exceeds 50 ms (the
+//! platform's budget for a call-path lookup).
+//!
+//! `cargo bench --bench resolve` (needs Postgres on 127.0.0.1:5432 and Redis
+//! on 127.0.0.1:6379, as the tests do; override with SWITCHBOARD_TEST_*).
+
+use std::{
+    collections::BTreeMap,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use criterion::{BenchmarkId, Criterion};
+use hdrhistogram::Histogram;
+use prost::Message;
+use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, Executor, PgConnection};
+use switchboard::{
+    auth::{mint_token, DbRole, JwtVerifier},
+    config::{ServeArgs, ServeConfig},
+    domain::PhoneNumber,
+    pb::{self, agent_service_client::AgentServiceClient},
+    startup::Application,
+};
+use tonic::{transport::Channel, Request};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+use uuid::Uuid;
+
+const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+const ACME_NUMBER: &str = "+18005550100";
+const ACME_VIEWER: &str = "a0000000-0000-4000-8000-000000000003";
+const P99_BUDGET: Duration = Duration::from_millis(50);
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.into())
+}
+
+type Recorder = Arc<Mutex<BTreeMap<String, Histogram<u64>>>>;
+
+fn record(recorder: &Recorder, case: &str, latency: Duration) {
+    if let Ok(mut map) = recorder.lock() {
+        let histogram = map.entry(case.to_owned()).or_insert_with(|| {
+            Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|e| panic!("{e}"))
+        });
+        let _ = histogram.record(latency.as_nanos().max(1) as u64);
+    }
+}
+
+struct Deployment {
+    database: String,
+    admin_url: String,
+    direct_url: String,
+    redis_url: String,
+    namespace: String,
+}
+
+impl Deployment {
+    async fn create() -> Deployment {
+        let admin_url = env_or(
+            "SWITCHBOARD_TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
+        let redis_url = env_or("SWITCHBOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+        let database = format!("switchboard_bench_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("postgres at {admin_url}: {e}"));
+        admin
+            .execute(format!("create database {database}").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let options = PgConnectOptions::from_str(&admin_url).unwrap_or_else(|e| panic!("{e}"));
+        let direct_url = format!(
+            "postgres://{}@{}:{}/{database}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port()
+        );
+        switchboard::migrate::run(&direct_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        switchboard::migrate::seed(&direct_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Deployment {
+            namespace: database.clone(),
+            database,
+            admin_url,
+            direct_url,
+            redis_url,
+        }
+    }
+
+    /// A server of this deployment; `memory: false` turns its memory tier off.
+    async fn serve(&self, memory: bool, redis: bool) -> std::net::SocketAddr {
+        let config = ServeConfig::from_args(ServeArgs {
+            database_url: Some(self.direct_url.clone()),
+            redis_url: redis.then(|| self.redis_url.clone()),
+            jwt_secret: Some(SECRET.into()),
+            listen: "127.0.0.1:0".into(),
+            db_max_connections: 8,
+            redis_namespace: Some(self.namespace.clone()),
+            cache_max_routes: if memory { 1_000_000 } else { 0 },
+            ..ServeArgs::defaults()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let app = Application::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = app.local_addr();
+        tokio::spawn(app.run_until(std::future::pending()));
+        addr
+    }
+
+    async fn drop_database(&self) {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = admin
+                .execute(format!("drop database if exists {} with (force)", self.database).as_str())
+                .await;
+        }
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("switchboard:v1:{}:*", self.namespace))
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<i64, _> =
+                        redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
+                }
+            }
+        }
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    for _ in 0..100 {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .connect()
+            .await
+        {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("server at {addr} did not accept");
+}
+
+fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+fn resolve_request() -> pb::ResolveAgentRequest {
+    pb::ResolveAgentRequest {
+        called_number: ACME_NUMBER.into(),
+        caller_number: String::new(),
+    }
+}
+
+/// Resolves once and checks which tier answered, so each case measures
+/// what it says.
+async fn expect_tier(client: &mut AgentServiceClient<Channel>, token: &str, tier: &str) {
+    let response = client
+        .resolve_agent(authed(token, resolve_request()))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    let got = response
+        .metadata()
+        .get("x-switchboard-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(got, tier, "the case must be served from {tier}");
+}
+
+fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Recorder) {
+    let deployment = rt.block_on(Deployment::create());
+    let service = mint_token(
+        SECRET,
+        DbRole::ServiceRole,
+        None,
+        86_400,
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tenant = mint_token(
+        SECRET,
+        DbRole::Authenticated,
+        Uuid::parse_str(ACME_VIEWER).ok(),
+        86_400,
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let (full, redis_only, db_only, health, redis, mut pg) = rt.block_on(async {
+        let full = deployment.serve(true, true).await;
+        let redis_only = deployment.serve(false, true).await;
+        let db_only = deployment.serve(false, false).await;
+        let full_channel = channel(full).await;
+        let mut full = AgentServiceClient::new(full_channel.clone());
+        let mut redis_only = AgentServiceClient::new(channel(redis_only).await);
+        let mut db_only = AgentServiceClient::new(channel(db_only).await);
+        // Warm: the first call fills memory and Redis.
+        full.resolve_agent(authed(&service, resolve_request()))
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        expect_tier(&mut full, &service, "memory").await;
+        expect_tier(&mut redis_only, &service, "redis").await;
+        expect_tier(&mut db_only, &service, "db").await;
+        expect_tier(&mut full, &tenant, "db").await;
+        let health = HealthClient::new(full_channel);
+        let redis = redis::Client::open(deployment.redis_url.as_str())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pg = PgConnectOptions::from_str(&deployment.direct_url)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (full, redis_only, db_only, health, redis, pg)
+    });
+    let route_key = format!(
+        "switchboard:v1:{}:route:{ACME_NUMBER}",
+        deployment.namespace
+    );
+    let tenant_claims =
+        format!(r#"{{"role":"authenticated","sub":"{ACME_VIEWER}","aud":"authenticated"}}"#);
+
+    let mut group = c.benchmark_group("end_to_end");
+    group.sample_size(60);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+
+    macro_rules! case {
+        ($name:literal, $call:expr) => {
+            group.bench_function(BenchmarkId::from_parameter($name), |b| {
+                b.to_async(rt).iter_custom(|iters| {
+                    let recorder = recorder.clone();
+                    // Each call clones its client (a channel handle), the
+                    // same cost in every case, the floor included.
+                    let run = $call;
+                    async move {
+                        let started = Instant::now();
+                        for _ in 0..iters {
+                            let t = Instant::now();
+                            run().await;
+                            record(&recorder, $name, t.elapsed());
+                        }
+                        started.elapsed()
+                    }
+                })
+            });
+        };
+    }
+
+    case!("floor: grpc health check", {
+        let health = health.clone();
+        move || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"));
+            }
+        }
+    });
+    case!("resolve: memory tier", {
+        let client = full.clone();
+        let token = service.clone();
+        move || {
+            let mut client = client.clone();
+            let token = token.clone();
+            async move {
+                client
+                    .resolve_agent(authed(&token, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"));
+            }
+        }
+    });
+    case!("resolve: redis tier", {
+        let client = redis_only.clone();
+        let token = service.clone();
+        move || {
+            let mut client = client.clone();
+            let token = token.clone();
+            async move {
+                client
+                    .resolve_agent(authed(&token, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"));
+            }
+        }
+    });
+    case!("resolve: postgres, service_role", {
+        let client = db_only.clone();
+        let token = service.clone();
+        move || {
+            let mut client = client.clone();
+            let token = token.clone();
+            async move {
+                client
+                    .resolve_agent(authed(&token, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"));
+            }
+        }
+    });
+    case!("resolve: postgres, tenant token (RLS)", {
+        let client = full.clone();
+        let token = tenant.clone();
+        move || {
+            let mut client = client.clone();
+            let token = token.clone();
+            async move {
+                client
+                    .resolve_agent(authed(&token, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"));
+            }
+        }
+    });
+    case!("floor: raw redis GET", {
+        let redis = redis.clone();
+        let key = route_key.clone();
+        move || {
+            let mut redis = redis.clone();
+            let key = key.clone();
+            async move {
+                let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(bytes.is_some());
+            }
+        }
+    });
+    drop(group);
+
+    // The Postgres floors need `&mut` on one connection: plain loops.
+    let mut group = c.benchmark_group("end_to_end");
+    group.sample_size(60);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let pg = &mut pg;
+    group.bench_function("floor: raw indexed postgres lookup", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let row = sqlx::query(
+                        "select id, org_id, name, phone_number, voice_id, llm_config, is_active \
+                         from public.agents where phone_number = $1",
+                    )
+                    .bind(ACME_NUMBER)
+                    .fetch_optional(&mut *pg)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                    assert!(row.is_some());
+                    record(recorder, "floor: raw indexed postgres lookup", t.elapsed());
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.bench_function("floor: raw postgres lookup with RLS claims", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let row = sqlx::query(
+                        "select * from switchboard_private.resolve_agent($1, 'authenticated', $2, null)",
+                    )
+                    .bind(&tenant_claims)
+                    .bind(ACME_NUMBER)
+                    .fetch_optional(&mut *pg)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                    assert!(row.is_some());
+                    record(recorder, "floor: raw postgres lookup with RLS claims", t.elapsed());
+                }
+                started.elapsed()
+            })
+        })
+    });
+    drop(group);
+    rt.block_on(deployment.drop_database());
+}
+
+fn micro(c: &mut Criterion) {
+    let mut group = c.benchmark_group("micro");
+    group.measurement_time(Duration::from_secs(2));
+    let verifier = JwtVerifier::new(SECRET);
+    let token = mint_token(
+        SECRET,
+        DbRole::ServiceRole,
+        None,
+        86_400,
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    group.bench_function("jwt verify (HS256)", |b| {
+        b.iter(|| verifier.verify(std::hint::black_box(&token)))
+    });
+    group.bench_function("phone: canonical E.164", |b| {
+        b.iter(|| PhoneNumber::parse(std::hint::black_box("+18005550100")))
+    });
+    group.bench_function("phone: human form", |b| {
+        b.iter(|| PhoneNumber::parse(std::hint::black_box("+1 (800) 555-0100")))
+    });
+    let response = pb::ResolveAgentResponse {
+        agent: Some(pb::Agent {
+            id: Uuid::new_v4().to_string(),
+            org_id: Uuid::new_v4().to_string(),
+            name: "Acme Reception".into(),
+            phone_number: ACME_NUMBER.into(),
+            voice_id: "alloy".into(),
+            llm_config: Some(prost_types::Struct {
+                fields: [
+                    (
+                        "model".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue("gpt-4o-mini".into())),
+                        },
+                    ),
+                    (
+                        "system_prompt".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(
+                                "You are the front desk of Acme Dental.".into(),
+                            )),
+                        },
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            is_active: Some(true),
+            ..Default::default()
+        }),
+        organization: Some(pb::Organization {
+            id: Uuid::new_v4().to_string(),
+            name: "Acme Dental".into(),
+            slug: "acme-dental".into(),
+            ..Default::default()
+        }),
+        caller: None,
+    };
+    group.bench_function("encode ResolveAgent answer", |b| {
+        b.iter(|| std::hint::black_box(&response).encode_to_vec())
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let memory = switchboard::cache::MemoryTier::new(1_000_000, 1_000, Duration::from_secs(300));
+    let route = Arc::new(response.clone());
+    rt.block_on(async {
+        for i in 0..10_000u32 {
+            memory
+                .routes
+                .insert(
+                    format!("+1800{i:07}").into(),
+                    (route.clone(), switchboard::cache::Tier::Db),
+                )
+                .await;
+        }
+    });
+    let key: Arc<str> = "+18000004242".into();
+    group.bench_function("memory tier hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { memory.routes.get(std::hint::black_box(&key)).await })
+    });
+    group.finish();
+}
+
+fn report(recorder: &Recorder) -> bool {
+    let Ok(map) = recorder.lock() else {
+        return false;
+    };
+    let floor = map
+        .get("floor: grpc health check")
+        .map(|h| (h.value_at_quantile(0.5), h.len()));
+    println!("\n## end to end, one call in flight (latency from HDR histograms of every sample)\n");
+    println!(
+        "| case | samples | p50 | p99 | p99.9 | max | calls/s (1 in flight) | p50 / health p50 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut within_budget = true;
+    for (case, h) in map.iter() {
+        let us = |ns: u64| format!("{:.1} µs", ns as f64 / 1000.0);
+        let p50 = h.value_at_quantile(0.5);
+        let p99 = h.value_at_quantile(0.99);
+        let ratio = floor
+            .map(|(f, _)| format!("{:.2}×", p50 as f64 / f as f64))
+            .unwrap_or_default();
+        println!(
+            "| {case} | {} | {} | {} | {} | {} | {:.0} | {ratio} |",
+            h.len(),
+            us(p50),
+            us(p99),
+            us(h.value_at_quantile(0.999)),
+            us(h.max()),
+            1e9 / h.mean(),
+        );
+        if Duration::from_nanos(p99) > P99_BUDGET {
+            eprintln!("FAIL: {case} p99 {} exceeds the 50 ms budget", us(p99));
+            within_budget = false;
+        }
+    }
+    within_budget
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let recorder: Recorder = Arc::default();
+    let mut criterion = Criterion::default().configure_from_args();
+    micro(&mut criterion);
+    end_to_end(&mut criterion, &rt, &recorder);
+    criterion.final_summary();
+    if !report(&recorder) {
+        std::process::exit(1);
+    }
+}
