@@ -189,6 +189,25 @@ async fn expect_tier(client: &mut AgentServiceClient<Channel>, token: &str, tier
     assert_eq!(got, tier, "the case must be served from {tier}");
 }
 
+/// One `ResolveAgent` call per invocation, on a clone of `client`.
+fn resolve_call(
+    client: &AgentServiceClient<Channel>,
+    token: &str,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let client = client.clone();
+    let token = token.to_owned();
+    move || {
+        let mut client = client.clone();
+        let token = token.clone();
+        Box::pin(async move {
+            client
+                .resolve_agent(authed(&token, resolve_request()))
+                .await
+                .unwrap_or_else(|s| panic!("{s:?}"));
+        })
+    }
+}
+
 fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Recorder) {
     let deployment = rt.block_on(Deployment::create());
     let service = mint_token(
@@ -286,62 +305,16 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Record
             }
         }
     });
-    case!("resolve: memory tier", {
-        let client = full.clone();
-        let token = service.clone();
-        move || {
-            let mut client = client.clone();
-            let token = token.clone();
-            async move {
-                client
-                    .resolve_agent(authed(&token, resolve_request()))
-                    .await
-                    .unwrap_or_else(|s| panic!("{s:?}"));
-            }
-        }
-    });
-    case!("resolve: redis tier", {
-        let client = redis_only.clone();
-        let token = service.clone();
-        move || {
-            let mut client = client.clone();
-            let token = token.clone();
-            async move {
-                client
-                    .resolve_agent(authed(&token, resolve_request()))
-                    .await
-                    .unwrap_or_else(|s| panic!("{s:?}"));
-            }
-        }
-    });
-    case!("resolve: postgres, service_role", {
-        let client = db_only.clone();
-        let token = service.clone();
-        move || {
-            let mut client = client.clone();
-            let token = token.clone();
-            async move {
-                client
-                    .resolve_agent(authed(&token, resolve_request()))
-                    .await
-                    .unwrap_or_else(|s| panic!("{s:?}"));
-            }
-        }
-    });
-    case!("resolve: postgres, tenant token (RLS)", {
-        let client = full.clone();
-        let token = tenant.clone();
-        move || {
-            let mut client = client.clone();
-            let token = token.clone();
-            async move {
-                client
-                    .resolve_agent(authed(&token, resolve_request()))
-                    .await
-                    .unwrap_or_else(|s| panic!("{s:?}"));
-            }
-        }
-    });
+    case!("resolve: memory tier", resolve_call(&full, &service));
+    case!("resolve: redis tier", resolve_call(&redis_only, &service));
+    case!(
+        "resolve: postgres, service_role",
+        resolve_call(&db_only, &service)
+    );
+    case!(
+        "resolve: postgres, tenant token (RLS)",
+        resolve_call(&full, &tenant)
+    );
     case!("floor: raw redis GET", {
         let redis = redis.clone();
         let key = route_key.clone();

@@ -54,6 +54,19 @@ fn voice(answer: &ResolveAgentResponse) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `key` is in Redis now (false if Redis cannot be reached).
+async fn key_exists(client: &redis::Client, key: &str) -> bool {
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(0);
+    exists == 1
+}
+
 /// Polls until `check` holds, for at most `limit`; returns how long it took.
 async fn within<F, Fut>(limit: Duration, mut check: F) -> Duration
 where
@@ -95,17 +108,7 @@ async fn tiers_fill_db_then_memory_then_redis_for_a_fresh_replica() {
     within(Duration::from_secs(1), || {
         let client = client.clone();
         let key = key.clone();
-        async move {
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return false;
-            };
-            let exists: i64 = redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or(0);
-            exists == 1
-        }
+        async move { key_exists(&client, &key).await }
     })
     .await;
     let (found, tier) = service_resolve(&mut second, ACME_NUMBER)
@@ -466,15 +469,7 @@ async fn redis_down_costs_nothing_and_comes_back_by_itself() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = service_resolve(&mut agents, BLUEBIRD_NUMBER).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return false;
-            };
-            let exists: i64 = redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or(0);
-            exists == 1
+            key_exists(&client, &key).await
         }
     })
     .await;
