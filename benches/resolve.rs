@@ -122,6 +122,51 @@ impl Deployment {
         addr
     }
 
+    /// A server with the memory tier preloaded from Postgres (no Redis);
+    /// stopped when the sender is dropped.
+    async fn serve_preloaded(&self) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let config = ServeConfig::from_args(ServeArgs {
+            database_url: Some(self.direct_url.clone()),
+            jwt_secret: Some(SECRET.into()),
+            listen: "127.0.0.1:0".into(),
+            db_max_connections: 8,
+            cache_max_routes: 2_000_000,
+            cache_preload: true,
+            cache_ttl_secs: 3600,
+            ..ServeArgs::defaults()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let app = Application::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = app.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    /// `n` more agents in Acme, numbers +12000000001 …, bulk-inserted with
+    /// triggers off (nothing listens yet).
+    async fn add_agents(&self, n: u64) {
+        let mut db = PgConnection::connect(&self.direct_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sql = format!(
+            "set session_replication_role = replica; \
+             insert into public.agents (org_id, name, phone_number, voice_id, llm_config) \
+             select '0a000000-0000-4000-8000-00000000000a', 'Agent ' || i, \
+                    '+1' || (2000000000 + i)::text, 'alloy', \
+                    '{{\"model\": \"gpt-4o-mini\", \"temperature\": 0.3, \"greeting\": \"Thanks for calling, how can I help?\"}}'::jsonb \
+             from generate_series(1, {n}) as i; \
+             set session_replication_role = origin; analyze public.agents;"
+        );
+        db.execute(sql.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     async fn drop_database(&self) {
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
             let _ = admin
@@ -473,6 +518,139 @@ fn micro(c: &mut Criterion) {
     group.finish();
 }
 
+/// Resident set size of this process (server and client), bytes.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+struct ScaleRow {
+    agents: u64,
+    preload: Duration,
+    rss_before: u64,
+    rss_after: u64,
+}
+
+/// The memory tier at 1 k, 100 k and 1 M agents (override with
+/// SWITCHBOARD_BENCH_SCALE=1000,100000): every agent preloaded, then
+/// ResolveAgent for numbers spread over all of them, one call in flight.
+/// The same server's health check is measured beside it as the floor.
+fn scale(rt: &tokio::runtime::Runtime, recorder: &Recorder) -> Vec<ScaleRow> {
+    let sizes: Vec<u64> = env_or("SWITCHBOARD_BENCH_SCALE", "1000,100000,1000000")
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let calls: u64 = env_or("SWITCHBOARD_BENCH_SCALE_CALLS", "20000")
+        .parse()
+        .unwrap_or(20_000);
+    let service = mint_token(
+        SECRET,
+        DbRole::ServiceRole,
+        None,
+        86_400,
+        Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut rows = Vec::new();
+    for agents in sizes {
+        rt.block_on(async {
+            let deployment = Deployment::create().await;
+            deployment.add_agents(agents).await;
+            let rss_before = resident_bytes();
+            let started = Instant::now();
+            let (addr, stop) = deployment.serve_preloaded().await;
+            let preload = started.elapsed();
+            let rss_after = resident_bytes();
+            let channel = channel(addr).await;
+            let mut client = AgentServiceClient::new(channel.clone());
+            let mut health = HealthClient::new(channel);
+            // A number far from the start of the range must already be hot.
+            let probe = format!("+1{}", 2_000_000_000 + agents);
+            let answer = client
+                .resolve_agent(authed(
+                    &service,
+                    pb::ResolveAgentRequest {
+                        called_number: probe.clone(),
+                        caller_number: String::new(),
+                    },
+                ))
+                .await
+                .unwrap_or_else(|s| panic!("{probe}: {s:?}"));
+            let tier = answer
+                .metadata()
+                .get("x-switchboard-cache")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            assert_eq!(tier, "memory", "preloaded: {probe} must be a memory hit");
+            let case = format!("scale: memory tier, {agents} agents");
+            let floor = format!("scale: health check beside {agents} agents");
+            // A fixed walk over the numbers (an LCG), the same in every run.
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            for _ in 0..calls {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let number = format!("+1{}", 2_000_000_001 + (x >> 11) % agents);
+                let request = authed(
+                    &service,
+                    pb::ResolveAgentRequest {
+                        called_number: number,
+                        caller_number: String::new(),
+                    },
+                );
+                let begun = Instant::now();
+                client
+                    .resolve_agent(request)
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"));
+                record(recorder, &case, begun.elapsed());
+                let begun = Instant::now();
+                health
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"));
+                record(recorder, &floor, begun.elapsed());
+            }
+            drop(stop);
+            deployment.drop_database().await;
+            rows.push(ScaleRow {
+                agents,
+                preload,
+                rss_before,
+                rss_after,
+            });
+        });
+    }
+    rows
+}
+
+fn report_scale(rows: &[ScaleRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\n## scale: memory tier preloaded with N agents (resident memory of this process: server and client)\n");
+    println!("| agents | preload | RSS before | RSS after | added per agent |");
+    println!("|---:|---:|---:|---:|---:|");
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1_048_576.0);
+    for row in rows {
+        println!(
+            "| {} | {:.2} s | {} | {} | {} B |",
+            row.agents,
+            row.preload.as_secs_f64(),
+            mib(row.rss_before),
+            mib(row.rss_after),
+            row.rss_after.saturating_sub(row.rss_before) / row.agents.max(1),
+        );
+    }
+}
+
 fn report(recorder: &Recorder) -> bool {
     let Ok(map) = recorder.lock() else {
         return false;
@@ -521,6 +699,8 @@ fn main() {
     micro(&mut criterion);
     end_to_end(&mut criterion, &rt, &recorder);
     criterion.final_summary();
+    let scaled = scale(&rt, &recorder);
+    report_scale(&scaled);
     if !report(&recorder) {
         std::process::exit(1);
     }

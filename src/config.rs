@@ -43,6 +43,9 @@ pub enum Command {
     /// Local development in one command: create and migrate the database,
     /// load the demo data, print tokens, and serve.
     Dev(DevArgs),
+    /// Load-test any method of a gRPC server, ghz style (found by server
+    /// reflection, requests in JSON).
+    Bench(crate::load::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +108,19 @@ pub struct ServeArgs {
         default_value_t = 1_000_000
     )]
     pub cache_max_callers: u64,
+    /// Load every route into the memory tier before serving (paged, up to
+    /// the tier's capacity), so no first call after a deploy goes to
+    /// Postgres. `--cache-preload` alone means true.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CACHE_PRELOAD",
+        default_value_t = false,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub cache_preload: bool,
     /// In-process TTL, a backstop: invalidation keeps entries correct.
     #[arg(long, env = "SWITCHBOARD_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u64,
@@ -133,6 +149,7 @@ impl ServeArgs {
             redis_timeout_ms: 5,
             cache_max_routes: 1_000_000,
             cache_max_callers: 1_000_000,
+            cache_preload: false,
             cache_ttl_secs: 300,
             redis_ttl_secs: 3600,
             redis_namespace: None,
@@ -189,6 +206,7 @@ pub struct CacheSettings {
     pub redis_timeout: Duration,
     pub max_routes: u64,
     pub max_callers: u64,
+    pub preload: bool,
     pub memory_ttl: Duration,
     pub redis_ttl: Duration,
 }
@@ -249,6 +267,7 @@ impl ServeConfig {
                 redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
                 max_routes: args.cache_max_routes,
                 max_callers: args.cache_max_callers.max(1),
+                preload: args.cache_preload,
                 memory_ttl: Duration::from_secs(args.cache_ttl_secs.max(1)),
                 redis_ttl: Duration::from_secs(args.redis_ttl_secs.max(1)),
             },

@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod load;
 pub mod migrate;
 pub mod resolver;
 pub mod startup;

@@ -120,6 +120,48 @@ impl Resolver {
         })
     }
 
+    /// Fills the memory tier with every route, up to its capacity, in pages
+    /// of `page` numbers, so the first call to each number is a memory hit.
+    /// Caller records are not preloaded. If anything is invalidated while
+    /// it runs, the preload stops and drops what it loaded (a page read
+    /// before the change could be stale); calls then fill lazily.
+    pub async fn preload(&self, page: i64) -> Result<u64, Error> {
+        if !self.cache.memory.enabled || !self.cache.is_listening() {
+            return Ok(0);
+        }
+        let claims = Claims::service();
+        let generation = self.cache.generation();
+        let capacity = self.cache.memory.capacity();
+        let mut loaded: u64 = 0;
+        let mut after: Option<String> = None;
+        while loaded < capacity {
+            let batch = self
+                .store
+                .routes_after(&claims, after.as_deref(), page)
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.agent.phone_number.as_str().to_owned());
+            for resolution in &batch {
+                let route: Route = Arc::new(resolution_to_pb(resolution));
+                let key: Arc<str> = resolution.agent.phone_number.as_str().into();
+                self.cache
+                    .memory
+                    .routes
+                    .insert(key, (route, Tier::Db))
+                    .await;
+            }
+            loaded += batch.len() as u64;
+            if !self.cache.may_keep(generation) {
+                self.cache.drop_memory();
+                return Err(Error::Unavailable(
+                    "the cache preload saw a change and stopped; calls fill the cache lazily"
+                        .into(),
+                ));
+            }
+        }
+        Ok(loaded.min(capacity))
+    }
+
     /// Runs a database call behind the breaker.
     async fn guarded<T>(
         &self,

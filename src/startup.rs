@@ -150,6 +150,9 @@ impl Application {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let resolver = Resolver::new(self.store.clone(), cache);
+        if settings.preload {
+            preload(&resolver).await;
+        }
         let layers = ServiceBuilder::new()
             .layer(RequestLogLayer {
                 max_request_time: Some(self.config.request_timeout),
@@ -188,6 +191,23 @@ impl Application {
         ))
     }
 }
+
+/// Warms the memory tier before serving; a failure only means calls fill it
+/// lazily.
+async fn preload(resolver: &Resolver) {
+    let started = std::time::Instant::now();
+    match resolver.preload(PRELOAD_PAGE).await {
+        Ok(routes) => tracing::info!(
+            routes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache preloaded"
+        ),
+        Err(error) => tracing::warn!(%error, "cache preload failed; serving with a cold cache"),
+    }
+}
+
+/// Numbers read per preload statement.
+const PRELOAD_PAGE: i64 = 10_000;
 
 struct RunningServer {
     stop: oneshot::Sender<()>,

@@ -45,6 +45,16 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The service's own identity for work no caller asked for (warming the
+    /// cache at start): `service_role`, as the media servers are.
+    pub fn service() -> Claims {
+        Claims {
+            role: DbRole::ServiceRole,
+            sub: None,
+            json: Arc::from(r#"{"role":"service_role"}"#),
+        }
+    }
+
     pub fn is_service_role(&self) -> bool {
         self.role == DbRole::ServiceRole
     }

@@ -72,6 +72,14 @@ impl MemoryTier {
         }
     }
 
+    /// How many routes the tier holds at most.
+    pub fn capacity(&self) -> u64 {
+        if !self.enabled {
+            return 0;
+        }
+        self.routes.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
     pub fn clear(&self) {
         self.routes.invalidate_all();
         self.callers.invalidate_all();

@@ -140,6 +140,35 @@ impl PgStore {
         rows.first().map(resolution_from_row).transpose()
     }
 
+    /// Routes (agent + organization, no caller) for numbers after `after`,
+    /// in number order: the cache preload walks all numbers in pages.
+    pub async fn routes_after(
+        &self,
+        claims: &Claims,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Resolution>, Error> {
+        let mut tx = self.begin_as(claims, Access::Read).await?;
+        let rows = sqlx::query(
+            "select a.id as agent_id, a.org_id, a.name as agent_name, a.phone_number, a.voice_id, \
+                    a.llm_config, a.is_active, a.created_at as agent_created_at, \
+                    a.updated_at as agent_updated_at, o.name as org_name, o.slug as org_slug, \
+                    o.plan_tier::text as org_plan_tier, o.created_at as org_created_at, \
+                    null::uuid as customer_id \
+             from public.agents a join public.organizations o on o.id = a.org_id \
+             where $1::text is null or a.phone_number > $1 \
+             order by a.phone_number limit $2",
+        )
+        .persistent(false)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "routes_after"))?;
+        commit(tx).await?;
+        rows.iter().map(resolution_from_row).collect()
+    }
+
     pub async fn get_agent(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
         let row = sqlx::query(&format!(

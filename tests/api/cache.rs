@@ -271,6 +271,61 @@ async fn writes_through_the_service_are_seen_by_every_replica() {
 }
 
 #[tokio::test]
+async fn a_preloaded_replica_answers_the_first_call_from_memory_and_still_sees_changes() {
+    let db = TestDb::seeded().await;
+    // More numbers than one preload page holds are not needed to prove the
+    // paging: a second org's number sorts after the first.
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            redis: false,
+            preload: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut client = app.agents().await;
+    for number in [ACME_NUMBER, BLUEBIRD_NUMBER] {
+        let (answer, tier) = service_resolve(&mut client, number)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(
+            tier, "memory",
+            "{number}: preloaded, so no first trip to Postgres"
+        );
+        assert!(answer.agent.is_some() && answer.organization.is_some());
+    }
+    // The caller is not preloaded, but still comes with the answer.
+    let (answer, _) = resolve_as(&mut client, Who::Service, ACME_NUMBER, SHARED_CALLER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(answer.caller.unwrap_or_default().id, ACME_CUSTOMER);
+    // Preloaded entries are evicted like any other.
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'sage' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    within(Duration::from_secs(1), || {
+        let mut client = client.clone();
+        async move {
+            service_resolve(&mut client, ACME_NUMBER)
+                .await
+                .map(|(a, _)| voice(&a) == "sage")
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    // A tenant never gets the cached route: RLS answers.
+    let (_, tier) = resolve_as(&mut client, Who::BluebirdViewer, BLUEBIRD_NUMBER, "")
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "db");
+    let refused = resolve_as(&mut client, Who::BluebirdViewer, ACME_NUMBER, "").await;
+    assert_code(refused, Code::NotFound);
+}
+
+#[tokio::test]
 async fn writes_that_bypass_the_service_are_seen_within_a_second() {
     let app = TestApp::spawn().await;
     let replica = app.spawn_replica(AppOptions::default()).await;

@@ -333,6 +333,8 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
     pub request_timeout_ms: u64,
+    /// Warm the memory tier from Postgres before serving.
+    pub preload: bool,
 }
 
 impl Default for AppOptions {
@@ -342,6 +344,7 @@ impl Default for AppOptions {
             redis_url: None,
             database_url: None,
             request_timeout_ms: 5_000,
+            preload: false,
         }
     }
 }
@@ -390,6 +393,7 @@ impl TestApp {
             listener_database_url: Some(db.direct_url.clone()),
             redis_timeout_ms: 20,
             redis_namespace: Some(db.name.clone()),
+            cache_preload: options.preload,
             ..ServeArgs::defaults()
         })
         .unwrap_or_else(|e| panic!("config: {e}"));

@@ -7,6 +7,7 @@ mod cache;
 mod customers;
 mod helpers;
 mod isolation;
+mod load_tool;
 mod migrations;
 mod operations;
 mod pgbouncer;
