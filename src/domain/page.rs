@@ -163,7 +163,12 @@ mod tests {
         let uuid_token = encode_token(Uuid::new_v4());
         assert!(PageRequest::<Seq>::parse(5, &uuid_token).is_err());
         assert!(PageRequest::<Uuid>::parse(5, &encode_token(Seq(42))).is_err());
-        for bad in ["v1:seq:", "v1:seq:-1", "v1:seq:1e3", "v1:seq:99999999999999999999"] {
+        for bad in [
+            "v1:seq:",
+            "v1:seq:-1",
+            "v1:seq:1e3",
+            "v1:seq:99999999999999999999",
+        ] {
             assert!(
                 PageRequest::<Seq>::parse(5, &URL_SAFE_NO_PAD.encode(bad)).is_err(),
                 "{bad}"

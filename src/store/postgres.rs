@@ -550,10 +550,11 @@ fn agent_from_columns(
 }
 
 fn agent_change_from_row(row: &PgRow) -> Result<AgentChange, Error> {
-    let operation = ChangeOperation::from_db(&get::<String>(row, "operation")?).ok_or_else(|| {
-        tracing::error!("agent_history holds an unknown operation");
-        Error::Internal
-    })?;
+    let operation =
+        ChangeOperation::from_db(&get::<String>(row, "operation")?).ok_or_else(|| {
+            tracing::error!("agent_history holds an unknown operation");
+            Error::Internal
+        })?;
     Ok(AgentChange {
         seq: Seq(get(row, "id")?),
         agent_id: AgentId::from_uuid(get(row, "agent_id")?),
