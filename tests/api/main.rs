@@ -2,6 +2,7 @@
 //! Postgres (a fresh database per test) with real signed tokens.
 
 mod agents;
+mod audit;
 mod auth;
 mod cache;
 mod customers;
