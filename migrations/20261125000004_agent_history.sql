@@ -75,43 +75,16 @@ end
 $$;
 revoke all on function switchboard_private.redact_secrets(jsonb) from public;
 
--- ---------------------------------------------------------------- the trigger
+-- ---------------------------------------------------------------- who and what
 
--- SECURITY DEFINER: the caller (authenticated, service_role) has no insert
--- privilege on agent_history; only this function, owned by the migration
--- role, writes it. Nobody is granted EXECUTE: it runs only as a trigger.
-create or replace function switchboard_private.record_agent_change()
-returns trigger
-language plpgsql
-security definer
+-- {"field": {"old": …, "new": …}} for every column whose value differs
+-- between two versions of an agent row (either may be null: insert,
+-- delete), bookkeeping columns left out, secrets redacted.
+create or replace function switchboard_private.agent_row_changes(old_row jsonb, new_row jsonb)
+returns jsonb
+language sql immutable
 set search_path = ''
 as $$
-declare
-  claims jsonb := nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb;
-  subject text := coalesce(
-    nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-    claims ->> 'sub'
-  );
-  actor_uid uuid;
-  actor text;
-  old_row jsonb := case when tg_op <> 'INSERT' then pg_catalog.to_jsonb(old) end;
-  new_row jsonb := case when tg_op <> 'DELETE' then pg_catalog.to_jsonb(new) end;
-  changes jsonb;
-begin
-  -- auth.uid() would fail the agent write on a sub that is not a UUID; an
-  -- audit trail must never be the reason a change is refused.
-  if subject ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
-    actor_uid := subject::uuid;
-  end if;
-  -- In a SECURITY DEFINER function current_user is the owner; the `role`
-  -- setting still names the role the caller switched to (`none` if they did
-  -- not), and session_user the login role.
-  actor := coalesce(
-    nullif(claims ->> 'role', ''),
-    nullif(pg_catalog.current_setting('role'), 'none'),
-    session_user
-  );
-
   select coalesce(pg_catalog.jsonb_object_agg(
            f.key,
            pg_catalog.jsonb_build_object(
@@ -120,15 +93,68 @@ begin
              'new', case when switchboard_private.is_secret_key(f.key) and new_row -> f.key is not null
                          then '"[redacted]"'::jsonb else switchboard_private.redact_secrets(new_row -> f.key) end
            )), '{}'::jsonb)
-    into changes
   from pg_catalog.jsonb_object_keys(coalesce(new_row, old_row)) as f(key)
   where f.key not in ('id', 'created_at', 'updated_at')
-    and (old_row -> f.key) is distinct from (new_row -> f.key);
+    and (old_row -> f.key) is distinct from (new_row -> f.key)
+$$;
+revoke all on function switchboard_private.agent_row_changes(jsonb, jsonb) from public;
 
+-- The user behind the current statement: the token's `sub` (read in the
+-- order auth.uid() reads it), or null. Unlike auth.uid(), a sub that is not
+-- a UUID is null rather than an error, so it cannot fail the agent write.
+create or replace function switchboard_private.change_actor_uid()
+returns uuid
+language sql stable
+set search_path = ''
+as $$
+  select case when s.sub ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+              then s.sub::uuid end
+  from (select coalesce(
+          nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+          nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
+        ) as sub) s
+$$;
+revoke all on function switchboard_private.change_actor_uid() from public;
+
+-- The role behind the current statement: the token's, else the SQL role.
+-- Called from SECURITY DEFINER code, where current_user is the owner: the
+-- `role` setting still names the role the session switched to (`none` if it
+-- did not), and session_user the login role.
+create or replace function switchboard_private.change_actor_role()
+returns text
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(
+    nullif(nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'role', ''),
+    nullif(pg_catalog.current_setting('role'), 'none'),
+    session_user
+  )::text
+$$;
+revoke all on function switchboard_private.change_actor_role() from public;
+
+-- ---------------------------------------------------------------- the triggers
+
+-- SECURITY DEFINER: the caller (authenticated, service_role) has no insert
+-- privilege on agent_history; only these functions, owned by the migration
+-- role, write it. Nobody is granted EXECUTE: they run only as triggers.
+create or replace function switchboard_private.record_agent_change()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  changes jsonb := switchboard_private.agent_row_changes(
+    case when tg_op <> 'INSERT' then pg_catalog.to_jsonb(old) end,
+    case when tg_op <> 'DELETE' then pg_catalog.to_jsonb(new) end
+  );
+  actor_uid uuid := switchboard_private.change_actor_uid();
+  actor text := switchboard_private.change_actor_role();
+begin
   if changes = '{}'::jsonb then
     return null;
   end if;
-
   insert into public.agent_history (org_id, agent_id, changed_by, actor_role, operation, changes)
   values (
     case when tg_op = 'DELETE' then old.org_id else new.org_id end,
@@ -152,26 +178,11 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
-declare
-  agent public.agents;
-  claims jsonb := nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb;
-  actor text := coalesce(
-    nullif(claims ->> 'role', ''),
-    nullif(pg_catalog.current_setting('role'), 'none'),
-    session_user
-  );
 begin
-  for agent in select * from public.agents loop
-    insert into public.agent_history (org_id, agent_id, changed_by, actor_role, operation, changes)
-    select agent.org_id, agent.id, null, actor, 'delete',
-           coalesce(pg_catalog.jsonb_object_agg(
-             f.key, pg_catalog.jsonb_build_object(
-               'old', case when switchboard_private.is_secret_key(f.key) then '"[redacted]"'::jsonb
-                           else switchboard_private.redact_secrets(f.value) end,
-               'new', null)), '{}'::jsonb)
-    from pg_catalog.jsonb_each(pg_catalog.to_jsonb(agent)) as f
-    where f.key not in ('id', 'created_at', 'updated_at');
-  end loop;
+  insert into public.agent_history (org_id, agent_id, changed_by, actor_role, operation, changes)
+  select a.org_id, a.id, switchboard_private.change_actor_uid(), switchboard_private.change_actor_role(),
+         'delete', switchboard_private.agent_row_changes(pg_catalog.to_jsonb(a), null)
+  from public.agents a;
   return null;
 end
 $$;

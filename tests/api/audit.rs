@@ -532,3 +532,20 @@ async fn a_move_between_orgs_is_recorded_in_both() {
     assert_eq!(seen_by_acme.len(), 2, "its insert and the move");
     assert_eq!(field(&seen_by_acme[0], "org_id").old_value, string(ACME));
 }
+
+/// TRUNCATE fires no row trigger: every agent still gets its delete record.
+#[tokio::test]
+async fn truncating_agents_records_a_delete_for_each() {
+    let app = TestApp::spawn().await;
+    app.db.exec("truncate public.agents cascade").await;
+    for (who, agent, voice) in [
+        (Who::AcmeViewer, ACME_AGENT, "alloy"),
+        (Who::BluebirdViewer, BLUEBIRD_AGENT, "verse"),
+    ] {
+        let changes = list_history(&app, who, agent).await;
+        assert_eq!(changes[0].operation, ChangeOperation::Delete as i32);
+        assert_eq!(changes[0].actor_role, "postgres");
+        assert_eq!(field(&changes[0], "voice_id").old_value, string(voice));
+        assert_eq!(field(&changes[0], "voice_id").new_value, None);
+    }
+}
