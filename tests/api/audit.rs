@@ -107,7 +107,6 @@ async fn updates_through_the_service_are_listed_newest_first_with_who_and_what()
     assert_eq!(field(first_update, "voice_id").new_value, string("nova"));
     let stamp = |c: &AgentChange| {
         c.changed_at
-            .clone()
             .map(|t| (t.seconds, t.nanos))
             .unwrap_or_default()
     };
