@@ -35,15 +35,20 @@ create index if not exists agent_history_org_id_idx on public.agent_history (org
 
 -- ---------------------------------------------------------------- redaction
 
+-- The helpers below are plpgsql, not SQL: a SQL function with a SET clause
+-- is never inlined and is planned again at every call, which tripled the
+-- trigger's cost; plpgsql keeps its plans for the session.
 create or replace function switchboard_private.is_secret_key(key text)
 returns boolean
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
+begin
   -- `max_tokens` is not a secret; `api_key`, `apiKey`, `access_token`,
   -- `client_secret`, `password` are.
-  select lower(key) ~ '(api_?key|secret|passw(or)?d|credential|authorization|bearer|private_?key|(^|_)token$|access_?token|refresh_?token|auth_?token)'
-      or lower(key) in ('key', 'token')
+  return pg_catalog.lower(key) ~ '(api_?key|secret|passw(or)?d|credential|authorization|bearer|private_?key|(^|_)token$|access_?token|refresh_?token|auth_?token)'
+      or pg_catalog.lower(key) in ('key', 'token');
+end
 $$;
 revoke all on function switchboard_private.is_secret_key(text) from public;
 
@@ -82,20 +87,24 @@ revoke all on function switchboard_private.redact_secrets(jsonb) from public;
 -- delete), bookkeeping columns left out, secrets redacted.
 create or replace function switchboard_private.agent_row_changes(old_row jsonb, new_row jsonb)
 returns jsonb
-language sql immutable
+language plpgsql immutable
 set search_path = ''
 as $$
-  select coalesce(pg_catalog.jsonb_object_agg(
-           f.key,
-           pg_catalog.jsonb_build_object(
-             'old', case when switchboard_private.is_secret_key(f.key) and old_row -> f.key is not null
-                         then '"[redacted]"'::jsonb else switchboard_private.redact_secrets(old_row -> f.key) end,
-             'new', case when switchboard_private.is_secret_key(f.key) and new_row -> f.key is not null
-                         then '"[redacted]"'::jsonb else switchboard_private.redact_secrets(new_row -> f.key) end
-           )), '{}'::jsonb)
-  from pg_catalog.jsonb_object_keys(coalesce(new_row, old_row)) as f(key)
-  where f.key not in ('id', 'created_at', 'updated_at')
-    and (old_row -> f.key) is distinct from (new_row -> f.key)
+begin
+  return (
+    select coalesce(pg_catalog.jsonb_object_agg(
+             f.key,
+             pg_catalog.jsonb_build_object(
+               'old', case when switchboard_private.is_secret_key(f.key) and old_row -> f.key is not null
+                           then '"[redacted]"'::jsonb else switchboard_private.redact_secrets(old_row -> f.key) end,
+               'new', case when switchboard_private.is_secret_key(f.key) and new_row -> f.key is not null
+                           then '"[redacted]"'::jsonb else switchboard_private.redact_secrets(new_row -> f.key) end
+             )), '{}'::jsonb)
+    from pg_catalog.jsonb_object_keys(coalesce(new_row, old_row)) as f(key)
+    where f.key not in ('id', 'created_at', 'updated_at')
+      and (old_row -> f.key) is distinct from (new_row -> f.key)
+  );
+end
 $$;
 revoke all on function switchboard_private.agent_row_changes(jsonb, jsonb) from public;
 
@@ -104,15 +113,20 @@ revoke all on function switchboard_private.agent_row_changes(jsonb, jsonb) from 
 -- a UUID is null rather than an error, so it cannot fail the agent write.
 create or replace function switchboard_private.change_actor_uid()
 returns uuid
-language sql stable
+language plpgsql stable
 set search_path = ''
 as $$
-  select case when s.sub ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-              then s.sub::uuid end
-  from (select coalesce(
-          nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-          nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
-        ) as sub) s
+declare
+  sub text := coalesce(
+    nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+    nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
+  );
+begin
+  if sub ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+    return sub::uuid;
+  end if;
+  return null;
+end
 $$;
 revoke all on function switchboard_private.change_actor_uid() from public;
 
@@ -122,14 +136,16 @@ revoke all on function switchboard_private.change_actor_uid() from public;
 -- did not), and session_user the login role.
 create or replace function switchboard_private.change_actor_role()
 returns text
-language sql stable
+language plpgsql stable
 set search_path = ''
 as $$
-  select coalesce(
+begin
+  return coalesce(
     nullif(nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'role', ''),
     nullif(pg_catalog.current_setting('role'), 'none'),
     session_user
-  )::text
+  );
+end
 $$;
 revoke all on function switchboard_private.change_actor_role() from public;
 
