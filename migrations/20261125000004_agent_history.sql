@@ -17,6 +17,10 @@
 --   agents trigger: a direct insert is refused, even as `postgres`.
 -- * No foreign keys: history outlives the agent it describes (that is when
 --   it matters) and must not block, or be cascaded by, deleting an org.
+--
+-- Also (last section): revokes from tenants the table privileges RLS does not
+-- govern (TRUNCATE, REFERENCES, TRIGGER), which Supabase's default
+-- privileges hand out; the RLS policy matrix test found them.
 
 create table if not exists public.agent_history (
   id bigint generated always as identity primary key,
@@ -243,6 +247,18 @@ create trigger agent_history_no_truncate before truncate on public.agent_history
 
 revoke all on public.agent_history from public, anon, authenticated, service_role;
 grant select on public.agent_history to authenticated, service_role;
+-- Supabase's default privileges grant ALL on new sequences to anon and
+-- authenticated: setval() on this one would make every later agent write
+-- collide on the primary key. Only the owner (the trigger) draws from it.
+revoke all on sequence public.agent_history_id_seq from public, anon, authenticated, service_role;
+
+-- The tenant tables, hardened the same way. Supabase's default privileges
+-- also give anon and authenticated TRUNCATE (which ignores RLS: every
+-- tenant's rows at once), REFERENCES and TRIGGER on every table 0002
+-- created; 0002 revoked anon's but only granted authenticated's four. Tenants
+-- need select/insert/update/delete and nothing else.
+revoke truncate, references, trigger on public.organizations, public.profiles, public.agents,
+  public.customers, public.calls, public.knowledge_base from public, anon, authenticated;
 
 alter table public.agent_history enable row level security;
 

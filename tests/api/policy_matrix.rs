@@ -632,6 +632,32 @@ async fn check_policies(db: &TestDb, tables: &[TableSql], matrix: &[Expect]) -> 
     .await
     .unwrap_or_else(|e| panic!("pg_policies: {e}"));
 
+    // Privileges RLS does not govern: TRUNCATE empties every tenant at once,
+    // TRIGGER and REFERENCES reach other tenants' rows, setval() on a
+    // sequence breaks every later insert.
+    let ungoverned: Vec<(String, String, String, String)> = sqlx::query_as(
+        "select n.nspname::text, c.relname::text, r.rolname::text, p.priv \
+         from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+         cross join (values ('anon'), ('authenticated')) as r(rolname) \
+         cross join unnest(array['TRUNCATE', 'REFERENCES', 'TRIGGER', 'UPDATE']) as p(priv) \
+         where n.nspname = any($1) \
+           and case when c.relkind in ('r', 'p') then p.priv <> 'UPDATE' \
+                         and pg_catalog.has_table_privilege(r.rolname, c.oid, p.priv) \
+                    when c.relkind = 'S' then p.priv = 'UPDATE' \
+                         and pg_catalog.has_sequence_privilege(r.rolname, c.oid, p.priv) \
+                    else false end \
+         order by 1, 2, 3, 4",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("privileges: {e}"));
+    for (schema, name, role, privilege) in ungoverned {
+        report.failures.push(format!(
+            "{role} holds {privilege} on {schema}.{name}, which RLS does not govern"
+        ));
+    }
+
     let in_matrix: BTreeSet<&str> = matrix.iter().map(|(t, ..)| *t).collect();
     let mut found = BTreeSet::new();
     for (schema, name, kind, rls) in &relations {
@@ -763,13 +789,38 @@ async fn check_policies(db: &TestDb, tables: &[TableSql], matrix: &[Expect]) -> 
     report
 }
 
+/// A database as Supabase makes one: the API roles exist before the
+/// migrations run, and tables, sequences and functions created in `public`
+/// are granted to anon, authenticated and service_role by default.
+async fn supabase_like_db() -> TestDb {
+    let db = TestDb::empty().await;
+    db.exec(
+        "do $$ begin
+           if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin noinherit; end if;
+           if not exists (select 1 from pg_roles where rolname = 'authenticated') then create role authenticated nologin noinherit; end if;
+           if not exists (select 1 from pg_roles where rolname = 'service_role') then create role service_role nologin noinherit bypassrls; end if;
+         end $$;
+         alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+         alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+         alter default privileges in schema public grant all on functions to anon, authenticated, service_role;",
+    )
+    .await;
+    switchboard::migrate::run(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    switchboard::migrate::seed(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("seed: {e}"));
+    db
+}
+
 #[tokio::test]
 async fn every_exposed_table_enforces_the_policy_matrix() {
     let db = TestDb::seeded().await;
     add_fixtures(&db).await;
     let report = check_policies(&db, TABLES, MATRIX).await;
     println!(
-        "policy matrix: {} exposed tables, {} rows (table × operation × caller), {} statements run under claims",
+        "policy matrix (plain Postgres): {} exposed tables, {} rows (table × operation × caller), {} statements run under claims",
         report.tables, report.rows, report.cases
     );
     assert!(
@@ -783,6 +834,30 @@ async fn every_exposed_table_enforces_the_policy_matrix() {
         TABLES.len() * Op::ALL.len() * Caller::ALL.len()
     );
     assert_eq!(report.cases, 2 * report.rows);
+}
+
+/// The same matrix where Supabase's default privileges grant everything to
+/// the API roles: the explicit grants and revokes of the migrations must
+/// leave exactly the same outcomes, and no privilege RLS does not govern.
+#[tokio::test]
+async fn the_matrix_holds_under_supabase_default_privileges() {
+    let db = supabase_like_db().await;
+    add_fixtures(&db).await;
+    let report = check_policies(&db, TABLES, MATRIX).await;
+    println!(
+        "policy matrix (Supabase default privileges): {} rows, {} statements",
+        report.rows, report.cases
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failure(s):\n{}",
+        report.failures.len(),
+        report.failures.join("\n")
+    );
+    assert_eq!(
+        report.cases,
+        2 * TABLES.len() * Op::ALL.len() * Caller::ALL.len()
+    );
 }
 
 /// The checker itself: a table without RLS and one missing a policy are
@@ -802,6 +877,9 @@ async fn the_checker_reports_unprotected_tables() {
            with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
          create policy rogue_delete on public.rogue_no_update for delete to authenticated
            using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+         grant truncate on public.rogue_no_update to authenticated;
+         create sequence public.rogue_seq;
+         grant update on sequence public.rogue_seq to anon;
          insert into public.rogue_no_rls (org_id) values ('{ACME}'), ('{BLUEBIRD}');
          insert into public.rogue_no_update (org_id) values ('{ACME}'), ('{BLUEBIRD}');"
     ))
@@ -852,6 +930,8 @@ async fn the_checker_reports_unprotected_tables() {
     for expected in [
         "RLS is not enabled on public.rogue_no_rls",
         "no UPDATE policy for authenticated on public.rogue_no_update, which the matrix allows",
+        "authenticated holds TRUNCATE on public.rogue_no_update, which RLS does not govern",
+        "anon holds UPDATE on public.rogue_seq, which RLS does not govern",
         // No RLS: another org's row is visible and writable.
         "rogue_no_rls Select as ViewerOther (from Acme): expected Hidden, got Allowed",
         "rogue_no_rls Delete as ViewerOwn (from Bluebird): expected Hidden, got Allowed",
