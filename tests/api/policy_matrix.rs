@@ -1010,3 +1010,99 @@ async fn rows_stay_in_their_org_and_nobody_edits_their_own_profile() {
     println!("WITH CHECK and own-profile cases: {checked}");
     assert_eq!(checked, 2 * (5 * 4 + 3 * 2));
 }
+
+/// Supabase's database linter, the rules that concern RLS: functions with
+/// a fixed `search_path`; no SECURITY DEFINER function the API roles can
+/// call in an exposed schema; `auth.*()` and the membership helper in
+/// policies wrapped in `(select …)` (evaluated once per statement, not per
+/// row); no policy reading user-editable `user_metadata`.
+async fn lint(db: &TestDb) -> Vec<String> {
+    let schemas = exposed_schemas();
+    let mut findings = Vec::new();
+    let functions: Vec<(String, String, bool, bool, bool)> = sqlx::query_as(
+        "select n.nspname::text, p.oid::regprocedure::text, \
+                coalesce(exists (select 1 from unnest(p.proconfig) c where c like 'search_path=%'), false), \
+                p.prosecdef, \
+                pg_catalog.has_function_privilege('anon', p.oid, 'execute') \
+                  or pg_catalog.has_function_privilege('authenticated', p.oid, 'execute') \
+         from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
+         where (n.nspname = any($1) or n.nspname = 'switchboard_private') \
+           and not exists (select 1 from pg_catalog.pg_depend d where d.objid = p.oid and d.deptype = 'e') \
+         order by 1, 2",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("pg_proc: {e}"));
+    for (schema, function, fixed_path, definer, callable) in &functions {
+        if !fixed_path {
+            findings.push(format!("{function} has no fixed search_path"));
+        }
+        if *definer && *callable && schemas.contains(schema) {
+            findings.push(format!(
+                "{function} is SECURITY DEFINER, exposed and callable by anon/authenticated"
+            ));
+        }
+    }
+    let policies: Vec<(String, String, String)> = sqlx::query_as(
+        "select tablename::text, policyname::text, coalesce(qual, '') || ' ' || coalesce(with_check, '') \
+         from pg_catalog.pg_policies where schemaname = any($1) order by 1, 2",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("pg_policies: {e}"));
+    for (table, policy, expression) in &policies {
+        for call in [
+            "auth.uid()",
+            "auth.jwt()",
+            "auth.role()",
+            "switchboard_private.auth_org_id(",
+        ] {
+            for (at, _) in expression.match_indices(call) {
+                if !expression[..at].ends_with("SELECT ") {
+                    findings.push(format!(
+                        "policy {policy} on {table} calls {call} per row: wrap it in (select …)"
+                    ));
+                }
+            }
+        }
+        if expression.contains("user_metadata") {
+            findings.push(format!(
+                "policy {policy} on {table} reads user_metadata, which users edit"
+            ));
+        }
+    }
+    findings
+}
+
+#[tokio::test]
+async fn the_catalog_passes_the_linter_rules_and_the_lint_can_fail() {
+    let db = supabase_like_db().await;
+    let findings = lint(&db).await;
+    assert!(findings.is_empty(), "{findings:#?}");
+
+    db.exec(
+        "create function public.rogue_lookup() returns uuid language sql security definer
+           as $$ select auth.uid() $$;
+         create table public.rogue_notes (id uuid primary key, owner uuid);
+         alter table public.rogue_notes enable row level security;
+         create policy rogue_notes_select on public.rogue_notes for select to authenticated
+           using (owner = auth.uid() or (auth.jwt() -> 'user_metadata' ->> 'admin') = 'true');",
+    )
+    .await;
+    let findings = lint(&db).await;
+    for expected in [
+        "rogue_lookup() has no fixed search_path",
+        "rogue_lookup() is SECURITY DEFINER, exposed and callable by anon/authenticated",
+        "policy rogue_notes_select on rogue_notes calls auth.uid() per row: wrap it in (select …)",
+        "policy rogue_notes_select on rogue_notes calls auth.jwt() per row: wrap it in (select …)",
+        "policy rogue_notes_select on rogue_notes reads user_metadata, which users edit",
+    ] {
+        assert!(
+            findings.iter().any(|f| f == expected),
+            "{expected:?} not in {findings:#?}"
+        );
+    }
+    assert_eq!(findings.len(), 5, "{findings:#?}");
+}
