@@ -144,8 +144,7 @@ impl AgentService for AgentApi {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let claims = claims_of(&request)?;
-        let page: PageRequest =
-            PageRequest::parse(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let page = PageRequest::parse(request.get_ref().page_size, &request.get_ref().page_token)?;
         let page = self.store.list_agents(&claims, page).await?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: page.items.iter().map(agent_to_pb).collect(),
