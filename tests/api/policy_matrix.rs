@@ -814,13 +814,13 @@ async fn supabase_like_db() -> TestDb {
     db
 }
 
-#[tokio::test]
-async fn every_exposed_table_enforces_the_policy_matrix() {
-    let db = TestDb::seeded().await;
-    add_fixtures(&db).await;
-    let report = check_policies(&db, TABLES, MATRIX).await;
+/// Runs the whole matrix on `db` and fails with every mismatch at once.
+async fn assert_matrix_holds(db: &TestDb, flavour: &str) {
+    add_fixtures(db).await;
+    let report = check_policies(db, TABLES, MATRIX).await;
     println!(
-        "policy matrix (plain Postgres): {} exposed tables, {} rows (table × operation × caller), {} statements run under claims",
+        "policy matrix ({flavour}): {} exposed tables, {} rows (table × operation × caller), \
+         {} statements run under claims",
         report.tables, report.rows, report.cases
     );
     assert!(
@@ -833,7 +833,12 @@ async fn every_exposed_table_enforces_the_policy_matrix() {
         report.rows,
         TABLES.len() * Op::ALL.len() * Caller::ALL.len()
     );
-    assert_eq!(report.cases, 2 * report.rows);
+    assert_eq!(report.cases, 2 * report.rows, "each row from both orgs");
+}
+
+#[tokio::test]
+async fn every_exposed_table_enforces_the_policy_matrix() {
+    assert_matrix_holds(&TestDb::seeded().await, "plain Postgres").await;
 }
 
 /// The same matrix where Supabase's default privileges grant everything to
@@ -841,23 +846,7 @@ async fn every_exposed_table_enforces_the_policy_matrix() {
 /// leave exactly the same outcomes, and no privilege RLS does not govern.
 #[tokio::test]
 async fn the_matrix_holds_under_supabase_default_privileges() {
-    let db = supabase_like_db().await;
-    add_fixtures(&db).await;
-    let report = check_policies(&db, TABLES, MATRIX).await;
-    println!(
-        "policy matrix (Supabase default privileges): {} rows, {} statements",
-        report.rows, report.cases
-    );
-    assert!(
-        report.failures.is_empty(),
-        "{} failure(s):\n{}",
-        report.failures.len(),
-        report.failures.join("\n")
-    );
-    assert_eq!(
-        report.cases,
-        2 * TABLES.len() * Op::ALL.len() * Caller::ALL.len()
-    );
+    assert_matrix_holds(&supabase_like_db().await, "Supabase default privileges").await;
 }
 
 /// The checker itself: a table without RLS and one missing a policy are
