@@ -275,6 +275,12 @@ async fn every_member_and_the_platform_read_their_history() {
             .all(|c| c.org_id == ACME && c.agent_id == ACME_AGENT));
     }
     assert_eq!(list_history(&app, Who::Service, ACME_AGENT).await.len(), 2);
+    // The platform's own change: its role, and no user.
+    update_voice(&app, Who::Service, "shimmer").await;
+    let latest = &list_history(&app, Who::AcmeViewer, ACME_AGENT).await[0];
+    assert_eq!(latest.actor_role, "service_role");
+    assert_eq!(latest.changed_by, "");
+    assert_eq!(field(latest, "voice_id").new_value, string("shimmer"));
     // A visible agent without recorded changes (it predates the trail) is an
     // empty list, not NOT_FOUND.
     app.db
