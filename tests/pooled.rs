@@ -5,6 +5,8 @@
 
 #[path = "api/agents.rs"]
 mod agents;
+#[path = "api/audit.rs"]
+mod audit;
 #[path = "api/auth.rs"]
 mod auth;
 #[path = "api/cache.rs"]

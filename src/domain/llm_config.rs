@@ -101,7 +101,8 @@ fn value_to_json(value: Value, depth: usize) -> Result<Json, Error> {
     })
 }
 
-fn json_to_value(value: &Json) -> Value {
+/// JSON as a `google.protobuf.Value` (numbers become doubles, as JSON's are).
+pub fn json_to_value(value: &Json) -> Value {
     let kind = match value {
         Json::Null => Kind::NullValue(0),
         Json::Bool(b) => Kind::BoolValue(*b),

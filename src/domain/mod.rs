@@ -1,17 +1,19 @@
 //! Parsed domain types: once a value of these types exists, it is valid
 //! ("parse, don't validate"). Nothing here knows gRPC, SQL or Redis.
 
+mod history;
 mod ids;
 mod llm_config;
 pub mod model;
 mod page;
 mod phone;
 
+pub use history::{field_changes, AgentChange, ChangeOperation, FieldChange};
 pub use ids::{AgentId, CustomerId, OrgId};
-pub use llm_config::LlmConfig;
+pub use llm_config::{json_to_value, LlmConfig};
 pub use model::{
     Agent, AgentField, AgentPatch, Customer, CustomerUpsert, NewAgent, Organization, PlanTier,
     Resolution,
 };
-pub use page::{Page, PageRequest};
+pub use page::{Page, PageRequest, Seq};
 pub use phone::PhoneNumber;

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use tonic::metadata::MetadataValue;
 
 use super::{
-    convert::{agent_to_pb, in_field, target_org, with_org},
+    convert::{agent_change_to_pb, agent_to_pb, in_field, target_org, with_org},
     LoggedOrg, CACHE_TIER_HEADER,
 };
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     cache::Invalidation,
     domain::{
         model::{parse_text, MAX_NAME_CHARS, MAX_VOICE_ID_CHARS},
-        AgentField, AgentId, AgentPatch, LlmConfig, NewAgent, PageRequest, PhoneNumber,
+        AgentField, AgentId, AgentPatch, LlmConfig, NewAgent, PageRequest, PhoneNumber, Seq,
     },
     error::Error,
     pb::{self, agent_service_server::AgentService},
@@ -193,5 +193,20 @@ impl AgentService for AgentApi {
         let agent = self.store.delete_agent(&claims, id).await?;
         self.evict(&[agent.phone_number.as_str()]).await;
         Ok(with_org((), agent.org_id))
+    }
+
+    async fn list_agent_history(
+        &self,
+        request: Request<pb::ListAgentHistoryRequest>,
+    ) -> Result<Response<pb::ListAgentHistoryResponse>, Status> {
+        let claims = claims_of(&request)?;
+        let request = request.into_inner();
+        let id = AgentId::parse(&request.agent_id).map_err(in_field("agent_id"))?;
+        let page = PageRequest::<Seq>::parse(request.page_size, &request.page_token)?;
+        let page = self.store.list_agent_history(&claims, id, page).await?;
+        Ok(Response::new(pb::ListAgentHistoryResponse {
+            changes: page.items.iter().map(agent_change_to_pb).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 }

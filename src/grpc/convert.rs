@@ -8,7 +8,10 @@ use tonic::Response;
 use super::LoggedOrg;
 use crate::{
     auth::Claims,
-    domain::{Agent, Customer, OrgId, Organization, PlanTier, Resolution},
+    domain::{
+        json_to_value, Agent, AgentChange, ChangeOperation, Customer, OrgId, Organization,
+        PlanTier, Resolution,
+    },
     error::Error,
     pb,
 };
@@ -40,6 +43,35 @@ pub fn agent_to_pb(agent: &Agent) -> pb::Agent {
         is_active: Some(agent.is_active),
         created_at: timestamp(agent.created_at),
         updated_at: timestamp(agent.updated_at),
+    }
+}
+
+pub fn agent_change_to_pb(change: &AgentChange) -> pb::AgentChange {
+    let operation = match change.operation {
+        ChangeOperation::Insert => pb::ChangeOperation::Insert,
+        ChangeOperation::Update => pb::ChangeOperation::Update,
+        ChangeOperation::Delete => pb::ChangeOperation::Delete,
+    };
+    pb::AgentChange {
+        id: change.seq.0,
+        agent_id: change.agent_id.to_string(),
+        org_id: change.org_id.to_string(),
+        changed_at: timestamp(change.changed_at),
+        changed_by: change
+            .changed_by
+            .map(|user| user.to_string())
+            .unwrap_or_default(),
+        actor_role: change.actor_role.clone(),
+        operation: operation as i32,
+        fields: change
+            .fields
+            .iter()
+            .map(|f| pb::FieldChange {
+                field: f.field.clone(),
+                old_value: f.old.as_ref().map(json_to_value),
+                new_value: f.new.as_ref().map(json_to_value),
+            })
+            .collect(),
     }
 }
 

@@ -26,8 +26,9 @@ use super::sql_literal;
 use crate::{
     auth::Claims,
     domain::{
-        Agent, AgentId, AgentPatch, Customer, CustomerId, CustomerUpsert, LlmConfig, NewAgent,
-        OrgId, Organization, Page, PageRequest, PhoneNumber, PlanTier, Resolution,
+        field_changes, Agent, AgentChange, AgentId, AgentPatch, ChangeOperation, Customer,
+        CustomerId, CustomerUpsert, LlmConfig, NewAgent, OrgId, Organization, Page, PageRequest,
+        PhoneNumber, PlanTier, Resolution, Seq,
     },
     error::Error,
 };
@@ -292,6 +293,51 @@ impl PgStore {
         agent_from_row(&row)
     }
 
+    /// An agent's recorded changes, newest first, as RLS lets the caller see
+    /// them. NOT_FOUND when, on the first page, the caller sees neither a
+    /// change nor the agent itself; an agent recorded before the trail
+    /// existed (or whose changes were all no-ops) is an empty list.
+    pub async fn list_agent_history(
+        &self,
+        claims: &Claims,
+        agent: AgentId,
+        page: PageRequest<Seq>,
+    ) -> Result<Page<AgentChange>, Error> {
+        let mut tx = self.begin_as(claims, Access::Read).await?;
+        let rows = sqlx::query(
+            "select id, org_id, agent_id, changed_at, changed_by, actor_role, operation, changes \
+             from public.agent_history \
+             where agent_id = $1 and ($2::bigint is null or id < $2) order by id desc limit $3",
+        )
+        .persistent(false)
+        .bind(agent.as_uuid())
+        .bind(page.after.map(|seq| seq.0))
+        .bind(i64::from(page.size) + 1)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "list_agent_history"))?;
+        if rows.is_empty() && page.after.is_none() {
+            let agent_visible = sqlx::query_scalar::<_, bool>(
+                "select exists (select 1 from public.agents where id = $1)",
+            )
+            .persistent(false)
+            .bind(agent.as_uuid())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "list_agent_history"))?;
+            if !agent_visible {
+                let _ = tx.rollback().await;
+                return Err(Error::not_found("agent"));
+            }
+        }
+        commit(tx).await?;
+        let changes = rows
+            .iter()
+            .map(agent_change_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(changes, page, |c| c.seq))
+    }
+
     pub async fn lookup_customer(
         &self,
         claims: &Claims,
@@ -529,6 +575,24 @@ fn agent_from_columns(
         is_active: get(row, "is_active")?,
         created_at: get(row, created)?,
         updated_at: get(row, updated)?,
+    })
+}
+
+fn agent_change_from_row(row: &PgRow) -> Result<AgentChange, Error> {
+    let operation =
+        ChangeOperation::from_db(&get::<String>(row, "operation")?).ok_or_else(|| {
+            tracing::error!("agent_history holds an unknown operation");
+            Error::Internal
+        })?;
+    Ok(AgentChange {
+        seq: Seq(get(row, "id")?),
+        agent_id: AgentId::from_uuid(get(row, "agent_id")?),
+        org_id: OrgId::from_uuid(get(row, "org_id")?),
+        changed_at: get(row, "changed_at")?,
+        changed_by: get(row, "changed_by")?,
+        actor_role: get(row, "actor_role")?,
+        operation,
+        fields: field_changes(operation, get(row, "changes")?),
     })
 }
 

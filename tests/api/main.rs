@@ -2,6 +2,7 @@
 //! Postgres (a fresh database per test) with real signed tokens.
 
 mod agents;
+mod audit;
 mod auth;
 mod cache;
 mod customers;
@@ -11,6 +12,7 @@ mod load_tool;
 mod migrations;
 mod operations;
 mod pgbouncer;
+mod policy_matrix;
 mod redis_server;
 mod resolve;
 

@@ -39,7 +39,7 @@ async fn migrations_apply_twice_in_a_row() {
             .fetch_one(&db.pool)
             .await
             .unwrap_or_default();
-    assert_eq!(policies, 21, "one policy per operation, none duplicated");
+    assert_eq!(policies, 22, "one policy per operation, none duplicated");
     let agents: i64 = sqlx::query_scalar("select count(*) from public.agents")
         .fetch_one(&db.pool)
         .await

@@ -1,0 +1,1097 @@
+//! The RLS policy matrix, at the SQL level: every table of every exposed
+//! schema × select/insert/update/delete × every kind of caller, run as real
+//! SQL under the caller's claims exactly as `src/store/postgres.rs` applies
+//! them (one transaction; `request.jwt.claims` and `role` set
+//! transaction-locally), against the migrations as they are, then rolled
+//! back. The expected outcomes are the table `MATRIX` below, one row per
+//! table × operation × caller; each row is checked from both seeded orgs
+//! (Acme's users against Acme's or Bluebird's rows, and the reverse).
+//!
+//! Tables are discovered from `pg_catalog`, so a new table fails the test
+//! until it has rows here; a table without RLS, or without a policy for an
+//! operation the matrix lets a tenant do, fails it too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::{Postgres, Transaction};
+
+use crate::helpers::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    Select,
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    const ALL: [Op; 4] = [Op::Select, Op::Insert, Op::Update, Op::Delete];
+
+    /// As in `pg_policies.cmd`.
+    fn cmd(self) -> &'static str {
+        match self {
+            Op::Select => "SELECT",
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+        }
+    }
+}
+
+/// Who runs the statement, and whose row it targets. "Own" and "Other" are
+/// relative to the caller's org; anon, service_role and the user without a
+/// profile target rows of the org the case is run from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Caller {
+    Anon,
+    AdminOwn,
+    ManagerOwn,
+    ViewerOwn,
+    AdminOther,
+    ManagerOther,
+    ViewerOther,
+    Service,
+    /// `authenticated`, a real user, but no row in `profiles`.
+    NoProfile,
+}
+
+impl Caller {
+    const ALL: [Caller; 9] = [
+        Caller::Anon,
+        Caller::AdminOwn,
+        Caller::ManagerOwn,
+        Caller::ViewerOwn,
+        Caller::AdminOther,
+        Caller::ManagerOther,
+        Caller::ViewerOther,
+        Caller::Service,
+        Caller::NoProfile,
+    ];
+
+    fn is_tenant(self) -> bool {
+        !matches!(self, Caller::Anon | Caller::Service)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The statement reached the target row: select sees it, insert adds
+    /// it, update/delete change it.
+    Allowed,
+    /// Filtered out silently by RLS: select sees nothing, update/delete
+    /// touch no row.
+    Hidden,
+    /// A policy's check refused the new row ("violates row-level security").
+    Refused,
+    /// The role has no privilege on the table at all.
+    NoGrant,
+    /// Anything else; never expected.
+    Other(String),
+}
+use Caller::*;
+use Op::*;
+use Outcome::{Allowed, Hidden, NoGrant, Refused};
+
+/// One row of the matrix: what `caller` gets doing `op` on `table`.
+type Expect = (&'static str, Op, Caller, Outcome);
+
+/// The policies as designed (migrations 0002 and 0004): viewers read their
+/// org; managers and admins write agents, customers, calls and the knowledge
+/// base; only admins manage profiles (of others); organizations change only
+/// through service_role; agent_history is read by the org and written by
+/// nobody; anon reaches nothing; service_role bypasses RLS but has no write
+/// privilege on agent_history.
+#[rustfmt::skip]
+const MATRIX: &[Expect] = &[
+    // table           op      caller        outcome
+    // organizations
+    ("organizations",  Select, Anon,         NoGrant),
+    ("organizations",  Select, AdminOwn,     Allowed),
+    ("organizations",  Select, ManagerOwn,   Allowed),
+    ("organizations",  Select, ViewerOwn,    Allowed),
+    ("organizations",  Select, AdminOther,   Hidden),
+    ("organizations",  Select, ManagerOther, Hidden),
+    ("organizations",  Select, ViewerOther,  Hidden),
+    ("organizations",  Select, Service,      Allowed),
+    ("organizations",  Select, NoProfile,    Hidden),
+    ("organizations",  Insert, Anon,         NoGrant),
+    ("organizations",  Insert, AdminOwn,     Refused),
+    ("organizations",  Insert, ManagerOwn,   Refused),
+    ("organizations",  Insert, ViewerOwn,    Refused),
+    ("organizations",  Insert, AdminOther,   Refused),
+    ("organizations",  Insert, ManagerOther, Refused),
+    ("organizations",  Insert, ViewerOther,  Refused),
+    ("organizations",  Insert, Service,      Allowed),
+    ("organizations",  Insert, NoProfile,    Refused),
+    ("organizations",  Update, Anon,         NoGrant),
+    ("organizations",  Update, AdminOwn,     Hidden),
+    ("organizations",  Update, ManagerOwn,   Hidden),
+    ("organizations",  Update, ViewerOwn,    Hidden),
+    ("organizations",  Update, AdminOther,   Hidden),
+    ("organizations",  Update, ManagerOther, Hidden),
+    ("organizations",  Update, ViewerOther,  Hidden),
+    ("organizations",  Update, Service,      Allowed),
+    ("organizations",  Update, NoProfile,    Hidden),
+    ("organizations",  Delete, Anon,         NoGrant),
+    ("organizations",  Delete, AdminOwn,     Hidden),
+    ("organizations",  Delete, ManagerOwn,   Hidden),
+    ("organizations",  Delete, ViewerOwn,    Hidden),
+    ("organizations",  Delete, AdminOther,   Hidden),
+    ("organizations",  Delete, ManagerOther, Hidden),
+    ("organizations",  Delete, ViewerOther,  Hidden),
+    ("organizations",  Delete, Service,      Allowed),
+    ("organizations",  Delete, NoProfile,    Hidden),
+    // profiles
+    ("profiles",       Select, Anon,         NoGrant),
+    ("profiles",       Select, AdminOwn,     Allowed),
+    ("profiles",       Select, ManagerOwn,   Allowed),
+    ("profiles",       Select, ViewerOwn,    Allowed),
+    ("profiles",       Select, AdminOther,   Hidden),
+    ("profiles",       Select, ManagerOther, Hidden),
+    ("profiles",       Select, ViewerOther,  Hidden),
+    ("profiles",       Select, Service,      Allowed),
+    ("profiles",       Select, NoProfile,    Hidden),
+    ("profiles",       Insert, Anon,         NoGrant),
+    ("profiles",       Insert, AdminOwn,     Allowed),
+    ("profiles",       Insert, ManagerOwn,   Refused),
+    ("profiles",       Insert, ViewerOwn,    Refused),
+    ("profiles",       Insert, AdminOther,   Refused),
+    ("profiles",       Insert, ManagerOther, Refused),
+    ("profiles",       Insert, ViewerOther,  Refused),
+    ("profiles",       Insert, Service,      Allowed),
+    ("profiles",       Insert, NoProfile,    Refused),
+    ("profiles",       Update, Anon,         NoGrant),
+    ("profiles",       Update, AdminOwn,     Allowed),
+    ("profiles",       Update, ManagerOwn,   Hidden),
+    ("profiles",       Update, ViewerOwn,    Hidden),
+    ("profiles",       Update, AdminOther,   Hidden),
+    ("profiles",       Update, ManagerOther, Hidden),
+    ("profiles",       Update, ViewerOther,  Hidden),
+    ("profiles",       Update, Service,      Allowed),
+    ("profiles",       Update, NoProfile,    Hidden),
+    ("profiles",       Delete, Anon,         NoGrant),
+    ("profiles",       Delete, AdminOwn,     Allowed),
+    ("profiles",       Delete, ManagerOwn,   Hidden),
+    ("profiles",       Delete, ViewerOwn,    Hidden),
+    ("profiles",       Delete, AdminOther,   Hidden),
+    ("profiles",       Delete, ManagerOther, Hidden),
+    ("profiles",       Delete, ViewerOther,  Hidden),
+    ("profiles",       Delete, Service,      Allowed),
+    ("profiles",       Delete, NoProfile,    Hidden),
+    // agents
+    ("agents",         Select, Anon,         NoGrant),
+    ("agents",         Select, AdminOwn,     Allowed),
+    ("agents",         Select, ManagerOwn,   Allowed),
+    ("agents",         Select, ViewerOwn,    Allowed),
+    ("agents",         Select, AdminOther,   Hidden),
+    ("agents",         Select, ManagerOther, Hidden),
+    ("agents",         Select, ViewerOther,  Hidden),
+    ("agents",         Select, Service,      Allowed),
+    ("agents",         Select, NoProfile,    Hidden),
+    ("agents",         Insert, Anon,         NoGrant),
+    ("agents",         Insert, AdminOwn,     Allowed),
+    ("agents",         Insert, ManagerOwn,   Allowed),
+    ("agents",         Insert, ViewerOwn,    Refused),
+    ("agents",         Insert, AdminOther,   Refused),
+    ("agents",         Insert, ManagerOther, Refused),
+    ("agents",         Insert, ViewerOther,  Refused),
+    ("agents",         Insert, Service,      Allowed),
+    ("agents",         Insert, NoProfile,    Refused),
+    ("agents",         Update, Anon,         NoGrant),
+    ("agents",         Update, AdminOwn,     Allowed),
+    ("agents",         Update, ManagerOwn,   Allowed),
+    ("agents",         Update, ViewerOwn,    Hidden),
+    ("agents",         Update, AdminOther,   Hidden),
+    ("agents",         Update, ManagerOther, Hidden),
+    ("agents",         Update, ViewerOther,  Hidden),
+    ("agents",         Update, Service,      Allowed),
+    ("agents",         Update, NoProfile,    Hidden),
+    ("agents",         Delete, Anon,         NoGrant),
+    ("agents",         Delete, AdminOwn,     Allowed),
+    ("agents",         Delete, ManagerOwn,   Allowed),
+    ("agents",         Delete, ViewerOwn,    Hidden),
+    ("agents",         Delete, AdminOther,   Hidden),
+    ("agents",         Delete, ManagerOther, Hidden),
+    ("agents",         Delete, ViewerOther,  Hidden),
+    ("agents",         Delete, Service,      Allowed),
+    ("agents",         Delete, NoProfile,    Hidden),
+    // customers
+    ("customers",      Select, Anon,         NoGrant),
+    ("customers",      Select, AdminOwn,     Allowed),
+    ("customers",      Select, ManagerOwn,   Allowed),
+    ("customers",      Select, ViewerOwn,    Allowed),
+    ("customers",      Select, AdminOther,   Hidden),
+    ("customers",      Select, ManagerOther, Hidden),
+    ("customers",      Select, ViewerOther,  Hidden),
+    ("customers",      Select, Service,      Allowed),
+    ("customers",      Select, NoProfile,    Hidden),
+    ("customers",      Insert, Anon,         NoGrant),
+    ("customers",      Insert, AdminOwn,     Allowed),
+    ("customers",      Insert, ManagerOwn,   Allowed),
+    ("customers",      Insert, ViewerOwn,    Refused),
+    ("customers",      Insert, AdminOther,   Refused),
+    ("customers",      Insert, ManagerOther, Refused),
+    ("customers",      Insert, ViewerOther,  Refused),
+    ("customers",      Insert, Service,      Allowed),
+    ("customers",      Insert, NoProfile,    Refused),
+    ("customers",      Update, Anon,         NoGrant),
+    ("customers",      Update, AdminOwn,     Allowed),
+    ("customers",      Update, ManagerOwn,   Allowed),
+    ("customers",      Update, ViewerOwn,    Hidden),
+    ("customers",      Update, AdminOther,   Hidden),
+    ("customers",      Update, ManagerOther, Hidden),
+    ("customers",      Update, ViewerOther,  Hidden),
+    ("customers",      Update, Service,      Allowed),
+    ("customers",      Update, NoProfile,    Hidden),
+    ("customers",      Delete, Anon,         NoGrant),
+    ("customers",      Delete, AdminOwn,     Allowed),
+    ("customers",      Delete, ManagerOwn,   Allowed),
+    ("customers",      Delete, ViewerOwn,    Hidden),
+    ("customers",      Delete, AdminOther,   Hidden),
+    ("customers",      Delete, ManagerOther, Hidden),
+    ("customers",      Delete, ViewerOther,  Hidden),
+    ("customers",      Delete, Service,      Allowed),
+    ("customers",      Delete, NoProfile,    Hidden),
+    // calls
+    ("calls",          Select, Anon,         NoGrant),
+    ("calls",          Select, AdminOwn,     Allowed),
+    ("calls",          Select, ManagerOwn,   Allowed),
+    ("calls",          Select, ViewerOwn,    Allowed),
+    ("calls",          Select, AdminOther,   Hidden),
+    ("calls",          Select, ManagerOther, Hidden),
+    ("calls",          Select, ViewerOther,  Hidden),
+    ("calls",          Select, Service,      Allowed),
+    ("calls",          Select, NoProfile,    Hidden),
+    ("calls",          Insert, Anon,         NoGrant),
+    ("calls",          Insert, AdminOwn,     Allowed),
+    ("calls",          Insert, ManagerOwn,   Allowed),
+    ("calls",          Insert, ViewerOwn,    Refused),
+    ("calls",          Insert, AdminOther,   Refused),
+    ("calls",          Insert, ManagerOther, Refused),
+    ("calls",          Insert, ViewerOther,  Refused),
+    ("calls",          Insert, Service,      Allowed),
+    ("calls",          Insert, NoProfile,    Refused),
+    ("calls",          Update, Anon,         NoGrant),
+    ("calls",          Update, AdminOwn,     Allowed),
+    ("calls",          Update, ManagerOwn,   Allowed),
+    ("calls",          Update, ViewerOwn,    Hidden),
+    ("calls",          Update, AdminOther,   Hidden),
+    ("calls",          Update, ManagerOther, Hidden),
+    ("calls",          Update, ViewerOther,  Hidden),
+    ("calls",          Update, Service,      Allowed),
+    ("calls",          Update, NoProfile,    Hidden),
+    ("calls",          Delete, Anon,         NoGrant),
+    ("calls",          Delete, AdminOwn,     Allowed),
+    ("calls",          Delete, ManagerOwn,   Allowed),
+    ("calls",          Delete, ViewerOwn,    Hidden),
+    ("calls",          Delete, AdminOther,   Hidden),
+    ("calls",          Delete, ManagerOther, Hidden),
+    ("calls",          Delete, ViewerOther,  Hidden),
+    ("calls",          Delete, Service,      Allowed),
+    ("calls",          Delete, NoProfile,    Hidden),
+    // knowledge_base
+    ("knowledge_base", Select, Anon,         NoGrant),
+    ("knowledge_base", Select, AdminOwn,     Allowed),
+    ("knowledge_base", Select, ManagerOwn,   Allowed),
+    ("knowledge_base", Select, ViewerOwn,    Allowed),
+    ("knowledge_base", Select, AdminOther,   Hidden),
+    ("knowledge_base", Select, ManagerOther, Hidden),
+    ("knowledge_base", Select, ViewerOther,  Hidden),
+    ("knowledge_base", Select, Service,      Allowed),
+    ("knowledge_base", Select, NoProfile,    Hidden),
+    ("knowledge_base", Insert, Anon,         NoGrant),
+    ("knowledge_base", Insert, AdminOwn,     Allowed),
+    ("knowledge_base", Insert, ManagerOwn,   Allowed),
+    ("knowledge_base", Insert, ViewerOwn,    Refused),
+    ("knowledge_base", Insert, AdminOther,   Refused),
+    ("knowledge_base", Insert, ManagerOther, Refused),
+    ("knowledge_base", Insert, ViewerOther,  Refused),
+    ("knowledge_base", Insert, Service,      Allowed),
+    ("knowledge_base", Insert, NoProfile,    Refused),
+    ("knowledge_base", Update, Anon,         NoGrant),
+    ("knowledge_base", Update, AdminOwn,     Allowed),
+    ("knowledge_base", Update, ManagerOwn,   Allowed),
+    ("knowledge_base", Update, ViewerOwn,    Hidden),
+    ("knowledge_base", Update, AdminOther,   Hidden),
+    ("knowledge_base", Update, ManagerOther, Hidden),
+    ("knowledge_base", Update, ViewerOther,  Hidden),
+    ("knowledge_base", Update, Service,      Allowed),
+    ("knowledge_base", Update, NoProfile,    Hidden),
+    ("knowledge_base", Delete, Anon,         NoGrant),
+    ("knowledge_base", Delete, AdminOwn,     Allowed),
+    ("knowledge_base", Delete, ManagerOwn,   Allowed),
+    ("knowledge_base", Delete, ViewerOwn,    Hidden),
+    ("knowledge_base", Delete, AdminOther,   Hidden),
+    ("knowledge_base", Delete, ManagerOther, Hidden),
+    ("knowledge_base", Delete, ViewerOther,  Hidden),
+    ("knowledge_base", Delete, Service,      Allowed),
+    ("knowledge_base", Delete, NoProfile,    Hidden),
+    // agent_history
+    ("agent_history",  Select, Anon,         NoGrant),
+    ("agent_history",  Select, AdminOwn,     Allowed),
+    ("agent_history",  Select, ManagerOwn,   Allowed),
+    ("agent_history",  Select, ViewerOwn,    Allowed),
+    ("agent_history",  Select, AdminOther,   Hidden),
+    ("agent_history",  Select, ManagerOther, Hidden),
+    ("agent_history",  Select, ViewerOther,  Hidden),
+    ("agent_history",  Select, Service,      Allowed),
+    ("agent_history",  Select, NoProfile,    Hidden),
+    ("agent_history",  Insert, Anon,         NoGrant),
+    ("agent_history",  Insert, AdminOwn,     NoGrant),
+    ("agent_history",  Insert, ManagerOwn,   NoGrant),
+    ("agent_history",  Insert, ViewerOwn,    NoGrant),
+    ("agent_history",  Insert, AdminOther,   NoGrant),
+    ("agent_history",  Insert, ManagerOther, NoGrant),
+    ("agent_history",  Insert, ViewerOther,  NoGrant),
+    ("agent_history",  Insert, Service,      NoGrant),
+    ("agent_history",  Insert, NoProfile,    NoGrant),
+    ("agent_history",  Update, Anon,         NoGrant),
+    ("agent_history",  Update, AdminOwn,     NoGrant),
+    ("agent_history",  Update, ManagerOwn,   NoGrant),
+    ("agent_history",  Update, ViewerOwn,    NoGrant),
+    ("agent_history",  Update, AdminOther,   NoGrant),
+    ("agent_history",  Update, ManagerOther, NoGrant),
+    ("agent_history",  Update, ViewerOther,  NoGrant),
+    ("agent_history",  Update, Service,      NoGrant),
+    ("agent_history",  Update, NoProfile,    NoGrant),
+    ("agent_history",  Delete, Anon,         NoGrant),
+    ("agent_history",  Delete, AdminOwn,     NoGrant),
+    ("agent_history",  Delete, ManagerOwn,   NoGrant),
+    ("agent_history",  Delete, ViewerOwn,    NoGrant),
+    ("agent_history",  Delete, AdminOther,   NoGrant),
+    ("agent_history",  Delete, ManagerOther, NoGrant),
+    ("agent_history",  Delete, ViewerOther,  NoGrant),
+    ("agent_history",  Delete, Service,      NoGrant),
+    ("agent_history",  Delete, NoProfile,    NoGrant),
+];
+
+/// How to reach one row of a table. Placeholders: `{org}` the target org,
+/// `{id}` the target row (found by `target` as the superuser before the
+/// cases run), `{agent}` the target org's seeded agent, `{spare}` a user
+/// with no profile yet.
+#[derive(Clone, Copy)]
+struct TableSql {
+    name: &'static str,
+    /// Returns the id of the row the select/update/delete cases aim at.
+    target: &'static str,
+    insert: &'static str,
+    /// An update that keeps the row valid (`col = col`).
+    update_set: &'static str,
+}
+
+const TABLES: &[TableSql] = &[
+    TableSql {
+        name: "organizations",
+        target: "select id::text from public.organizations where id = '{org}'",
+        insert: "insert into public.organizations (name, slug) values ('Matrix Org', 'matrix-org')",
+        update_set: "name = name",
+    },
+    TableSql {
+        name: "profiles",
+        // Not the caller's own profile: nobody may change their own.
+        target: "select id::text from public.profiles where org_id = '{org}' and full_name = 'Matrix Staff'",
+        insert: "insert into public.profiles (id, org_id, role) values ('{spare}', '{org}', 'viewer')",
+        update_set: "full_name = full_name",
+    },
+    TableSql {
+        name: "agents",
+        target: "select id::text from public.agents where org_id = '{org}'",
+        insert: "insert into public.agents (org_id, name, phone_number, voice_id) \
+                 values ('{org}', 'Matrix', '+15550009999', 'alloy')",
+        update_set: "name = name",
+    },
+    TableSql {
+        name: "customers",
+        target: "select id::text from public.customers where org_id = '{org}'",
+        insert: "insert into public.customers (org_id, phone) values ('{org}', '+15550009999')",
+        update_set: "name = name",
+    },
+    TableSql {
+        name: "calls",
+        target: "select id::text from public.calls where org_id = '{org}'",
+        insert: "insert into public.calls (org_id, called_number) values ('{org}', '+18005550100')",
+        update_set: "status = status",
+    },
+    TableSql {
+        name: "knowledge_base",
+        target: "select id::text from public.knowledge_base where org_id = '{org}'",
+        insert: "insert into public.knowledge_base (org_id, title, content) values ('{org}', 't', 'c')",
+        update_set: "title = title",
+    },
+    TableSql {
+        name: "agent_history",
+        target: "select id::text from public.agent_history where org_id = '{org}' order by id limit 1",
+        insert: "insert into public.agent_history (org_id, agent_id, actor_role, operation, changes) \
+                 values ('{org}', '{agent}', 'authenticated', 'update', '{}')",
+        update_set: "actor_role = actor_role",
+    },
+];
+
+const ACME_STAFF: &str = "a0000000-0000-4000-8000-0000000000f1";
+const BLUEBIRD_STAFF: &str = "b0000000-0000-4000-8000-0000000000f1";
+const SPARE_USER: &str = "c0000000-0000-4000-8000-0000000000f1";
+const NO_PROFILE_USER: &str = "c0000000-0000-4000-8000-0000000000f2";
+
+/// Rows the seed lacks: a member who is nobody's caller (the profile
+/// target), a call and a knowledge-base entry per org, and two users without
+/// a profile.
+async fn add_fixtures(db: &TestDb) {
+    db.exec(&format!(
+        "insert into auth.users (id) values ('{ACME_STAFF}'), ('{BLUEBIRD_STAFF}'), ('{SPARE_USER}'), ('{NO_PROFILE_USER}');
+         insert into public.profiles (id, org_id, role, full_name) values
+           ('{ACME_STAFF}', '{ACME}', 'viewer', 'Matrix Staff'),
+           ('{BLUEBIRD_STAFF}', '{BLUEBIRD}', 'viewer', 'Matrix Staff');
+         insert into public.calls (org_id, agent_id, called_number) values
+           ('{ACME}', '{ACME_AGENT}', '{ACME_NUMBER}'), ('{BLUEBIRD}', '{BLUEBIRD_AGENT}', '{BLUEBIRD_NUMBER}');
+         insert into public.knowledge_base (org_id, agent_id, title, content) values
+           ('{ACME}', '{ACME_AGENT}', 'Hours', '9 to 5'), ('{BLUEBIRD}', '{BLUEBIRD_AGENT}', 'Hours', '8 to 4');"
+    ))
+    .await;
+}
+
+/// The schemas PostgREST serves, from the Supabase project's `[api] schemas`.
+fn exposed_schemas() -> Vec<String> {
+    let config = std::fs::read_to_string("supabase/config.toml")
+        .unwrap_or_else(|e| panic!("supabase/config.toml: {e}"));
+    let line = config
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("schemas"))
+        .unwrap_or_else(|| panic!("no `schemas` in supabase/config.toml"));
+    let list = line.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    let schemas: Vec<String> = list
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(!schemas.is_empty(), "no exposed schema in {line:?}");
+    schemas
+}
+
+/// What one case runs as, and which org's row it aims at.
+struct Case {
+    claims: serde_json::Value,
+    role: &'static str,
+    target_org: &'static str,
+}
+
+/// `home` is the org the case is run from (Acme or Bluebird).
+fn case_for(caller: Caller, home: &'static str) -> Case {
+    let other = if home == ACME { BLUEBIRD } else { ACME };
+    let user = |who_in_acme: Who, who_in_bluebird: Who| {
+        let who = if home == ACME {
+            who_in_acme
+        } else {
+            who_in_bluebird
+        };
+        who.user_id().map(|id| id.to_string()).unwrap_or_default()
+    };
+    let tenant = |sub: String, target_org| Case {
+        claims: serde_json::json!({"role": "authenticated", "aud": "authenticated", "sub": sub}),
+        role: "authenticated",
+        target_org,
+    };
+    match caller {
+        Anon => Case {
+            claims: serde_json::json!({"role": "anon"}),
+            role: "anon",
+            target_org: home,
+        },
+        Service => Case {
+            claims: serde_json::json!({"role": "service_role"}),
+            role: "service_role",
+            target_org: home,
+        },
+        NoProfile => tenant(NO_PROFILE_USER.into(), home),
+        AdminOwn => tenant(user(Who::AcmeAdmin, Who::BluebirdAdmin), home),
+        ManagerOwn => tenant(user(Who::AcmeManager, Who::BluebirdManager), home),
+        ViewerOwn => tenant(user(Who::AcmeViewer, Who::BluebirdViewer), home),
+        AdminOther => tenant(user(Who::AcmeAdmin, Who::BluebirdAdmin), other),
+        ManagerOther => tenant(user(Who::AcmeManager, Who::BluebirdManager), other),
+        ViewerOther => tenant(user(Who::AcmeViewer, Who::BluebirdViewer), other),
+    }
+}
+
+/// Begins a transaction the way the service does (`PgStore::begin_as`).
+async fn begin_as(db: &TestDb, case: &Case) -> Transaction<'static, Postgres> {
+    let claims = switchboard::store::sql_literal(&case.claims.to_string())
+        .unwrap_or_else(|| panic!("claims literal"));
+    db.pool
+        .begin_with(format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; \
+             SELECT set_config('request.jwt.claims', {claims}, true), \
+                    set_config('role', '{role}', true)",
+            role = case.role
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("begin: {e}"))
+}
+
+fn classify(result: Result<u64, sqlx::Error>) -> Outcome {
+    match result {
+        Result::Ok(0) => Hidden,
+        Result::Ok(_) => Allowed,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+            if e.message().contains("row-level security") {
+                Refused
+            } else if e.message().starts_with("permission denied for") {
+                NoGrant
+            } else {
+                Outcome::Other(e.message().to_owned())
+            }
+        }
+        Err(e) => Outcome::Other(e.to_string()),
+    }
+}
+
+async fn run_case(
+    db: &TestDb,
+    table: &TableSql,
+    op: Op,
+    case: &Case,
+    vars: &[(&str, &str)],
+) -> Outcome {
+    let fill = |sql: &str| {
+        vars.iter().fold(sql.to_owned(), |sql, (k, v)| {
+            sql.replace(&format!("{{{k}}}"), v)
+        })
+    };
+    let name = table.name;
+    let sql = match op {
+        Select => fill(&format!("select 1 from public.{name} where id = '{{id}}'")),
+        Insert => fill(table.insert),
+        Update => fill(&format!(
+            "update public.{name} set {set} where id = '{{id}}'",
+            set = table.update_set
+        )),
+        Delete => fill(&format!("delete from public.{name} where id = '{{id}}'")),
+    };
+    run_sql(db, case, &sql, op == Select).await
+}
+
+/// Runs one statement under the case's claims, rolls it back, and says what
+/// happened.
+async fn run_sql(db: &TestDb, case: &Case, sql: &str, returns_rows: bool) -> Outcome {
+    let mut tx = begin_as(db, case).await;
+    let result = if returns_rows {
+        sqlx::query(sql)
+            .fetch_all(&mut *tx)
+            .await
+            .map(|rows| rows.len() as u64)
+    } else {
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map(|done| done.rows_affected())
+    };
+    let _ = tx.rollback().await;
+    classify(result)
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    /// Tables found in the exposed schemas.
+    tables: usize,
+    /// Matrix rows checked.
+    rows: usize,
+    /// Statements run (each row from both orgs).
+    cases: usize,
+    failures: Vec<String>,
+}
+
+/// Checks the database against `matrix`: the catalog first (every exposed
+/// table is in the matrix and has RLS, with a policy for every operation a
+/// tenant is allowed), then every row as real SQL.
+async fn check_policies(db: &TestDb, tables: &[TableSql], matrix: &[Expect]) -> Report {
+    let mut report = Report::default();
+    let schemas = exposed_schemas();
+
+    // ---- the catalog
+    let relations: Vec<(String, String, String, bool)> = sqlx::query_as(
+        "select n.nspname::text, c.relname::text, c.relkind::text, c.relrowsecurity \
+         from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+         where n.nspname = any($1) and c.relkind in ('r', 'p', 'v', 'm', 'f') \
+           and not exists (select 1 from pg_catalog.pg_depend d \
+                           where d.objid = c.oid and d.deptype = 'e') \
+         order by 1, 2",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("catalog: {e}"));
+    let policies: Vec<(String, String, String, Vec<String>, String)> = sqlx::query_as(
+        "select schemaname::text, tablename::text, cmd, roles::text[], permissive \
+         from pg_catalog.pg_policies where schemaname = any($1)",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("pg_policies: {e}"));
+
+    // Privileges RLS does not govern: TRUNCATE empties every tenant at once,
+    // TRIGGER and REFERENCES reach other tenants' rows, setval() on a
+    // sequence breaks every later insert.
+    let ungoverned: Vec<(String, String, String, String)> = sqlx::query_as(
+        "select n.nspname::text, c.relname::text, r.rolname::text, p.priv \
+         from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace \
+         cross join (values ('anon'), ('authenticated')) as r(rolname) \
+         cross join unnest(array['TRUNCATE', 'REFERENCES', 'TRIGGER', 'UPDATE']) as p(priv) \
+         where n.nspname = any($1) \
+           and case when c.relkind in ('r', 'p') then p.priv <> 'UPDATE' \
+                         and pg_catalog.has_table_privilege(r.rolname, c.oid, p.priv) \
+                    when c.relkind = 'S' then p.priv = 'UPDATE' \
+                         and pg_catalog.has_sequence_privilege(r.rolname, c.oid, p.priv) \
+                    else false end \
+         order by 1, 2, 3, 4",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("privileges: {e}"));
+    for (schema, name, role, privilege) in ungoverned {
+        report.failures.push(format!(
+            "{role} holds {privilege} on {schema}.{name}, which RLS does not govern"
+        ));
+    }
+
+    let in_matrix: BTreeSet<&str> = matrix.iter().map(|(t, ..)| *t).collect();
+    let mut found = BTreeSet::new();
+    for (schema, name, kind, rls) in &relations {
+        report.tables += 1;
+        let qualified = format!("{schema}.{name}");
+        if kind != "r" && kind != "p" {
+            report.failures.push(format!(
+                "{qualified} (relkind {kind}) is exposed, and RLS does not protect it: move it out of {schemas:?}"
+            ));
+            continue;
+        }
+        if schema != "public" || !in_matrix.contains(name.as_str()) {
+            report.failures.push(format!(
+                "{qualified} is exposed but has no rows in the matrix"
+            ));
+        }
+        if !rls {
+            report
+                .failures
+                .push(format!("RLS is not enabled on {qualified}"));
+        }
+        found.insert(name.clone());
+        for op in Op::ALL {
+            let for_op: Vec<_> = policies
+                .iter()
+                .filter(|(s, t, cmd, _, _)| {
+                    s == schema && t == name && (cmd == op.cmd() || cmd == "ALL")
+                })
+                .collect();
+            let tenant_may = matrix.iter().any(|(t, o, c, outcome)| {
+                *t == name.as_str() && *o == op && c.is_tenant() && *outcome == Allowed
+            });
+            let covers_tenants = for_op.iter().any(|(_, _, _, roles, permissive)| {
+                permissive == "PERMISSIVE"
+                    && roles.iter().any(|r| r == "authenticated" || r == "public")
+            });
+            if *rls && tenant_may && !covers_tenants {
+                report.failures.push(format!(
+                    "no {} policy for authenticated on {qualified}, which the matrix allows",
+                    op.cmd()
+                ));
+            }
+            let permissive = for_op
+                .iter()
+                .filter(|(_, _, _, _, p)| p == "PERMISSIVE")
+                .count();
+            if permissive > 1 {
+                report.failures.push(format!(
+                    "{permissive} permissive {} policies on {qualified}: one per operation",
+                    op.cmd()
+                ));
+            }
+        }
+    }
+
+    // ---- the matrix itself: complete, no duplicates, no stale tables
+    let mut rows: BTreeMap<(&str, Op, Caller), &Outcome> = BTreeMap::new();
+    for (table, op, caller, outcome) in matrix {
+        if rows.insert((*table, *op, *caller), outcome).is_some() {
+            report
+                .failures
+                .push(format!("matrix has two rows for {table} {op:?} {caller:?}"));
+        }
+    }
+    for table in &in_matrix {
+        if !found.contains(*table) {
+            report.failures.push(format!(
+                "matrix names {table}, which is not an exposed table"
+            ));
+        }
+        for op in Op::ALL {
+            for caller in Caller::ALL {
+                if !rows.contains_key(&(*table, op, caller)) {
+                    report
+                        .failures
+                        .push(format!("matrix has no row for {table} {op:?} {caller:?}"));
+                }
+            }
+        }
+    }
+
+    // ---- every row, as real SQL, from both orgs
+    for ((table, op, caller), expected) in &rows {
+        if !found.contains(*table) {
+            continue;
+        }
+        let Some(sql) = tables.iter().find(|t| t.name == *table) else {
+            report
+                .failures
+                .push(format!("no statements to exercise {table} with"));
+            continue;
+        };
+        report.rows += 1;
+        for home in [ACME, BLUEBIRD] {
+            let case = case_for(*caller, home);
+            let agent = if case.target_org == ACME {
+                ACME_AGENT
+            } else {
+                BLUEBIRD_AGENT
+            };
+            let target: Option<String> =
+                sqlx::query_scalar(&sql.target.replace("{org}", case.target_org))
+                    .fetch_optional(&db.pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("target of {table}: {e}"));
+            let Some(target) = target else {
+                report.failures.push(format!(
+                    "{table} has no row in {} to aim at",
+                    case.target_org
+                ));
+                continue;
+            };
+            let vars = [
+                ("org", case.target_org),
+                ("id", target.as_str()),
+                ("agent", agent),
+                ("spare", SPARE_USER),
+            ];
+            let actual = run_case(db, sql, *op, &case, &vars).await;
+            report.cases += 1;
+            if actual != **expected {
+                let from = if home == ACME { "Acme" } else { "Bluebird" };
+                report.failures.push(format!(
+                    "{table} {op:?} as {caller:?} (from {from}): expected {expected:?}, got {actual:?}"
+                ));
+            }
+        }
+    }
+    report
+}
+
+/// A database as Supabase makes one: the API roles exist before the
+/// migrations run, and tables, sequences and functions created in `public`
+/// are granted to anon, authenticated and service_role by default.
+async fn supabase_like_db() -> TestDb {
+    let db = TestDb::empty().await;
+    db.exec(
+        "do $$ begin
+           if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin noinherit; end if;
+           if not exists (select 1 from pg_roles where rolname = 'authenticated') then create role authenticated nologin noinherit; end if;
+           if not exists (select 1 from pg_roles where rolname = 'service_role') then create role service_role nologin noinherit bypassrls; end if;
+         end $$;
+         alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+         alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+         alter default privileges in schema public grant all on functions to anon, authenticated, service_role;",
+    )
+    .await;
+    switchboard::migrate::run(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    switchboard::migrate::seed(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("seed: {e}"));
+    db
+}
+
+/// Runs the whole matrix on `db` and fails with every mismatch at once.
+async fn assert_matrix_holds(db: &TestDb, flavour: &str) {
+    add_fixtures(db).await;
+    let report = check_policies(db, TABLES, MATRIX).await;
+    println!(
+        "policy matrix ({flavour}): {} exposed tables, {} rows (table × operation × caller), \
+         {} statements run under claims",
+        report.tables, report.rows, report.cases
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failure(s):\n{}",
+        report.failures.len(),
+        report.failures.join("\n")
+    );
+    assert_eq!(
+        report.rows,
+        TABLES.len() * Op::ALL.len() * Caller::ALL.len()
+    );
+    assert_eq!(report.cases, 2 * report.rows, "each row from both orgs");
+}
+
+#[tokio::test]
+async fn every_exposed_table_enforces_the_policy_matrix() {
+    assert_matrix_holds(&TestDb::seeded().await, "plain Postgres").await;
+}
+
+/// The same matrix where Supabase's default privileges grant everything to
+/// the API roles: the explicit grants and revokes of the migrations must
+/// leave exactly the same outcomes, and no privilege RLS does not govern.
+#[tokio::test]
+async fn the_matrix_holds_under_supabase_default_privileges() {
+    assert_matrix_holds(&supabase_like_db().await, "Supabase default privileges").await;
+}
+
+/// The checker itself: a table without RLS and one missing a policy are
+/// reported, and so is a table the matrix does not know.
+#[tokio::test]
+async fn the_checker_reports_unprotected_tables() {
+    let db = TestDb::seeded().await;
+    add_fixtures(&db).await;
+    db.exec(&format!(
+        "create table public.rogue_no_rls (id uuid primary key default gen_random_uuid(), org_id uuid not null, note text);
+         create table public.rogue_no_update (id uuid primary key default gen_random_uuid(), org_id uuid not null, note text);
+         grant select, insert, update, delete on public.rogue_no_rls, public.rogue_no_update to authenticated, service_role;
+         alter table public.rogue_no_update enable row level security;
+         create policy rogue_select on public.rogue_no_update for select to authenticated
+           using (org_id = (select switchboard_private.auth_org_id()));
+         create policy rogue_insert on public.rogue_no_update for insert to authenticated
+           with check (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+         create policy rogue_delete on public.rogue_no_update for delete to authenticated
+           using (org_id = (select switchboard_private.auth_org_id(array['admin', 'manager'])));
+         grant truncate on public.rogue_no_update to authenticated;
+         create sequence public.rogue_seq;
+         grant update on sequence public.rogue_seq to anon;
+         insert into public.rogue_no_rls (org_id) values ('{ACME}'), ('{BLUEBIRD}');
+         insert into public.rogue_no_update (org_id) values ('{ACME}'), ('{BLUEBIRD}');"
+    ))
+    .await;
+
+    // Not in the matrix at all.
+    let report = check_policies(&db, TABLES, MATRIX).await;
+    for table in ["rogue_no_rls", "rogue_no_update"] {
+        let expected = format!("public.{table} is exposed but has no rows in the matrix");
+        assert!(
+            report.failures.contains(&expected),
+            "{expected:?} not in {:#?}",
+            report.failures
+        );
+    }
+    assert!(report
+        .failures
+        .contains(&"RLS is not enabled on public.rogue_no_rls".to_owned()));
+
+    // In the matrix, expected to behave like agents: the checker names the
+    // missing RLS, the missing policy, and the cases that come out wrong.
+    let mut tables = TABLES.to_vec();
+    let mut matrix = MATRIX.to_vec();
+    for name in ["rogue_no_rls", "rogue_no_update"] {
+        tables.push(TableSql {
+            name,
+            target: if name == "rogue_no_rls" {
+                "select id::text from public.rogue_no_rls where org_id = '{org}'"
+            } else {
+                "select id::text from public.rogue_no_update where org_id = '{org}'"
+            },
+            insert: if name == "rogue_no_rls" {
+                "insert into public.rogue_no_rls (org_id) values ('{org}')"
+            } else {
+                "insert into public.rogue_no_update (org_id) values ('{org}')"
+            },
+            update_set: "note = note",
+        });
+        matrix.extend(
+            MATRIX
+                .iter()
+                .filter(|(t, ..)| *t == "agents")
+                .map(|(_, op, caller, outcome)| (name, *op, *caller, outcome.clone())),
+        );
+    }
+    let report = check_policies(&db, &tables, &matrix).await;
+    println!("checker on rogue tables: {:#?}", report.failures);
+    for expected in [
+        "RLS is not enabled on public.rogue_no_rls",
+        "no UPDATE policy for authenticated on public.rogue_no_update, which the matrix allows",
+        "authenticated holds TRUNCATE on public.rogue_no_update, which RLS does not govern",
+        "anon holds UPDATE on public.rogue_seq, which RLS does not govern",
+        // No RLS: another org's row is visible and writable.
+        "rogue_no_rls Select as ViewerOther (from Acme): expected Hidden, got Allowed",
+        "rogue_no_rls Delete as ViewerOwn (from Bluebird): expected Hidden, got Allowed",
+        // RLS without an update policy: even an admin's update does nothing.
+        "rogue_no_update Update as AdminOwn (from Acme): expected Allowed, got Hidden",
+    ] {
+        assert!(
+            report.failures.iter().any(|f| f == expected),
+            "{expected:?} not in {:#?}",
+            report.failures
+        );
+    }
+    // And nothing about the tables that are fine.
+    assert!(
+        report.failures.iter().all(|f| f.contains("rogue_")),
+        "{:#?}",
+        report.failures
+    );
+}
+
+/// What the four operations of the matrix do not show: an update that would
+/// move a row into another org is refused by the policies' WITH CHECK, even
+/// for an admin of the row's org, and nobody changes their own profile.
+#[tokio::test]
+async fn rows_stay_in_their_org_and_nobody_edits_their_own_profile() {
+    let db = TestDb::seeded().await;
+    add_fixtures(&db).await;
+    let moves = ["agents", "customers", "calls", "knowledge_base", "profiles"];
+    let mut checked = 0;
+    for home in [ACME, BLUEBIRD] {
+        let other = if home == ACME { BLUEBIRD } else { ACME };
+        for table in moves {
+            // The shared caller's phone is taken in the other org.
+            let also = if table == "customers" {
+                ", phone = '+15550007777'"
+            } else {
+                ""
+            };
+            // The highest id: for profiles, the staff member, not a caller.
+            let sql = format!(
+                "update public.{table} set org_id = '{other}'{also} where id = \
+                 (select id from public.{table} where org_id = '{home}' order by id desc limit 1)"
+            );
+            for (caller, expected) in [
+                (AdminOwn, Refused),
+                (
+                    ManagerOwn,
+                    if table == "profiles" { Hidden } else { Refused },
+                ),
+                (ViewerOwn, Hidden),
+                (Service, Allowed),
+            ] {
+                let case = case_for(caller, home);
+                let actual = run_sql(&db, &case, &sql, false).await;
+                assert_eq!(actual, expected, "{table} moved by {caller:?} from {home}");
+                checked += 1;
+            }
+        }
+        // Their own profile: role and org are not theirs to change.
+        for caller in [AdminOwn, ManagerOwn, ViewerOwn] {
+            let case = case_for(caller, home);
+            let sub = case.claims["sub"].as_str().unwrap_or_default().to_owned();
+            for sql in [
+                format!("update public.profiles set role = 'admin' where id = '{sub}'"),
+                format!("delete from public.profiles where id = '{sub}'"),
+            ] {
+                assert_eq!(
+                    run_sql(&db, &case, &sql, false).await,
+                    Hidden,
+                    "{sql} as {caller:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    println!("WITH CHECK and own-profile cases: {checked}");
+    assert_eq!(checked, 2 * (5 * 4 + 3 * 2));
+}
+
+/// Supabase's database linter, the rules that concern RLS: functions with
+/// a fixed `search_path`; no SECURITY DEFINER function the API roles can
+/// call in an exposed schema; `auth.*()` and the membership helper in
+/// policies wrapped in `(select …)` (evaluated once per statement, not per
+/// row); no policy reading user-editable `user_metadata`.
+async fn lint(db: &TestDb) -> Vec<String> {
+    let schemas = exposed_schemas();
+    let mut findings = Vec::new();
+    let functions: Vec<(String, String, bool, bool, bool)> = sqlx::query_as(
+        "select n.nspname::text, p.oid::regprocedure::text, \
+                coalesce(exists (select 1 from unnest(p.proconfig) c where c like 'search_path=%'), false), \
+                p.prosecdef, \
+                pg_catalog.has_function_privilege('anon', p.oid, 'execute') \
+                  or pg_catalog.has_function_privilege('authenticated', p.oid, 'execute') \
+         from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace \
+         where (n.nspname = any($1) or n.nspname = 'switchboard_private') \
+           and not exists (select 1 from pg_catalog.pg_depend d where d.objid = p.oid and d.deptype = 'e') \
+         order by 1, 2",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("pg_proc: {e}"));
+    for (schema, function, fixed_path, definer, callable) in &functions {
+        if !fixed_path {
+            findings.push(format!("{function} has no fixed search_path"));
+        }
+        if *definer && *callable && schemas.contains(schema) {
+            findings.push(format!(
+                "{function} is SECURITY DEFINER, exposed and callable by anon/authenticated"
+            ));
+        }
+    }
+    let policies: Vec<(String, String, String)> = sqlx::query_as(
+        "select tablename::text, policyname::text, coalesce(qual, '') || ' ' || coalesce(with_check, '') \
+         from pg_catalog.pg_policies where schemaname = any($1) order by 1, 2",
+    )
+    .bind(&schemas)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("pg_policies: {e}"));
+    for (table, policy, expression) in &policies {
+        for call in [
+            "auth.uid()",
+            "auth.jwt()",
+            "auth.role()",
+            "switchboard_private.auth_org_id(",
+        ] {
+            for (at, _) in expression.match_indices(call) {
+                if !expression[..at].ends_with("SELECT ") {
+                    findings.push(format!(
+                        "policy {policy} on {table} calls {call} per row: wrap it in (select …)"
+                    ));
+                }
+            }
+        }
+        if expression.contains("user_metadata") {
+            findings.push(format!(
+                "policy {policy} on {table} reads user_metadata, which users edit"
+            ));
+        }
+    }
+    findings
+}
+
+#[tokio::test]
+async fn the_catalog_passes_the_linter_rules_and_the_lint_can_fail() {
+    let db = supabase_like_db().await;
+    let findings = lint(&db).await;
+    assert!(findings.is_empty(), "{findings:#?}");
+
+    db.exec(
+        "create function public.rogue_lookup() returns uuid language sql security definer
+           as $$ select auth.uid() $$;
+         create table public.rogue_notes (id uuid primary key, owner uuid);
+         alter table public.rogue_notes enable row level security;
+         create policy rogue_notes_select on public.rogue_notes for select to authenticated
+           using (owner = auth.uid() or (auth.jwt() -> 'user_metadata' ->> 'admin') = 'true');",
+    )
+    .await;
+    let findings = lint(&db).await;
+    for expected in [
+        "rogue_lookup() has no fixed search_path",
+        "rogue_lookup() is SECURITY DEFINER, exposed and callable by anon/authenticated",
+        "policy rogue_notes_select on rogue_notes calls auth.uid() per row: wrap it in (select …)",
+        "policy rogue_notes_select on rogue_notes calls auth.jwt() per row: wrap it in (select …)",
+        "policy rogue_notes_select on rogue_notes reads user_metadata, which users edit",
+    ] {
+        assert!(
+            findings.iter().any(|f| f == expected),
+            "{expected:?} not in {findings:#?}"
+        );
+    }
+    assert_eq!(findings.len(), 5, "{findings:#?}");
+}
