@@ -333,6 +333,9 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
     pub request_timeout_ms: u64,
+    /// False turns the in-process tier off (routes 0), so every
+    /// `service_role` resolve goes to Redis or Postgres.
+    pub memory_tier: bool,
 }
 
 impl Default for AppOptions {
@@ -342,6 +345,7 @@ impl Default for AppOptions {
             redis_url: None,
             database_url: None,
             request_timeout_ms: 5_000,
+            memory_tier: true,
         }
     }
 }
@@ -390,6 +394,11 @@ impl TestApp {
             listener_database_url: Some(db.direct_url.clone()),
             redis_timeout_ms: 20,
             redis_namespace: Some(db.name.clone()),
+            cache_max_routes: if options.memory_tier {
+                ServeArgs::defaults().cache_max_routes
+            } else {
+                0
+            },
             ..ServeArgs::defaults()
         })
         .unwrap_or_else(|e| panic!("config: {e}"));

@@ -10,6 +10,7 @@ mod isolation;
 mod migrations;
 mod operations;
 mod pgbouncer;
+mod property;
 mod redis_server;
 mod resolve;
 
