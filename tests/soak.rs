@@ -440,9 +440,9 @@ async fn writer_client(
     while running.load(Ordering::Acquire) {
         ticker.tick().await;
         round += 1;
-        let as_platform = round % 3 == 0;
+        let as_platform = round.is_multiple_of(3);
         let began = stats.now();
-        let (log, result) = if round % 2 == 0 {
+        let (log, result) = if round.is_multiple_of(2) {
             let agent = own_agents[(round / 2) % own_agents.len()];
             let seq = agent.voice.attempted.fetch_add(1, Ordering::AcqRel);
             let request = UpdateAgentRequest {

@@ -76,6 +76,9 @@ struct CustomerRow {
     email: Option<String>,
 }
 
+/// id, org_id, phone, name, email
+type CustomerColumns = (Uuid, Uuid, String, Option<String>, Option<String>);
+
 /// What each org owns. Keys: agent id; (org, phone) for customers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Model {
@@ -92,7 +95,7 @@ impl Model {
         .fetch_all(&db.pool)
         .await
         .unwrap_or_else(|e| panic!("read agents: {e}"));
-        let customers: Vec<(Uuid, Uuid, String, Option<String>, Option<String>)> =
+        let customers: Vec<CustomerColumns> =
             sqlx::query_as("select id, org_id, phone, name, email from public.customers")
                 .fetch_all(&db.pool)
                 .await
@@ -803,7 +806,7 @@ async fn random_rpc_sequences_keep_every_org_to_itself() {
     let mut tally = Tally::default();
     for case in 0..cases {
         // Every cache configuration in turn: memory on/off × Redis on/off.
-        let memory_tier = case % 2 == 0;
+        let memory_tier = case.is_multiple_of(2);
         let redis = case % 4 < 2;
         let app = TestApp::spawn_with(
             TestDb::seeded().await,
