@@ -797,8 +797,13 @@ async fn setup(db: &TestDb) -> World {
     }
 }
 
+/// The tests of this binary run one at a time: the soak measures the
+/// process's memory and speed.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let soak_secs = env_secs("SWITCHBOARD_SOAK_SECS", 30);
     let seed = env_secs(
         "SWITCHBOARD_SOAK_SEED",
@@ -880,7 +885,7 @@ async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     let flood_channel = app.channel().await;
     let quiet = Duration::from_secs(5);
-    let cycle = Duration::from_secs(23);
+    let cycle = Duration::from_secs(29);
     let deadline = Duration::from_secs(soak_secs);
     let mut cycles = 0;
     loop {
@@ -892,6 +897,18 @@ async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
         redis.restart().await;
         windows.push(Window {
             kind: "redis restart",
+            began,
+            repaired: stats.now(),
+        });
+        tokio::time::sleep(quiet).await;
+
+        // Redis freezes: every call times out, its data stays.
+        let began = stats.now();
+        redis.pause();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        redis.resume();
+        windows.push(Window {
+            kind: "redis paused",
             began,
             repaired: stats.now(),
         });
@@ -1170,4 +1187,105 @@ async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
     drop(app);
     drop(bouncer);
     drop(redis);
+}
+
+/// Found by the soak: a write while Redis was frozen could not evict the
+/// route there (timeouts, then the breaker skipped the DEL), so once Redis
+/// thawed, a Redis hit answered with the value from before the
+/// acknowledged write.
+#[tokio::test]
+async fn a_write_while_redis_is_frozen_is_not_undone_when_it_thaws() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let redis = redis_server::RedisServer::start().await;
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            redis_url: Some(redis.url()),
+            // Every resolve asks Redis.
+            memory_tier: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut agents = app.agents().await;
+    let resolve = || {
+        as_who(
+            Who::Service,
+            ResolveAgentRequest {
+                called_number: ACME_NUMBER.into(),
+                caller_number: String::new(),
+            },
+        )
+    };
+    let voice = |answer: tonic::Response<switchboard::pb::ResolveAgentResponse>| {
+        answer.into_inner().agent.unwrap_or_default().voice_id
+    };
+    let tier = |answer: &tonic::Response<switchboard::pb::ResolveAgentResponse>| {
+        answer
+            .metadata()
+            .get("x-switchboard-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    // Warm Redis (filled in the background) until a resolve is a Redis hit.
+    let started = Instant::now();
+    loop {
+        let answer = agents
+            .resolve_agent(resolve())
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        if tier(&answer) == "redis" {
+            assert_eq!(voice(answer), "alloy");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "Redis never warmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    redis.pause();
+    // Timeouts open the breaker...
+    for _ in 0..3 {
+        let answer = agents
+            .resolve_agent(resolve())
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(voice(answer), "alloy");
+    }
+    // ... so this write's eviction from Redis is skipped.
+    agents
+        .update_agent(as_who(
+            Who::AcmeManager,
+            UpdateAgentRequest {
+                agent: Some(Agent {
+                    id: ACME_AGENT.into(),
+                    voice_id: "nova".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["voice_id".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    let answer = agents
+        .resolve_agent(resolve())
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(voice(answer), "nova");
+    redis.resume();
+    // Thawed with the old route still in it: never served again.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let answer = agents
+            .resolve_agent(resolve())
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        assert_eq!(voice(answer), "nova", "after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
