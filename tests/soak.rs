@@ -45,12 +45,11 @@ use std::{
 
 use helpers::*;
 use prost::bytes::{Buf, BufMut};
-use prost_types::FieldMask;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 use switchboard::pb::{
     agent_service_client::AgentServiceClient, customer_service_client::CustomerServiceClient,
-    Agent, LookupCustomerRequest, ResolveAgentRequest, UpdateAgentRequest, UpsertCustomerRequest,
+    LookupCustomerRequest, ResolveAgentRequest, UpsertCustomerRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{
@@ -456,16 +455,7 @@ async fn writer_client(
         let (log, result) = if round.is_multiple_of(2) {
             let agent = own_agents[(round / 2) % own_agents.len()];
             let seq = agent.voice.attempted.fetch_add(1, Ordering::AcqRel);
-            let request = UpdateAgentRequest {
-                agent: Some(Agent {
-                    id: agent.id.clone(),
-                    voice_id: format!("s{seq}"),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["voice_id".into()],
-                }),
-            };
+            let request = set_voice(&agent.id, &format!("s{seq}"));
             let who = if as_platform { Who::Service } else { manager };
             let result = agents
                 .update_agent(with_deadline(as_who(who, request)))
@@ -1281,19 +1271,7 @@ async fn a_write_while_redis_is_frozen_is_not_undone_when_it_thaws() {
     }
     // ... so this write's eviction from Redis is skipped.
     agents
-        .update_agent(as_who(
-            Who::AcmeManager,
-            UpdateAgentRequest {
-                agent: Some(Agent {
-                    id: ACME_AGENT.into(),
-                    voice_id: "nova".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["voice_id".into()],
-                }),
-            },
-        ))
+        .update_agent(as_who(Who::AcmeManager, set_voice(ACME_AGENT, "nova")))
         .await
         .unwrap_or_else(|s| panic!("{s:?}"));
     let answer = agents
@@ -1370,16 +1348,7 @@ async fn fills_racing_writes_never_leave_an_older_route() {
         writer
             .update_agent(as_who(
                 Who::AcmeManager,
-                UpdateAgentRequest {
-                    agent: Some(Agent {
-                        id: ACME_AGENT.into(),
-                        voice_id: format!("s{seq}"),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(FieldMask {
-                        paths: vec!["voice_id".into()],
-                    }),
-                },
+                set_voice(ACME_AGENT, &format!("s{seq}")),
             ))
             .await
             .unwrap_or_else(|s| panic!("{s:?}"));

@@ -515,3 +515,17 @@ pub fn new_customer(org_id: &str, phone: &str, name: &str) -> switchboard::pb::C
         ..Default::default()
     }
 }
+
+/// `UpdateAgent` of the voice alone.
+pub fn set_voice(agent_id: &str, voice_id: &str) -> switchboard::pb::UpdateAgentRequest {
+    switchboard::pb::UpdateAgentRequest {
+        agent: Some(switchboard::pb::Agent {
+            id: agent_id.into(),
+            voice_id: voice_id.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["voice_id".into()],
+        }),
+    }
+}

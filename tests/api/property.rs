@@ -32,16 +32,6 @@ use switchboard::pb::{
     UpdateAgentRequest, UpsertCustomerRequest,
 };
 
-const WHO: [Who; 7] = [
-    Who::AcmeAdmin,
-    Who::AcmeManager,
-    Who::AcmeViewer,
-    Who::BluebirdAdmin,
-    Who::BluebirdManager,
-    Who::BluebirdViewer,
-    Who::Service,
-];
-
 /// Few numbers, so creates collide (ALREADY_EXISTS) and resolves hit.
 const AGENT_NUMBERS: [&str; 8] = [
     ACME_NUMBER,
@@ -776,7 +766,11 @@ impl Run {
     }
 
     async fn step(&mut self) {
-        let who = self.pick(&WHO);
+        // The six tenant users and the platform, alike.
+        let who = Who::TENANTS
+            .get(self.rng.gen_range(0..=Who::TENANTS.len()))
+            .copied()
+            .unwrap_or(Who::Service);
         match self.rng.gen_range(0..100) {
             0..=9 => self.create_agent(who).await,
             10..=24 => self.update_agent(who).await,
