@@ -149,7 +149,7 @@ impl Application {
         while !cache.is_listening() && started.elapsed() < LISTENER_START_WAIT {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let resolver = Resolver::new(self.store.clone(), cache);
+        let resolver = Resolver::new(self.store.clone(), cache.clone());
         if settings.preload {
             preload(&resolver).await;
         }
@@ -169,7 +169,9 @@ impl Application {
                 resolver,
                 self.store.clone(),
             )))
-            .add_service(CustomerServiceServer::new(CustomerApi::new(self.store)));
+            .add_service(CustomerServiceServer::new(CustomerApi::new(
+                self.store, cache,
+            )));
 
         let (stop, stopped) = oneshot::channel::<()>();
         // Every call is one small request and one small response: without

@@ -21,6 +21,8 @@ mod isolation;
 mod operations;
 #[path = "api/pgbouncer.rs"]
 mod pgbouncer;
+#[path = "api/property.rs"]
+mod property;
 #[path = "api/redis_server.rs"]
 mod redis_server;
 #[path = "api/resolve.rs"]

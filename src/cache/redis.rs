@@ -6,7 +6,14 @@
 //! but the trip to Postgres. The connection is made in the background and
 //! `ConnectionManager` reconnects by itself, so start-up never waits on Redis.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 use prost::Message;
 use redis::{aio::ConnectionManager, AsyncCommands};
@@ -33,6 +40,17 @@ struct Inner {
     ttl_secs: u64,
     /// `switchboard:v1:[<namespace>:]`
     prefix: String,
+    /// Numbers whose eviction failed (timeout, error, breaker open): Redis
+    /// may still hold a route older than the database, so reading one is a
+    /// miss until a DEL of it succeeds. A `std` mutex: never held across an
+    /// `.await`.
+    unsettled: Mutex<HashSet<String>>,
+    /// A flush of every route failed: every read is a miss until one
+    /// succeeds.
+    unsettled_all: AtomicBool,
+    /// Fast path: false while `unsettled` is empty and `unsettled_all` is
+    /// not set, so a healthy call path takes no lock.
+    any_unsettled: AtomicBool,
 }
 
 impl RedisTier {
@@ -56,6 +74,9 @@ impl RedisTier {
                 timeout,
                 ttl_secs: ttl.as_secs().max(1),
                 prefix,
+                unsettled: Mutex::new(HashSet::new()),
+                unsettled_all: AtomicBool::new(false),
+                any_unsettled: AtomicBool::new(false),
             }),
         };
         let connecting = tier.clone();
@@ -135,7 +156,45 @@ impl RedisTier {
         }
     }
 
+    /// Whether Redis may hold a stale route for `number`.
+    fn is_unsettled(&self, number: &str) -> bool {
+        if !self.inner.any_unsettled.load(Ordering::Acquire) {
+            return false;
+        }
+        self.inner.unsettled_all.load(Ordering::Acquire)
+            || self
+                .inner
+                .unsettled
+                .lock()
+                .map(|set| set.contains(number))
+                .unwrap_or(true)
+    }
+
+    fn settle(&self, numbers: &[String], deleted: bool) {
+        let Ok(mut set) = self.inner.unsettled.lock() else {
+            return;
+        };
+        if deleted {
+            for number in numbers {
+                set.remove(number);
+            }
+        } else {
+            set.extend(numbers.iter().cloned());
+        }
+        let any = !set.is_empty() || self.inner.unsettled_all.load(Ordering::Acquire);
+        self.inner.any_unsettled.store(any, Ordering::Release);
+    }
+
     pub async fn get_route(&self, number: &str) -> Option<Route> {
+        if self.is_unsettled(number) {
+            // Try the eviction again; either way this read is a miss.
+            if self.inner.unsettled_all.load(Ordering::Acquire) {
+                self.delete_all_routes().await;
+            } else {
+                self.delete_routes(&[number.to_owned()]).await;
+            }
+            return None;
+        }
         let mut connection = self.connection()?;
         let key = self.route_key(number);
         let bytes: Option<Vec<u8>> = self.run(connection.get(&key)).await?;
@@ -166,19 +225,29 @@ impl RedisTier {
         if numbers.is_empty() {
             return true;
         }
-        let Some(mut connection) = self.connection() else {
-            return false;
+        let deleted = match self.connection() {
+            Some(mut connection) => {
+                let keys: Vec<String> = numbers.iter().map(|n| self.route_key(n)).collect();
+                let deleted: Option<i64> = self.run(connection.del(keys)).await;
+                deleted.is_some()
+            }
+            None => false,
         };
-        let keys: Vec<String> = numbers.iter().map(|n| self.route_key(n)).collect();
-        let deleted: Option<i64> = self.run(connection.del(keys)).await;
-        deleted.is_some()
+        self.settle(numbers, deleted);
+        deleted
     }
 
     /// Deletes every route key (after an invalidation was too large to name
     /// its numbers). SCAN, never KEYS, so Redis is not blocked.
     pub async fn delete_all_routes(&self) {
+        let done = self.try_delete_all_routes().await;
+        self.inner.unsettled_all.store(!done, Ordering::Release);
+        self.settle(&[], true);
+    }
+
+    async fn try_delete_all_routes(&self) -> bool {
         let Some(mut connection) = self.connection() else {
-            return;
+            return false;
         };
         let pattern = format!("{}route:*", self.inner.prefix);
         let mut cursor: u64 = 0;
@@ -194,12 +263,17 @@ impl RedisTier {
                         .query_async(&mut connection),
                 )
                 .await;
-            let Some((next, keys)) = step else { return };
+            let Some((next, keys)) = step else {
+                return false;
+            };
             if !keys.is_empty() {
-                let _: Option<i64> = self.run(connection.del(keys)).await;
+                let deleted: Option<i64> = self.run(connection.del(keys)).await;
+                if deleted.is_none() {
+                    return false;
+                }
             }
             if next == 0 {
-                return;
+                return true;
             }
             cursor = next;
         }

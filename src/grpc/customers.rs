@@ -5,9 +5,10 @@ use tonic::{Request, Response, Status};
 use super::convert::{customer_to_pb, in_field, target_org, with_org};
 use crate::{
     auth::claims_of,
+    cache::{invalidation::CallerKey, Cache, Invalidation},
     domain::{
         model::{parse_optional_text, MAX_EMAIL_CHARS, MAX_NAME_CHARS},
-        CustomerId, CustomerUpsert, OrgId, PageRequest, PhoneNumber,
+        Customer, CustomerId, CustomerUpsert, OrgId, PageRequest, PhoneNumber,
     },
     error::Error,
     pb::{self, customer_service_server::CustomerService},
@@ -16,11 +17,29 @@ use crate::{
 
 pub struct CustomerApi {
     store: PgStore,
+    /// Caller records are cached for `ResolveAgent`.
+    cache: Cache,
 }
 
 impl CustomerApi {
-    pub fn new(store: PgStore) -> Self {
-        CustomerApi { store }
+    pub fn new(store: PgStore, cache: Cache) -> Self {
+        CustomerApi { store, cache }
+    }
+
+    /// A write through the service is on the next `ResolveAgent` of any
+    /// replica, as for agents: evict the caller record here and (pub/sub)
+    /// everywhere before answering, not only when the trigger's
+    /// notification arrives.
+    async fn evict(&self, customer: &Customer) {
+        let caller = CallerKey {
+            org_id: customer.org_id,
+            phone: customer.phone.as_str().to_owned(),
+        };
+        self.cache
+            .invalidate(&Invalidation::Callers {
+                callers: vec![caller],
+            })
+            .await;
     }
 }
 
@@ -79,6 +98,7 @@ impl CustomerService for CustomerApi {
             email: parse_optional_text("email", &customer.email, MAX_EMAIL_CHARS)?,
         };
         let customer = self.store.upsert_customer(&claims, &upsert).await?;
+        self.evict(&customer).await;
         Ok(with_org(customer_to_pb(&customer), customer.org_id))
     }
 
@@ -89,6 +109,7 @@ impl CustomerService for CustomerApi {
         let claims = claims_of(&request)?;
         let id = CustomerId::parse(&request.get_ref().id)?;
         let customer = self.store.delete_customer(&claims, id).await?;
+        self.evict(&customer).await;
         Ok(with_org((), customer.org_id))
     }
 }

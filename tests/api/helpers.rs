@@ -335,6 +335,9 @@ pub struct AppOptions {
     pub request_timeout_ms: u64,
     /// Warm the memory tier from Postgres before serving.
     pub preload: bool,
+    /// False turns the in-process tier off (routes 0), so every
+    /// `service_role` resolve goes to Redis or Postgres.
+    pub memory_tier: bool,
 }
 
 impl Default for AppOptions {
@@ -345,6 +348,7 @@ impl Default for AppOptions {
             database_url: None,
             request_timeout_ms: 5_000,
             preload: false,
+            memory_tier: true,
         }
     }
 }
@@ -394,6 +398,11 @@ impl TestApp {
             redis_timeout_ms: 20,
             redis_namespace: Some(db.name.clone()),
             cache_preload: options.preload,
+            cache_max_routes: if options.memory_tier {
+                ServeArgs::defaults().cache_max_routes
+            } else {
+                0
+            },
             ..ServeArgs::defaults()
         })
         .unwrap_or_else(|e| panic!("config: {e}"));
@@ -508,5 +517,19 @@ pub fn new_customer(org_id: &str, phone: &str, name: &str) -> switchboard::pb::C
         name: name.into(),
         email: format!("{}@example.com", name.to_lowercase().replace(' ', ".")),
         ..Default::default()
+    }
+}
+
+/// `UpdateAgent` of the voice alone.
+pub fn set_voice(agent_id: &str, voice_id: &str) -> switchboard::pb::UpdateAgentRequest {
+    switchboard::pb::UpdateAgentRequest {
+        agent: Some(switchboard::pb::Agent {
+            id: agent_id.into(),
+            voice_id: voice_id.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["voice_id".into()],
+        }),
     }
 }

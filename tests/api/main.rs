@@ -13,6 +13,7 @@ mod migrations;
 mod operations;
 mod pgbouncer;
 mod policy_matrix;
+mod property;
 mod redis_server;
 mod resolve;
 

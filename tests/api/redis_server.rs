@@ -1,6 +1,9 @@
 //! A Redis of a test's own, on its own port, that the test may stop and
 //! start again (the shared one on 6379 is never touched).
 
+// Not every binary that includes this module uses every method.
+#![allow(dead_code)]
+
 use std::{
     net::TcpListener,
     process::{Child, Command, Stdio},
@@ -46,6 +49,25 @@ impl RedisServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("redis-server did not start on {}", self.port);
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is
+    /// answered, every call times out. `resume` thaws it, data intact.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status();
+        }
     }
 
     pub fn stop(&mut self) {
