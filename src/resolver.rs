@@ -266,6 +266,11 @@ impl Resolver {
                 // value that may predate it.
                 if cache.may_keep(generation) {
                     redis.put_route(&number, &route).await;
+                    // A write evicted between the check and the SET landing
+                    // would leave this older route in Redis: take it back.
+                    if !cache.may_keep(generation) {
+                        redis.delete_routes(std::slice::from_ref(&number)).await;
+                    }
                 }
             });
         }
