@@ -270,7 +270,10 @@ impl Resolver {
         caller: &PhoneNumber,
     ) -> Result<Option<Arc<pb::Customer>>, Error> {
         match self
-            .guarded(self.fill_store.lookup_customer(claims, caller, Some(org_id)))
+            .guarded(
+                self.fill_store
+                    .lookup_customer(claims, caller, Some(org_id)),
+            )
             .await
         {
             Ok(customer) => Ok(Some(Arc::new(customer_to_pb(&customer)))),

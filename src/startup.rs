@@ -230,7 +230,7 @@ fn connection_settings(server: Server, limits: &Limits) -> Server {
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_connection_age(MAX_CONNECTION_AGE)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
-        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_max_header_list_size(limits.http2_max_header_list_bytes())
 }
 
 struct RunningServer {

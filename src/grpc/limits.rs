@@ -49,8 +49,19 @@ pub struct Limits {
     pub tenant_max_concurrent: usize,
     /// Largest request message tonic will decode.
     pub max_message_bytes: usize,
-    /// Largest HTTP/2 header list (all metadata of one request).
+    /// Largest metadata (HTTP/2 header list, counted as HTTP/2 does: name
+    /// + value + 32 per entry) of one request: beyond it, RESOURCE_EXHAUSTED.
+    /// HTTP/2 itself is set to twice this, a hard stop answered with HTTP 431
+    /// before any of our code runs, which gRPC clients can only report as
+    /// UNKNOWN; in between, the client gets a status that names the limit.
     pub max_header_list_bytes: u32,
+}
+
+impl Limits {
+    /// What HTTP/2 is told (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+    pub fn http2_max_header_list_bytes(&self) -> u32 {
+        self.max_header_list_bytes.saturating_mul(2)
+    }
 }
 
 impl Default for Limits {
@@ -73,6 +84,7 @@ pub struct GlobalLimitLayer {
     permits: Option<Arc<Semaphore>>,
     max_concurrent: usize,
     max_message_bytes: usize,
+    max_header_list_bytes: usize,
 }
 
 impl GlobalLimitLayer {
@@ -82,8 +94,13 @@ impl GlobalLimitLayer {
                 .then(|| Arc::new(Semaphore::new(limits.max_concurrent_requests))),
             max_concurrent: limits.max_concurrent_requests,
             max_message_bytes: limits.max_message_bytes,
+            max_header_list_bytes: limits.max_header_list_bytes as usize,
         }
     }
+}
+
+fn refuse<B: Default>(message: String) -> http::Response<B> {
+    Status::from(Error::ResourceExhausted(message)).into_http()
 }
 
 impl<S> Layer<S> for GlobalLimitLayer {
@@ -124,17 +141,24 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let max_message_bytes = self.layer.max_message_bytes;
+        let metadata_bytes = header_list_size(request.headers());
+        if metadata_bytes > self.layer.max_header_list_bytes {
+            return Box::pin(futures_util::future::ready(Ok(refuse(format!(
+                "request metadata is {metadata_bytes} bytes; the limit is {} bytes \
+                 (SWITCHBOARD_MAX_HEADER_LIST_BYTES)",
+                self.layer.max_header_list_bytes
+            )))));
+        }
         let permit = match &self.layer.permits {
             Some(permits) if !request.uri().path().starts_with(HEALTH_PREFIX) => {
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => Some(permit),
                     Err(_) => {
-                        let status = Status::from(Error::ResourceExhausted(format!(
+                        return Box::pin(futures_util::future::ready(Ok(refuse(format!(
                             "server overloaded: {} requests in flight is the limit \
                              (SWITCHBOARD_MAX_CONCURRENT_REQUESTS); retry with backoff",
                             self.layer.max_concurrent
-                        )));
-                        return Box::pin(futures_util::future::ready(Ok(status.into_http())));
+                        )))));
                     }
                 }
             }
@@ -149,6 +173,15 @@ where
             result
         })
     }
+}
+
+/// The size HTTP/2 gives a header list (RFC 9113 §6.5.2). Pseudo-headers
+/// are not in the map and their few bytes are left out.
+fn header_list_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 /// tonic refuses a message over `max_decoding_message_size` with OUT_OF_RANGE
@@ -357,12 +390,11 @@ where
             return Box::pin(inner.call(request));
         };
         let Some(permit) = state.try_enter(key) else {
-            let status = Status::from(Error::ResourceExhausted(format!(
+            return Box::pin(futures_util::future::ready(Ok(refuse(format!(
                 "too many requests in flight for your organization: {} is the limit \
                  (SWITCHBOARD_TENANT_MAX_CONCURRENT); retry with backoff",
                 state.limit
-            )));
-            return Box::pin(futures_util::future::ready(Ok(status.into_http())));
+            )))));
         };
         Box::pin(async move {
             let result = inner.call(request).await;
@@ -426,9 +458,16 @@ mod tests {
             "another tenant is not"
         );
         drop(first);
-        assert!(state.try_enter(key).is_some(), "a finished request frees its place");
+        assert!(
+            state.try_enter(key).is_some(),
+            "a finished request frees its place"
+        );
         drop(second);
-        let in_flight = state.in_flight.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        let in_flight = state
+            .in_flight
+            .lock()
+            .map(|m| m.len())
+            .unwrap_or(usize::MAX);
         assert_eq!(in_flight, 0, "idle tenants leave the map");
     }
 }

@@ -333,15 +333,28 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
     pub request_timeout_ms: u64,
+    /// A second database the service reads lookups from (a "replica").
+    pub database_read_url: Option<String>,
+    /// 0 = no limit, as in the service's settings.
+    pub max_concurrent_requests: usize,
+    pub tenant_max_concurrent: usize,
+    pub max_message_bytes: usize,
+    pub max_header_list_bytes: u32,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
+        let serve = ServeArgs::defaults();
         AppOptions {
             redis: true,
             redis_url: None,
             database_url: None,
             request_timeout_ms: 5_000,
+            database_read_url: None,
+            max_concurrent_requests: serve.max_concurrent_requests,
+            tenant_max_concurrent: serve.tenant_max_concurrent,
+            max_message_bytes: serve.max_message_bytes,
+            max_header_list_bytes: serve.max_header_list_bytes,
         }
     }
 }
@@ -390,6 +403,11 @@ impl TestApp {
             listener_database_url: Some(db.direct_url.clone()),
             redis_timeout_ms: 20,
             redis_namespace: Some(db.name.clone()),
+            database_read_url: options.database_read_url.clone(),
+            max_concurrent_requests: options.max_concurrent_requests,
+            tenant_max_concurrent: options.tenant_max_concurrent,
+            max_message_bytes: options.max_message_bytes,
+            max_header_list_bytes: options.max_header_list_bytes,
             ..ServeArgs::defaults()
         })
         .unwrap_or_else(|e| panic!("config: {e}"));

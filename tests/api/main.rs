@@ -9,6 +9,7 @@ mod helpers;
 mod isolation;
 mod migrations;
 mod operations;
+mod overload;
 mod pgbouncer;
 mod redis_server;
 mod resolve;
