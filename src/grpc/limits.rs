@@ -49,11 +49,12 @@ pub struct Limits {
     pub tenant_max_concurrent: usize,
     /// Largest request message tonic will decode.
     pub max_message_bytes: usize,
-    /// Largest metadata (HTTP/2 header list, counted as HTTP/2 does: name
-    /// + value + 32 per entry) of one request: beyond it, RESOURCE_EXHAUSTED.
-    /// HTTP/2 itself is set to twice this, a hard stop answered with HTTP 431
-    /// before any of our code runs, which gRPC clients can only report as
-    /// UNKNOWN; in between, the client gets a status that names the limit.
+    /// Largest metadata of one request (its HTTP/2 header list, counted as
+    /// HTTP/2 does: name, value and 32 bytes per entry); beyond it,
+    /// RESOURCE_EXHAUSTED. HTTP/2 itself is set to twice this, a hard stop
+    /// answered with HTTP 431 before any of our code runs, which gRPC
+    /// clients can only report as UNKNOWN; in between, the client gets a
+    /// status that names the limit.
     pub max_header_list_bytes: u32,
 }
 
