@@ -117,24 +117,29 @@ async fn the_global_cap_sheds_at_once_and_health_still_answers() {
     ];
     wait_for_lock_waiters(&app, 2).await;
 
-    let mut slowest = Duration::ZERO;
+    // Queued behind the held calls, these would wait as long as the lock
+    // is held (indefinitely); shed, they come back at once. The median is
+    // asserted, so one scheduling hiccup of a busy CI machine is not a failure.
+    let mut took = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        let message = assert_code(
-            agents
-                .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
-                .await,
-            Code::ResourceExhausted,
-        );
-        slowest = slowest.max(started.elapsed());
+        let result = tokio::time::timeout(
+            Duration::from_secs(2),
+            agents.resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the call over the cap was queued, not shed"));
+        took.push(started.elapsed());
+        let message = assert_code(result, Code::ResourceExhausted);
         assert!(
             message.contains("SWITCHBOARD_MAX_CONCURRENT_REQUESTS") && message.contains('2'),
             "{message}"
         );
     }
+    took.sort();
     assert!(
-        slowest < Duration::from_millis(50),
-        "shed at once, not queued: {slowest:?}"
+        took[took.len() / 2] < Duration::from_millis(50),
+        "shed at once, not queued: {took:?}"
     );
     // Health is never shed, however busy.
     for _ in 0..3 {
@@ -185,15 +190,21 @@ async fn one_tenant_flooding_does_not_starve_another() {
     ];
     wait_for_lock_waiters(&app, 2).await;
 
-    // Another user of the same org counts against the same share.
+    // Another user of the same org counts against the same share, and is
+    // refused at once rather than queued behind the held calls.
     let started = Instant::now();
-    let message = assert_code(
-        customers
-            .get_customer(as_who(Who::AcmeManager, get_customer(ACME_CUSTOMER)))
-            .await,
-        Code::ResourceExhausted,
+    let result = tokio::time::timeout(
+        Duration::from_secs(2),
+        customers.get_customer(as_who(Who::AcmeManager, get_customer(ACME_CUSTOMER))),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the call over the share was queued, not refused"));
+    let message = assert_code(result, Code::ResourceExhausted);
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
     );
-    assert!(started.elapsed() < Duration::from_millis(50));
     assert!(
         message.contains("SWITCHBOARD_TENANT_MAX_CONCURRENT") && message.contains('2'),
         "{message}"
