@@ -5,7 +5,7 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{auth::MIN_SECRET_LEN, store::PoolSettings};
+use crate::{auth::MIN_SECRET_LEN, grpc::Limits, store::PoolSettings};
 
 /// The JWT secret of a local Supabase (`supabase start`), used by `dev`.
 pub const DEV_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
@@ -131,6 +131,34 @@ pub struct ServeArgs {
     /// Redis TTL, a backstop as well.
     #[arg(long, env = "SWITCHBOARD_REDIS_TTL_SECS", default_value_t = 3600)]
     pub redis_ttl_secs: u64,
+    /// A read replica (or its pooler) for lookups: tenants' ResolveAgent,
+    /// Get, List, Lookup. Writes, and reads that fill the cache, stay on
+    /// DATABASE_URL. Defaults to DATABASE_URL.
+    #[arg(long, env = "SWITCHBOARD_DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// Requests in flight on this replica (health excepted); beyond it,
+    /// RESOURCE_EXHAUSTED at once. 0 = no limit.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 512
+    )]
+    pub max_concurrent_requests: usize,
+    /// Requests in flight for one organization (tenant tokens); beyond it,
+    /// RESOURCE_EXHAUSTED. Keep it below SWITCHBOARD_DB_MAX_CONNECTIONS.
+    /// 0 = no limit.
+    #[arg(long, env = "SWITCHBOARD_TENANT_MAX_CONCURRENT", default_value_t = 8)]
+    pub tenant_max_concurrent: usize,
+    /// Largest request message accepted.
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value_t = 262_144)]
+    pub max_message_bytes: usize,
+    /// Largest metadata (HTTP/2 header list) of one request.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_HEADER_LIST_BYTES",
+        default_value_t = 16_384
+    )]
+    pub max_header_list_bytes: u32,
 }
 
 impl ServeArgs {
@@ -153,6 +181,11 @@ impl ServeArgs {
             cache_ttl_secs: 300,
             redis_ttl_secs: 3600,
             redis_namespace: None,
+            database_read_url: None,
+            max_concurrent_requests: 512,
+            tenant_max_concurrent: 8,
+            max_message_bytes: 262_144,
+            max_header_list_bytes: 16_384,
         }
     }
 }
@@ -191,8 +224,11 @@ pub struct ConfigError(pub String);
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub database_url: String,
+    /// Where lookups go; `None` = `database_url`.
+    pub database_read_url: Option<String>,
     pub redis_url: Option<String>,
     pub jwt_secret: String,
+    pub limits: Limits,
     pub pool: PoolSettings,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -259,8 +295,35 @@ impl ServeConfig {
                 }
                 None => database_url.clone(),
             };
+        let database_read_url = args.database_read_url.filter(|u| !u.trim().is_empty());
+        if database_read_url
+            .as_deref()
+            .is_some_and(|url| !is_postgres_url(url))
+        {
+            return Err(ConfigError(
+                "SWITCHBOARD_DATABASE_READ_URL is not a valid postgres:// URL".into(),
+            ));
+        }
+        if args.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(ConfigError(format!(
+                "SWITCHBOARD_MAX_MESSAGE_BYTES must be at least {MIN_MESSAGE_BYTES}"
+            )));
+        }
+        if args.max_header_list_bytes < MIN_HEADER_LIST_BYTES {
+            return Err(ConfigError(format!(
+                "SWITCHBOARD_MAX_HEADER_LIST_BYTES must be at least {MIN_HEADER_LIST_BYTES} \
+                 (a token alone may be 8 KiB)"
+            )));
+        }
         Ok(ServeConfig {
             listen,
+            database_read_url,
+            limits: Limits {
+                max_concurrent_requests: args.max_concurrent_requests,
+                tenant_max_concurrent: args.tenant_max_concurrent,
+                max_message_bytes: args.max_message_bytes,
+                max_header_list_bytes: args.max_header_list_bytes,
+            },
             listener_database_url,
             cache: CacheSettings {
                 redis_namespace: args.redis_namespace.filter(|n| !n.trim().is_empty()),
@@ -284,6 +347,10 @@ impl ServeConfig {
         })
     }
 }
+
+/// An agent with the largest `llm_config` (64 KiB as JSON) must still fit.
+const MIN_MESSAGE_BYTES: usize = 128 * 1024;
+const MIN_HEADER_LIST_BYTES: u32 = 10 * 1024;
 
 fn is_postgres_url(url: &str) -> bool {
     (url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -356,5 +423,22 @@ mod tests {
             }),
             "REDIS_URL is not a valid redis:// URL"
         );
+        assert_eq!(
+            error(ServeArgs {
+                database_read_url: Some("mysql://replica".into()),
+                ..args()
+            }),
+            "SWITCHBOARD_DATABASE_READ_URL is not a valid postgres:// URL"
+        );
+        assert!(error(ServeArgs {
+            max_message_bytes: 1024,
+            ..args()
+        })
+        .starts_with("SWITCHBOARD_MAX_MESSAGE_BYTES must be at least"));
+        assert!(error(ServeArgs {
+            max_header_list_bytes: 1024,
+            ..args()
+        })
+        .starts_with("SWITCHBOARD_MAX_HEADER_LIST_BYTES must be at least"));
     }
 }

@@ -30,6 +30,10 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A limit of ours was reached (load shedding, a tenant's share, a
+    /// message size); the message names the limit and its setting.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Something we did not expect; logged in full where it happened.
     #[error("internal error")]
     Internal,
@@ -54,6 +58,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal => Code::Internal,
         }
     }

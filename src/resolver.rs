@@ -31,7 +31,11 @@ pub struct Resolved {
 
 #[derive(Clone)]
 pub struct Resolver {
+    /// Tenants' lookups: may be a read replica.
     store: PgStore,
+    /// Reads whose answer is cached: always the primary, whose NOTIFY drives
+    /// invalidation (a lagging replica could refill what was just evicted).
+    fill_store: PgStore,
     cache: Cache,
     /// Open while Postgres is unreachable: misses fail at once instead of
     /// each waiting out the pool's acquire timeout.
@@ -61,6 +65,7 @@ fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
 impl Resolver {
     pub fn new(store: PgStore, cache: Cache) -> Self {
         Resolver {
+            fill_store: store.primary_only(),
             store,
             cache,
             database: Arc::new(Breaker::new(1, Duration::from_millis(1000))),
@@ -136,7 +141,7 @@ impl Resolver {
         let mut after: Option<String> = None;
         while loaded < capacity {
             let batch = self
-                .store
+                .fill_store
                 .routes_after(&claims, after.as_deref(), page)
                 .await?;
             let Some(last) = batch.last() else { break };
@@ -251,7 +256,7 @@ impl Resolver {
             }
         }
         let resolution = self
-            .guarded(self.store.resolve_agent(claims, called, caller))
+            .guarded(self.fill_store.resolve_agent(claims, called, caller))
             .await?
             .ok_or_else(no_agent)?;
         let mut response = resolution_to_pb(&resolution);
@@ -312,7 +317,10 @@ impl Resolver {
         caller: &PhoneNumber,
     ) -> Result<Option<Arc<pb::Customer>>, Error> {
         match self
-            .guarded(self.store.lookup_customer(claims, caller, Some(org_id)))
+            .guarded(
+                self.fill_store
+                    .lookup_customer(claims, caller, Some(org_id)),
+            )
             .await
         {
             Ok(customer) => Ok(Some(Arc::new(customer_to_pb(&customer)))),

@@ -1,7 +1,7 @@
 //! Builds the server from a validated config. `main` and the tests start it
 //! the same way; tests bind port 0 and read back the address.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{server::TcpIncoming, Server};
@@ -12,7 +12,7 @@ use crate::{
     auth::{AuthLayer, JwtVerifier},
     cache::{invalidation, Cache, MemoryTier, RedisTier},
     config::ServeConfig,
-    grpc::{AgentApi, CustomerApi, RequestLogLayer},
+    grpc::{AgentApi, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer, TenantLimitLayer},
     pb::{
         self, agent_service_server::AgentServiceServer,
         customer_service_server::CustomerServiceServer,
@@ -55,8 +55,13 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartupError::Listen(config.listen, e))?;
-        let store = PgStore::connect_lazy(&config.database_url, &config.pool)
+        let mut store = PgStore::connect_lazy(&config.database_url, &config.pool)
             .map_err(StartupError::Database)?;
+        if let Some(read_url) = &config.database_read_url {
+            store = store
+                .with_read_replica(read_url, &config.pool)
+                .map_err(StartupError::Database)?;
+        }
         Ok(Application {
             listener,
             config,
@@ -153,32 +158,39 @@ impl Application {
         if settings.preload {
             preload(&resolver).await;
         }
+        let limits = &self.config.limits;
+        // Outermost first: the log sees every answer (shed ones too) and
+        // applies the deadline; the global cap sheds before any token is
+        // verified; the tenant share needs the verified claims.
         let layers = ServiceBuilder::new()
             .layer(RequestLogLayer {
                 max_request_time: Some(self.config.request_timeout),
             })
+            .layer(GlobalLimitLayer::new(limits))
             .layer(AuthLayer::new(JwtVerifier::new(&self.config.jwt_secret)))
+            .layer(TenantLimitLayer::new(limits))
             .into_inner();
 
-        let router = Server::builder()
+        let router = connection_settings(Server::builder(), limits)
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(AgentServiceServer::new(AgentApi::new(
-                resolver,
-                self.store.clone(),
-            )))
-            .add_service(CustomerServiceServer::new(CustomerApi::new(
-                self.store, cache,
-            )));
+            .add_service(
+                AgentServiceServer::new(AgentApi::new(resolver, self.store.clone()))
+                    .max_decoding_message_size(limits.max_message_bytes),
+            )
+            .add_service(
+                CustomerServiceServer::new(CustomerApi::new(self.store, cache))
+                    .max_decoding_message_size(limits.max_message_bytes),
+            );
 
         let (stop, stopped) = oneshot::channel::<()>();
         // Every call is one small request and one small response: without
         // TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to each.
         let incoming = TcpIncoming::from(self.listener)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(std::time::Duration::from_secs(60)));
+            .with_keepalive(Some(TCP_KEEPALIVE));
         let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));
@@ -210,6 +222,36 @@ async fn preload(resolver: &Resolver) {
 
 /// Numbers read per preload statement.
 const PRELOAD_PAGE: i64 = 10_000;
+
+/// TCP keepalive: finds peers that vanished without a FIN (a node lost, a
+/// NAT entry dropped) on idle connections, where HTTP/2 pings do not run.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// HTTP/2 PING on every connection this often, dropped if unanswered within
+/// the timeout: a dead client's streams and permits are freed in ≤ 30 s, and
+/// load balancers and NATs see traffic (AWS NLB drops idle flows at 350 s).
+/// Clients must allow pings this frequent (gRPC's default minimum is 5 min
+/// for pings *from* clients; server pings are always allowed).
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one connection may have open. Envoy and the media servers
+/// multiplex many calls on few connections; the global cap, not this, is
+/// what bounds work. This only stops one connection taking all of it.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Connections are closed (GOAWAY, in-flight calls finish) after this, so
+/// clients reconnect and spread over replicas the autoscaler added; a
+/// long-lived HTTP/2 connection otherwise pins a client to one pod.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+
+fn connection_settings(server: Server, limits: &Limits) -> Server {
+    server
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+        .http2_max_header_list_size(limits.http2_max_header_list_bytes())
+}
 
 struct RunningServer {
     stop: oneshot::Sender<()>,

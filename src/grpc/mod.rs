@@ -5,10 +5,12 @@
 mod agents;
 pub(crate) mod convert;
 mod customers;
+mod limits;
 mod request_log;
 
 pub use agents::AgentApi;
 pub use customers::CustomerApi;
+pub use limits::{GlobalLimitLayer, Limits, TenantLimitLayer};
 pub use request_log::{LoggedOrg, RequestLogLayer};
 
 /// Metadata naming the tier that answered a `ResolveAgent`: memory, redis or db.

@@ -55,7 +55,11 @@ impl Default for PoolSettings {
 
 #[derive(Clone)]
 pub struct PgStore {
+    /// The primary: every write, and reads that must see them.
     pool: PgPool,
+    /// Lookups (`Access::Read`): a replica's pool when one is configured,
+    /// else the same pool as `pool`. A replica may lag the primary.
+    read_pool: PgPool,
     statement_timeout_ms: u128,
 }
 
@@ -75,20 +79,47 @@ impl PgStore {
     /// Parses the URL now (a bad one stops start-up); connects lazily, so the
     /// service starts, and answers from cache, while the database is down.
     pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
-        let options = PgConnectOptions::from_str(database_url)?.application_name("switchboard");
-        let pool = PoolOptions::<Postgres>::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
+        let pool = lazy_pool(database_url, settings)?;
         Ok(PgStore {
+            read_pool: pool.clone(),
             pool,
             statement_timeout_ms: settings.statement_timeout.as_millis(),
         })
     }
 
+    /// Lookups go to `read_url` (a replica), writes to the primary. Each
+    /// pool has `settings.max_connections`.
+    pub fn with_read_replica(
+        self,
+        read_url: &str,
+        settings: &PoolSettings,
+    ) -> Result<Self, sqlx::Error> {
+        Ok(PgStore {
+            read_pool: lazy_pool(read_url, settings)?,
+            ..self
+        })
+    }
+
+    /// The same store with lookups on the primary too: for reads whose
+    /// answer is cached. Invalidation follows the primary (its NOTIFY), so a
+    /// fill from a lagging replica could put back, for a whole TTL, what an
+    /// invalidation just removed.
+    pub fn primary_only(&self) -> Self {
+        PgStore {
+            read_pool: self.pool.clone(),
+            ..self.clone()
+        }
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn pool_for(&self, access: Access) -> &PgPool {
+        match access {
+            Access::Read => &self.read_pool,
+            Access::Write => &self.pool,
+        }
     }
 
     async fn begin_as(
@@ -109,7 +140,7 @@ impl PgStore {
             role = claims.role.as_str(),
             timeout = self.statement_timeout_ms,
         );
-        self.pool
+        self.pool_for(access)
             .begin_with(begin)
             .await
             .map_err(|e| db_error(e, "begin"))
@@ -135,7 +166,7 @@ impl PgStore {
         // `RawSql::fetch_optional` in sqlx 0.8 errors on zero rows (it calls
         // `fetch_one`), so fetch all: the number is unique, at most one row.
         let rows = sqlx::raw_sql(&sql)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool_for(Access::Read))
             .await
             .map_err(|e| db_error(e, "resolve_agent"))?;
         rows.first().map(resolution_from_row).transpose()
@@ -452,6 +483,15 @@ impl PgStore {
         commit(tx).await?;
         customer_from_row(&row)
     }
+}
+
+fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name("switchboard");
+    Ok(PoolOptions::<Postgres>::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
 }
 
 async fn commit(tx: Transaction<'static, Postgres>) -> Result<(), Error> {

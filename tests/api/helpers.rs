@@ -338,10 +338,18 @@ pub struct AppOptions {
     /// False turns the in-process tier off (routes 0), so every
     /// `service_role` resolve goes to Redis or Postgres.
     pub memory_tier: bool,
+    /// A second database the service reads lookups from (a "replica").
+    pub database_read_url: Option<String>,
+    /// 0 = no limit, as in the service's settings.
+    pub max_concurrent_requests: usize,
+    pub tenant_max_concurrent: usize,
+    pub max_message_bytes: usize,
+    pub max_header_list_bytes: u32,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
+        let serve = ServeArgs::defaults();
         AppOptions {
             redis: true,
             redis_url: None,
@@ -349,6 +357,11 @@ impl Default for AppOptions {
             request_timeout_ms: 5_000,
             preload: false,
             memory_tier: true,
+            database_read_url: None,
+            max_concurrent_requests: serve.max_concurrent_requests,
+            tenant_max_concurrent: serve.tenant_max_concurrent,
+            max_message_bytes: serve.max_message_bytes,
+            max_header_list_bytes: serve.max_header_list_bytes,
         }
     }
 }
@@ -403,6 +416,11 @@ impl TestApp {
             } else {
                 0
             },
+            database_read_url: options.database_read_url.clone(),
+            max_concurrent_requests: options.max_concurrent_requests,
+            tenant_max_concurrent: options.tenant_max_concurrent,
+            max_message_bytes: options.max_message_bytes,
+            max_header_list_bytes: options.max_header_list_bytes,
             ..ServeArgs::defaults()
         })
         .unwrap_or_else(|e| panic!("config: {e}"));

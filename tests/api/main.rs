@@ -11,6 +11,7 @@ mod isolation;
 mod load_tool;
 mod migrations;
 mod operations;
+mod overload;
 mod pgbouncer;
 mod policy_matrix;
 mod property;
