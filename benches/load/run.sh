@@ -16,6 +16,8 @@ cd "$(dirname "$0")/../.."
 SECS=${SECS:-10}
 C=${C:-16}
 CONNS=${CONNS:-4}
+# Below the ephemeral port range, so a client socket cannot hold them.
+BASE_PORT=${BASE_PORT:-2916}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 REDIS=${REDIS:-redis://127.0.0.1:6379}
 SECRET=bench-secret-bench-secret-bench-secret-0123
@@ -41,6 +43,9 @@ psql -q "$PG/$DB" -f supabase/seed.sql >/dev/null
 
 export SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPACE=$DB
 export RUST_LOG=warn
+# One tenant user drives all 16 calls here; the per-tenant share (default 8)
+# would shed half of them. This measures the path, not the fairness rule.
+export SWITCHBOARD_TENANT_MAX_CONCURRENT=0
 
 # $1 port, then env assignments for this server.
 serve() {
@@ -54,9 +59,9 @@ serve() {
   done
   echo "server on $port did not start:" >&2; cat "$OUT/server-$port.log" >&2; exit 1
 }
-serve 50161 REDIS_URL=$REDIS                                   # memory + Redis + Postgres
-serve 50162 REDIS_URL=$REDIS SWITCHBOARD_CACHE_MAX_ROUTES=0    # Redis + Postgres
-serve 50163 SWITCHBOARD_CACHE_MAX_ROUTES=0                     # Postgres only
+serve ${BASE_PORT}1 REDIS_URL=$REDIS                                   # memory + Redis + Postgres
+serve ${BASE_PORT}2 REDIS_URL=$REDIS SWITCHBOARD_CACHE_MAX_ROUTES=0    # Redis + Postgres
+serve ${BASE_PORT}3 SWITCHBOARD_CACHE_MAX_ROUTES=0                     # Postgres only
 
 SERVICE=$("$BIN" token --role service_role --jwt-secret "$SECRET")
 TENANT=$("$BIN" token --role authenticated --sub a0000000-0000-4000-8000-000000000003 --jwt-secret "$SECRET")
@@ -75,12 +80,14 @@ load() {
 }
 
 RESOLVE=switchboard.v1.AgentService.ResolveAgent
-load health      50161 ""         grpc.health.v1.Health.Check '{}'
-load memory      50161 "$SERVICE" $RESOLVE "$CALL"
-load redis       50162 "$SERVICE" $RESOLVE "$CALL"
-load pg-service  50163 "$SERVICE" $RESOLVE "$CALL"
-load pg-tenant   50161 "$TENANT"  $RESOLVE "$CALL"
-load health-end  50161 ""         grpc.health.v1.Health.Check '{}'
+load health      ${BASE_PORT}1 ""         grpc.health.v1.Health.Check '{}'
+load memory      ${BASE_PORT}1 "$SERVICE" $RESOLVE "$CALL"
+# The caller record is cached in memory only: with the memory tier off it
+# would come from Postgres, so the Redis case asks for the route alone.
+load redis       ${BASE_PORT}2 "$SERVICE" $RESOLVE '{"called_number":"+18005550100"}'
+load pg-service  ${BASE_PORT}3 "$SERVICE" $RESOLVE "$CALL"
+load pg-tenant   ${BASE_PORT}1 "$TENANT"  $RESOLVE "$CALL"
+load health-end  ${BASE_PORT}1 ""         grpc.health.v1.Health.Check '{}'
 
 # Raw floors of the parts.
 redis-cli set "switchboard:v1:$DB:floor" "$(head -c 300 /dev/zero | tr '\0' x)" >/dev/null
@@ -106,25 +113,30 @@ def rep(name):
 def hwm(name):
     with open(os.path.join(out, name + ".hwm")) as f:
         return int(f.read().strip() or 0) / 1024
+def ok_rps(name):
+    r = rep(name)
+    return r["statusCodeDistribution"].get("OK", 0) / (r["total"] / 1e9)
 def pct(r, p):
     for point in r["latencyDistribution"]:
         if float(point["percentage"]) == p:
             return point["latency"] / 1e6
     return float("nan")
 health = rep("health")
-floor = health["rps"]
+floor = health["rps"]  # every health call answers OK
 print(f"## gRPC, {c} concurrent calls over {conns} connections, {secs} s per case (switchboard bench)\n")
-print("| case | calls | rps | p50 | p99 | p99.9 | errors | peak RSS | rps / health |")
+print("| case | calls | OK rps | p50 | p99 | p99.9 | errors | server peak RSS | rps / health |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cases = [("health", "floor: grpc.health.v1.Health/Check"),
          ("memory", "ResolveAgent, memory tier (service_role)"),
-         ("redis", "ResolveAgent, Redis tier (memory off)"),
+         ("redis", "ResolveAgent, Redis tier (memory off; route only, no caller)"),
          ("pg-service", "ResolveAgent, Postgres (service_role, no cache)"),
          ("pg-tenant", "ResolveAgent, Postgres under RLS (tenant token)"),
          ("health-end", "floor again, at the end")]
 for name, label in cases:
     r = rep(name)
-    errors = r["count"] - r["statusCodeDistribution"].get("OK", 0)
+    ok = r["statusCodeDistribution"].get("OK", 0)
+    errors = r["count"] - ok
+    r["rps"] = ok / (r["total"] / 1e9)
     print(f"| {label} | {r['count']} | {r['rps']:.0f} | {pct(r,50):.3f} ms | {pct(r,99):.3f} ms | "
           f"{pct(r,99.9):.3f} ms | {errors} | {hwm(name):.1f} MiB | {r['rps']/floor:.2f} |")
 print()
@@ -151,10 +163,10 @@ for name, label in [("pg-bare", "pgbench: indexed agent+org lookup, prepared, no
                     ("pg-claims", "pgbench: the tenant lookup as the service runs it (claims + role + RLS, one statement)")]:
     tps, lat = pgbench(name)
     print(f"| {label} | {tps:.0f} | {lat:.3f} ms | | |")
-tenant = rep("pg-tenant")["rps"]
+tenant = ok_rps("pg-tenant")
 claims_tps, _ = pgbench("pg-claims")
 print()
 print(f"Tenant ResolveAgent throughput / pgbench claims lookup: {tenant/claims_tps:.2f} "
       f"(target: within 2x, i.e. >= 0.50)")
-print(f"Memory tier throughput / health floor: {rep('memory')['rps']/floor:.2f} (target >= 0.80)")
+print(f"Memory tier throughput / health floor: {ok_rps('memory')/floor:.2f} (target >= 0.80)")
 PY
