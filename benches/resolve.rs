@@ -568,11 +568,16 @@ fn scale(rt: &tokio::runtime::Runtime, recorder: &Recorder) -> Vec<ScaleRow> {
             let rss_before = resident_bytes();
             let started = Instant::now();
             let (addr, stop) = deployment.serve_preloaded().await;
-            let preload = started.elapsed();
-            let rss_after = resident_bytes();
             let channel = channel(addr).await;
             let mut client = AgentServiceClient::new(channel.clone());
             let mut health = HealthClient::new(channel);
+            // The server answers once the preload is done.
+            health
+                .check(HealthCheckRequest::default())
+                .await
+                .unwrap_or_else(|s| panic!("{s:?}"));
+            let preload = started.elapsed();
+            let rss_after = resident_bytes();
             // A number far from the start of the range must already be hot.
             let probe = format!("+1{}", 2_000_000_000 + agents);
             let answer = client
