@@ -108,6 +108,7 @@ impl Deployment {
             redis_url: redis.then(|| self.redis_url.clone()),
             jwt_secret: Some(SECRET.into()),
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             db_max_connections: 8,
             redis_namespace: Some(self.namespace.clone()),
             cache_max_routes: if memory { 1_000_000 } else { 0 },

@@ -3,12 +3,14 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod migrate;
 pub mod resolver;
 pub mod startup;

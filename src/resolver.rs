@@ -11,6 +11,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tracing::{field::Empty, Instrument};
+
 use crate::{
     auth::Claims,
     cache::{Breaker, Cache, Route, Tier},
@@ -51,6 +53,16 @@ fn check_active(route: &pb::ResolveAgentResponse) -> Result<(), Error> {
     }
 }
 
+/// A memory-tier lookup. The key (a phone number) stays out of the span.
+fn memory_span(entry: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        target: "switchboard::cache",
+        "cache.memory",
+        cache.entry = entry,
+        cache.hit = Empty,
+    )
+}
+
 fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
     route
         .organization
@@ -69,6 +81,11 @@ impl Resolver {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// Whether cache misses fail at once because Postgres is unreachable.
+    pub fn database_breaker_open(&self) -> bool {
+        self.database.is_open()
     }
 
     pub async fn resolve(
@@ -147,9 +164,15 @@ impl Resolver {
         caller: Option<&PhoneNumber>,
     ) -> Result<(Route, Tier, Option<Option<Arc<pb::Customer>>>), Error> {
         let key: Arc<str> = called.as_str().into();
-        if let Some((route, _)) = self.cache.memory.routes.get(&key).await {
+        let lookups = &self.cache.metrics.memory_routes;
+        let span = memory_span("route");
+        let cached = self.cache.memory.routes.get(&key).instrument(span.clone()).await;
+        span.record("cache.hit", cached.is_some());
+        if let Some((route, _)) = cached {
+            lookups.hit.inc();
             return Ok((route, Tier::Memory, None));
         }
+        lookups.miss.inc();
         let generation = self.cache.generation();
         let mut fetched_caller = None;
         if !self.cache.memory.enabled {
@@ -246,9 +269,15 @@ impl Resolver {
                 .ok()
                 .flatten();
         }
-        if let Some(known) = self.cache.memory.callers.get(&key).await {
+        let lookups = &self.cache.metrics.memory_callers;
+        let span = memory_span("caller");
+        let cached = self.cache.memory.callers.get(&key).instrument(span.clone()).await;
+        span.record("cache.hit", cached.is_some());
+        if let Some(known) = cached {
+            lookups.hit.inc();
             return known;
         }
+        lookups.miss.inc();
         let generation = self.cache.generation();
         // A failed lookup answers "no record" for this call only.
         let found = self.fetch_caller(claims, org_id, caller).await.ok()?;
