@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{
     pool::{PoolConnection, PoolOptions},
     postgres::{PgConnectOptions, PgDatabaseError, PgRow},
-    Executor, PgPool, Postgres, Row, Transaction,
+    ConnectOptions, Executor, PgPool, Postgres, Row, Transaction,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -94,7 +94,12 @@ impl PgStore {
     /// Parses the URL now (a bad one stops start-up); connects lazily, so the
     /// service starts, and answers from cache, while the database is down.
     pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
-        let options = PgConnectOptions::from_str(database_url)?.application_name("switchboard");
+        // No statement logging by sqlx (it logs slow ones at WARN, SQL in
+        // full): ours carries the caller's claims and phone numbers as
+        // literals. The `db.statement` spans time them by operation instead.
+        let options = PgConnectOptions::from_str(database_url)?
+            .application_name("switchboard")
+            .disable_statement_logging();
         let pool = PoolOptions::<Postgres>::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
