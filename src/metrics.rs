@@ -235,7 +235,7 @@ pub struct Gauges {
     /// Requests waiting for a connection right now.
     pub pool_waiting: u64,
     pub database_breaker_open: bool,
-    /// `None` without a Redis tier.
+    /// `None` without a Redis tier (its series are then left out).
     pub redis_breaker_open: Option<bool>,
     pub invalidation_listener_connected: bool,
 }
@@ -366,11 +366,13 @@ impl Registry {
             "counter",
             "Cache lookups by tier, entry kind and result; hit ratio = hit / sum.",
         )?;
+        let redis = gauges.redis_breaker_open.is_some();
         let lookups = [
             ("memory", "route", &self.memory_routes, false),
             ("memory", "caller", &self.memory_callers, false),
-            ("redis", "route", &self.redis_routes, true),
-        ];
+        ]
+        .into_iter()
+        .chain(redis.then_some(("redis", "route", &self.redis_routes, true)));
         for (tier, entry, counts, can_fail) in lookups {
             let mut results = vec![("hit", &counts.hit), ("miss", &counts.miss)];
             if can_fail {
@@ -384,23 +386,23 @@ impl Registry {
                 )?;
             }
         }
-        header(
-            out,
-            "switchboard_redis_errors_total",
-            "counter",
-            "Redis calls that failed, by kind (a failure is a cache miss, never a call error).",
-        )?;
-        writeln!(
-            out,
-            "switchboard_redis_errors_total{{kind=\"timeout\"}} {}",
-            self.redis_errors.timeout.get()
-        )?;
-        writeln!(
-            out,
-            "switchboard_redis_errors_total{{kind=\"error\"}} {}",
-            self.redis_errors.failed.get()
-        )?;
         if let Some(open) = gauges.redis_breaker_open {
+            header(
+                out,
+                "switchboard_redis_errors_total",
+                "counter",
+                "Redis calls that failed, by kind (a failure is a cache miss, never a call error).",
+            )?;
+            writeln!(
+                out,
+                "switchboard_redis_errors_total{{kind=\"timeout\"}} {}",
+                self.redis_errors.timeout.get()
+            )?;
+            writeln!(
+                out,
+                "switchboard_redis_errors_total{{kind=\"error\"}} {}",
+                self.redis_errors.failed.get()
+            )?;
             gauge(
                 out,
                 "switchboard_redis_breaker_open",
@@ -539,7 +541,10 @@ mod tests {
         assert_eq!(histogram.count(), 3);
         let mut out = String::new();
         write_histogram(&mut out, "h", "m=\"x\"", &histogram).unwrap_or_default();
-        assert!(out.contains("h_bucket{m=\"x\",le=\"0.00005\"} 1\n"), "{out}");
+        assert!(
+            out.contains("h_bucket{m=\"x\",le=\"0.00005\"} 1\n"),
+            "{out}"
+        );
         assert!(out.contains("h_bucket{m=\"x\",le=\"0.0001\"} 2\n"), "{out}");
         assert!(out.contains("h_bucket{m=\"x\",le=\"5\"} 2\n"), "{out}");
         assert!(out.contains("h_bucket{m=\"x\",le=\"+Inf\"} 3\n"), "{out}");
@@ -576,5 +581,15 @@ mod tests {
             metrics.requests("switchboard.v1.AgentService/ResolveAgent", Code::Ok),
             1
         );
+        assert!(
+            !text.contains("switchboard_redis_"),
+            "no Redis tier, no Redis series"
+        );
+        let with_redis = metrics.render(&Gauges {
+            redis_breaker_open: Some(true),
+            ..Gauges::default()
+        });
+        assert!(with_redis.contains("\nswitchboard_redis_breaker_open 1\n"));
+        assert!(with_redis.contains("tier=\"redis\",entry=\"route\",result=\"error\"} 0\n"));
     }
 }

@@ -166,7 +166,13 @@ impl Resolver {
         let key: Arc<str> = called.as_str().into();
         let lookups = &self.cache.metrics.memory_routes;
         let span = memory_span("route");
-        let cached = self.cache.memory.routes.get(&key).instrument(span.clone()).await;
+        let cached = self
+            .cache
+            .memory
+            .routes
+            .get(&key)
+            .instrument(span.clone())
+            .await;
         span.record("cache.hit", cached.is_some());
         if let Some((route, _)) = cached {
             lookups.hit.inc();
@@ -271,7 +277,13 @@ impl Resolver {
         }
         let lookups = &self.cache.metrics.memory_callers;
         let span = memory_span("caller");
-        let cached = self.cache.memory.callers.get(&key).instrument(span.clone()).await;
+        let cached = self
+            .cache
+            .memory
+            .callers
+            .get(&key)
+            .instrument(span.clone())
+            .await;
         span.record("cache.hit", cached.is_some());
         if let Some(known) = cached {
             lookups.hit.inc();

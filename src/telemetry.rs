@@ -47,7 +47,9 @@ pub enum TelemetryError {
 pub enum TraceExport {
     Off,
     /// OTLP over gRPC. `endpoint: None` leaves it to the `OTEL_*` variables.
-    Otlp { endpoint: Option<String> },
+    Otlp {
+        endpoint: Option<String>,
+    },
 }
 
 impl TraceExport {
@@ -62,8 +64,8 @@ impl TraceExport {
         {
             return Ok(TraceExport::Off);
         }
-        let protocol =
-            var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
         match protocol {
             Some(protocol) if protocol.trim() != "grpc" => Err(TelemetryError::Protocol(protocol)),
             _ => Ok(TraceExport::Otlp { endpoint: None }),
@@ -116,8 +118,8 @@ pub fn init_with_writer<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = fmt::layer().with_target(false).with_writer(writer);
     let logs: Box<dyn Layer<Registry> + Send + Sync> = if log_format == "json" {
         logs.json().flatten_event(true).with_filter(filter).boxed()
@@ -206,7 +208,9 @@ pub fn traceparent_trace_id(headers: &http::HeaderMap) -> Option<TraceId> {
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let is_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let valid = is_hex(version, 2)
         && version != "ff"

@@ -328,7 +328,10 @@ async fn resolve_agent_spans_reach_the_collector_in_the_callers_trace() {
         .unwrap_or_else(|| panic!("no request span"));
     assert_eq!(hex(&request_span.parent_span_id), parent_id);
     assert_eq!(request_span.kind, SpanKind::Server as i32);
-    assert_eq!(string_attribute(request_span, "org.id").as_deref(), Some(ACME));
+    assert_eq!(
+        string_attribute(request_span, "org.id").as_deref(),
+        Some(ACME)
+    );
     assert_eq!(
         string_attribute(request_span, "rpc.method").as_deref(),
         Some("ResolveAgent")
@@ -707,7 +710,10 @@ fn histogram(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, 
     assert!(buckets.len() > 10, "{name}{labels:?}: {buckets:?}");
     assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative");
     let count = scrape.count(&format!("{name}_count"), labels);
-    assert_eq!(buckets.last().map(|b| (b.0, b.1)), Some((f64::INFINITY, count)));
+    assert_eq!(
+        buckets.last().map(|b| (b.0, b.1)),
+        Some((f64::INFINITY, count))
+    );
     assert!(scrape.value(&format!("{name}_sum"), labels).is_some());
     buckets
 }
@@ -718,7 +724,10 @@ async fn metrics_are_scraped_over_http_and_move_with_calls() {
     let app = TestApp::spawn().await;
     let mut agents = app.agents().await;
     let before = scrape(&app).await;
-    assert_eq!(before.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(
+        before.content_type,
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     assert_eq!(requests(&before, "OK"), 0.0);
 
     let service = token(Who::Service);
@@ -763,7 +772,11 @@ async fn metrics_are_scraped_over_http_and_move_with_calls() {
     assert_eq!(db.last().map(|b| b.1), Some(2.0));
     // Errors carry no tier.
     let none = histogram(&after, duration, &[("method", RESOLVE), ("tier", "none")]);
-    assert_eq!(none.last().map(|b| b.1), Some(2.0), "NotFound + Unauthenticated");
+    assert_eq!(
+        none.last().map(|b| b.1),
+        Some(2.0),
+        "NotFound + Unauthenticated"
+    );
     assert!(
         memory[0].0 <= 0.0001 && db.iter().any(|b| b.0 >= 1.0),
         "buckets from ~100 µs to seconds"
@@ -786,7 +799,10 @@ async fn metrics_are_scraped_over_http_and_move_with_calls() {
     assert_eq!(lookups("redis", "route", "hit"), 0.0);
 
     // Pool, breakers, listener.
-    assert_eq!(after.value("switchboard_db_pool_max_connections", &[]), Some(4.0));
+    assert_eq!(
+        after.value("switchboard_db_pool_max_connections", &[]),
+        Some(4.0)
+    );
     let in_use = after.value("switchboard_db_pool_connections", &[("state", "in_use")]);
     let idle = after.value("switchboard_db_pool_connections", &[("state", "idle")]);
     assert!(
@@ -794,8 +810,14 @@ async fn metrics_are_scraped_over_http_and_move_with_calls() {
         "in use {in_use:?}, idle {idle:?}"
     );
     assert_eq!(after.value("switchboard_db_pool_waiting", &[]), Some(0.0));
-    assert_eq!(after.value("switchboard_redis_breaker_open", &[]), Some(0.0));
-    assert_eq!(after.value("switchboard_database_breaker_open", &[]), Some(0.0));
+    assert_eq!(
+        after.value("switchboard_redis_breaker_open", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        after.value("switchboard_database_breaker_open", &[]),
+        Some(0.0)
+    );
     assert_eq!(
         after.value("switchboard_invalidation_listener_connected", &[]),
         Some(1.0)
@@ -883,7 +905,10 @@ async fn calls_queued_for_a_connection_show_as_waiting() {
         outcomes.push(call.await.unwrap_or_else(|e| panic!("join: {e}")));
     }
     // Those holding a connection answer once the lock goes.
-    assert!(outcomes.iter().filter(|o| o.is_ok()).count() >= 4, "{outcomes:?}");
+    assert!(
+        outcomes.iter().filter(|o| o.is_ok()).count() >= 4,
+        "{outcomes:?}"
+    );
     let after = scrape(&app).await;
     assert_eq!(after.value("switchboard_db_pool_waiting", &[]), Some(0.0));
 }

@@ -163,17 +163,18 @@ impl RedisTier {
                 lookups.error.inc();
                 return None;
             };
-            let route = bytes.and_then(|bytes| {
-                match pb::ResolveAgentResponse::decode(bytes.as_slice()) {
-                    Ok(route) if route.agent.is_some() && route.organization.is_some() => {
-                        Some(Arc::new(route))
-                    }
-                    _ => {
-                        tracing::warn!("undecodable route in redis; ignoring it");
-                        None
-                    }
-                }
-            });
+            let route =
+                bytes.and_then(
+                    |bytes| match pb::ResolveAgentResponse::decode(bytes.as_slice()) {
+                        Ok(route) if route.agent.is_some() && route.organization.is_some() => {
+                            Some(Arc::new(route))
+                        }
+                        _ => {
+                            tracing::warn!("undecodable route in redis; ignoring it");
+                            None
+                        }
+                    },
+                );
             match route {
                 Some(_) => lookups.hit.inc(),
                 None => lookups.miss.inc(),

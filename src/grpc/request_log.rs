@@ -18,11 +18,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::{field::Empty, Instrument};
 
-use crate::{
-    domain::OrgId,
-    metrics::Metrics,
-    telemetry,
-};
+use crate::{domain::OrgId, metrics::Metrics, telemetry};
 
 /// Put in a response's extensions by handlers, so the log names the org.
 #[derive(Clone, Copy, Debug)]
