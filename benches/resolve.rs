@@ -471,6 +471,38 @@ fn micro(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { memory.routes.get(std::hint::black_box(&key)).await })
     });
+    // What telemetry adds per call with no OTLP endpoint (no subscriber
+    // here: the spans are disabled, as in production without one).
+    let metrics = switchboard::metrics::Metrics::new();
+    group.bench_function("telemetry: method lookup + record request", |b| {
+        b.iter(|| {
+            let method = metrics.method(std::hint::black_box(
+                "/switchboard.v1.AgentService/ResolveAgent",
+            ));
+            metrics.record_request(
+                method,
+                tonic::Code::Ok,
+                Some(b"memory"),
+                Duration::from_micros(90),
+            );
+        })
+    });
+    group.bench_function("telemetry: memory hit with span + counter", |b| {
+        b.to_async(&rt).iter(|| async {
+            let span = tracing::debug_span!(target: "switchboard::cache", "cache.memory");
+            let found = tracing::Instrument::instrument(
+                memory.routes.get(std::hint::black_box(&key)),
+                span.clone(),
+            )
+            .await;
+            span.record("cache.hit", found.is_some());
+            metrics.memory_routes.hit.inc();
+            found
+        })
+    });
+    group.bench_function("telemetry: render /metrics", |b| {
+        b.iter(|| metrics.render(&switchboard::metrics::Gauges::default()))
+    });
     group.finish();
 }
 

@@ -167,6 +167,13 @@ pub struct DevArgs {
     pub redis_url: String,
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// Prometheus metrics at /metrics.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: String,
 }
 
 #[derive(Debug, thiserror::Error)]

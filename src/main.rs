@@ -137,6 +137,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         redis_url: Some(args.redis_url),
         jwt_secret: Some(DEV_JWT_SECRET.into()),
         listen: args.listen,
+        admin_listen: args.admin_listen,
         db_max_connections: 8,
         db_acquire_timeout_ms: 2000,
         request_timeout_ms: 5000,

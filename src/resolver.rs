@@ -19,6 +19,7 @@ use crate::{
     domain::{OrgId, PhoneNumber},
     error::Error,
     grpc::convert::{customer_to_pb, resolution_to_pb},
+    metrics::Lookups,
     pb,
     store::PgStore,
 };
@@ -53,14 +54,31 @@ fn check_active(route: &pb::ResolveAgentResponse) -> Result<(), Error> {
     }
 }
 
-/// A memory-tier lookup. The key (a phone number) stays out of the span.
-fn memory_span(entry: &'static str) -> tracing::Span {
-    tracing::debug_span!(
+/// A memory-tier lookup, counted and traced. The key (a phone number)
+/// stays out of the span.
+async fn memory_lookup<K, V>(
+    tier: &moka::future::Cache<K, V>,
+    key: &K,
+    entry: &'static str,
+    lookups: &Lookups,
+) -> Option<V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let span = tracing::debug_span!(
         target: "switchboard::cache",
         "cache.memory",
         cache.entry = entry,
         cache.hit = Empty,
-    )
+    );
+    let cached = tier.get(key).instrument(span.clone()).await;
+    span.record("cache.hit", cached.is_some());
+    match cached {
+        Some(_) => lookups.hit.inc(),
+        None => lookups.miss.inc(),
+    }
+    cached
 }
 
 fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
@@ -164,21 +182,16 @@ impl Resolver {
         caller: Option<&PhoneNumber>,
     ) -> Result<(Route, Tier, Option<Option<Arc<pb::Customer>>>), Error> {
         let key: Arc<str> = called.as_str().into();
-        let lookups = &self.cache.metrics.memory_routes;
-        let span = memory_span("route");
-        let cached = self
-            .cache
-            .memory
-            .routes
-            .get(&key)
-            .instrument(span.clone())
-            .await;
-        span.record("cache.hit", cached.is_some());
+        let cached = memory_lookup(
+            &self.cache.memory.routes,
+            &key,
+            "route",
+            &self.cache.metrics.memory_routes,
+        )
+        .await;
         if let Some((route, _)) = cached {
-            lookups.hit.inc();
             return Ok((route, Tier::Memory, None));
         }
-        lookups.miss.inc();
         let generation = self.cache.generation();
         let mut fetched_caller = None;
         if !self.cache.memory.enabled {
@@ -275,21 +288,16 @@ impl Resolver {
                 .ok()
                 .flatten();
         }
-        let lookups = &self.cache.metrics.memory_callers;
-        let span = memory_span("caller");
-        let cached = self
-            .cache
-            .memory
-            .callers
-            .get(&key)
-            .instrument(span.clone())
-            .await;
-        span.record("cache.hit", cached.is_some());
+        let cached = memory_lookup(
+            &self.cache.memory.callers,
+            &key,
+            "caller",
+            &self.cache.metrics.memory_callers,
+        )
+        .await;
         if let Some(known) = cached {
-            lookups.hit.inc();
             return known;
         }
-        lookups.miss.inc();
         let generation = self.cache.generation();
         // A failed lookup answers "no record" for this call only.
         let found = self.fetch_caller(claims, org_id, caller).await.ok()?;

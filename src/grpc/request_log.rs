@@ -89,6 +89,7 @@ where
             (a, b) => a.or(b),
         };
         let metrics = self.metrics.clone();
+        let request_span = span.clone();
         let call = async move {
             let started = Instant::now();
             let call = inner.call(request);
@@ -103,12 +104,14 @@ where
                 decode_error_is_invalid_argument(response);
                 let finished = Finished::of(response, started.elapsed());
                 metrics.record_request(method, finished.code, finished.tier(), finished.latency);
-                let span = tracing::Span::current();
-                finished.record_on(&span);
+                finished.record_on(&request_span);
                 let method = unknown_path
                     .as_deref()
                     .unwrap_or(metrics.method_label(method));
-                finished.log(method, telemetry::trace_id_of(&span, incoming_trace));
+                finished.log(
+                    method,
+                    telemetry::trace_id_of(&request_span, incoming_trace),
+                );
             }
             result.map(tier_to_trailers)
         };
