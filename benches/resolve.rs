@@ -108,6 +108,7 @@ impl Deployment {
             redis_url: redis.then(|| self.redis_url.clone()),
             jwt_secret: Some(SECRET.into()),
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             db_max_connections: 8,
             redis_namespace: Some(self.namespace.clone()),
             cache_max_routes: if memory { 1_000_000 } else { 0 },
@@ -131,6 +132,7 @@ impl Deployment {
             listen: "127.0.0.1:0".into(),
             db_max_connections: 8,
             cache_max_routes: 2_000_000,
+            admin_listen: "127.0.0.1:0".into(),
             cache_preload: true,
             cache_ttl_secs: 3600,
             ..ServeArgs::defaults()
@@ -514,6 +516,38 @@ fn micro(c: &mut Criterion) {
     group.bench_function("memory tier hit", |b| {
         b.to_async(&rt)
             .iter(|| async { memory.routes.get(std::hint::black_box(&key)).await })
+    });
+    // What telemetry adds per call with no OTLP endpoint (no subscriber
+    // here: the spans are disabled, as in production without one).
+    let metrics = switchboard::metrics::Metrics::new();
+    group.bench_function("telemetry: method lookup + record request", |b| {
+        b.iter(|| {
+            let method = metrics.method(std::hint::black_box(
+                "/switchboard.v1.AgentService/ResolveAgent",
+            ));
+            metrics.record_request(
+                method,
+                tonic::Code::Ok,
+                Some(b"memory"),
+                Duration::from_micros(90),
+            );
+        })
+    });
+    group.bench_function("telemetry: memory hit with span + counter", |b| {
+        b.to_async(&rt).iter(|| async {
+            let span = tracing::debug_span!(target: "switchboard::cache", "cache.memory");
+            let found = tracing::Instrument::instrument(
+                memory.routes.get(std::hint::black_box(&key)),
+                span.clone(),
+            )
+            .await;
+            span.record("cache.hit", found.is_some());
+            metrics.memory_routes.hit.inc();
+            found
+        })
+    });
+    group.bench_function("telemetry: render /metrics", |b| {
+        b.iter(|| metrics.render(&switchboard::metrics::Gauges::default()))
     });
     group.finish();
 }

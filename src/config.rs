@@ -67,6 +67,9 @@ pub struct ServeArgs {
     pub jwt_secret: Option<String>,
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: String,
+    /// The admin HTTP port: Prometheus metrics at /metrics.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: String,
     /// Postgres connections this replica may hold.
     #[arg(long, env = "SWITCHBOARD_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -169,6 +172,7 @@ impl ServeArgs {
             redis_url: None,
             jwt_secret: None,
             listen: "0.0.0.0:50051".into(),
+            admin_listen: "0.0.0.0:9090".into(),
             db_max_connections: 16,
             db_acquire_timeout_ms: 1000,
             request_timeout_ms: 5000,
@@ -213,6 +217,13 @@ pub struct DevArgs {
     pub redis_url: String,
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// Prometheus metrics at /metrics.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +234,7 @@ pub struct ConfigError(pub String);
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
     pub database_url: String,
     /// Where lookups go; `None` = `database_url`.
     pub database_read_url: Option<String>,
@@ -277,6 +289,12 @@ impl ServeConfig {
                 args.listen
             ))
         })?;
+        let admin_listen = args.admin_listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "SWITCHBOARD_ADMIN_LISTEN {:?} is not an address like 0.0.0.0:9090",
+                args.admin_listen
+            ))
+        })?;
         if args.db_max_connections == 0 {
             return Err(ConfigError(
                 "SWITCHBOARD_DB_MAX_CONNECTIONS must be at least 1".into(),
@@ -324,6 +342,7 @@ impl ServeConfig {
                 max_message_bytes: args.max_message_bytes,
                 max_header_list_bytes: args.max_header_list_bytes,
             },
+            admin_listen,
             listener_database_url,
             cache: CacheSettings {
                 redis_namespace: args.redis_namespace.filter(|n| !n.trim().is_empty()),
@@ -367,6 +386,7 @@ mod tests {
             redis_url: None,
             jwt_secret: Some(DEV_JWT_SECRET.into()),
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             db_max_connections: 4,
             db_acquire_timeout_ms: 100,
             request_timeout_ms: 100,
@@ -416,6 +436,11 @@ mod tests {
             ..args()
         })
         .starts_with("SWITCHBOARD_LISTEN"));
+        assert!(error(ServeArgs {
+            admin_listen: "9090".into(),
+            ..args()
+        })
+        .starts_with("SWITCHBOARD_ADMIN_LISTEN \"9090\""));
         assert_eq!(
             error(ServeArgs {
                 redis_url: Some("http://x".into()),

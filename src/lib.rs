@@ -3,6 +3,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod load;
+pub mod metrics;
 pub mod migrate;
 pub mod resolver;
 pub mod startup;

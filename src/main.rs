@@ -17,8 +17,18 @@ use uuid::Uuid;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_format);
-    match run(cli.command).await {
+    let telemetry = match telemetry::TraceExport::from_env()
+        .and_then(|export| telemetry::init(&cli.log_format, export))
+    {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("switchboard: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run(cli.command).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("switchboard: {message}");
@@ -68,7 +78,11 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     let app = Application::build(config)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(addr = %app.local_addr(), "switchboard serving gRPC");
+    tracing::info!(
+        addr = %app.local_addr(),
+        admin = %app.admin_addr(),
+        "switchboard serving gRPC; metrics at http://<admin>/metrics"
+    );
     app.run_until(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
@@ -126,6 +140,7 @@ async fn dev(args: DevArgs) -> Result<(), String> {
         redis_url: Some(args.redis_url),
         jwt_secret: Some(DEV_JWT_SECRET.into()),
         listen: args.listen,
+        admin_listen: args.admin_listen,
         db_max_connections: 8,
         db_acquire_timeout_ms: 2000,
         request_timeout_ms: 5000,

@@ -11,12 +11,15 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tracing::{field::Empty, Instrument};
+
 use crate::{
     auth::Claims,
     cache::{Breaker, Cache, Route, Tier},
     domain::{OrgId, PhoneNumber},
     error::Error,
     grpc::convert::{customer_to_pb, resolution_to_pb},
+    metrics::Lookups,
     pb,
     store::PgStore,
 };
@@ -55,6 +58,33 @@ fn check_active(route: &pb::ResolveAgentResponse) -> Result<(), Error> {
     }
 }
 
+/// A memory-tier lookup, counted and traced. The key (a phone number)
+/// stays out of the span.
+async fn memory_lookup<K, V>(
+    tier: &moka::future::Cache<K, V>,
+    key: &K,
+    entry: &'static str,
+    lookups: &Lookups,
+) -> Option<V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let span = tracing::debug_span!(
+        target: "switchboard::cache",
+        "cache.memory",
+        cache.entry = entry,
+        cache.hit = Empty,
+    );
+    let cached = tier.get(key).instrument(span.clone()).await;
+    span.record("cache.hit", cached.is_some());
+    match cached {
+        Some(_) => lookups.hit.inc(),
+        None => lookups.miss.inc(),
+    }
+    cached
+}
+
 fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
     route
         .organization
@@ -74,6 +104,11 @@ impl Resolver {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// Whether cache misses fail at once because Postgres is unreachable.
+    pub fn database_breaker_open(&self) -> bool {
+        self.database.is_open()
     }
 
     pub async fn resolve(
@@ -194,7 +229,14 @@ impl Resolver {
         caller: Option<&PhoneNumber>,
     ) -> Result<(Route, Tier, Option<Option<Arc<pb::Customer>>>), Error> {
         let key: Arc<str> = called.as_str().into();
-        if let Some((route, _)) = self.cache.memory.routes.get(&key).await {
+        let cached = memory_lookup(
+            &self.cache.memory.routes,
+            &key,
+            "route",
+            &self.cache.metrics.memory_routes,
+        )
+        .await;
+        if let Some((route, _)) = cached {
             return Ok((route, Tier::Memory, None));
         }
         let generation = self.cache.generation();
@@ -298,7 +340,14 @@ impl Resolver {
                 .ok()
                 .flatten();
         }
-        if let Some(known) = self.cache.memory.callers.get(&key).await {
+        let cached = memory_lookup(
+            &self.cache.memory.callers,
+            &key,
+            "caller",
+            &self.cache.metrics.memory_callers,
+        )
+        .await;
+        if let Some(known) = cached {
             return known;
         }
         let generation = self.cache.generation();

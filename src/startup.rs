@@ -9,10 +9,12 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use tower::ServiceBuilder;
 
 use crate::{
+    admin,
     auth::{AuthLayer, JwtVerifier},
     cache::{invalidation, Cache, MemoryTier, RedisTier},
     config::ServeConfig,
     grpc::{AgentApi, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer, TenantLimitLayer},
+    metrics::Metrics,
     pb::{
         self, agent_service_server::AgentServiceServer,
         customer_service_server::CustomerServiceServer,
@@ -25,6 +27,8 @@ use crate::{
 pub enum StartupError {
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("cannot listen on {0} (SWITCHBOARD_ADMIN_LISTEN): {1}")]
+    AdminListen(SocketAddr, std::io::Error),
     #[error("DATABASE_URL is not usable: {0}")]
     Database(sqlx::Error),
     #[error("reflection descriptors are invalid: {0}")]
@@ -38,6 +42,8 @@ pub enum StartupError {
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
+    /// The admin HTTP port (`/metrics`).
+    admin_listener: TcpListener,
     config: ServeConfig,
     store: PgStore,
 }
@@ -55,6 +61,9 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartupError::Listen(config.listen, e))?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| StartupError::AdminListen(config.admin_listen, e))?;
         let mut store = PgStore::connect_lazy(&config.database_url, &config.pool)
             .map_err(StartupError::Database)?;
         if let Some(read_url) = &config.database_read_url {
@@ -64,6 +73,7 @@ impl Application {
         }
         Ok(Application {
             listener,
+            admin_listener,
             config,
             store,
         })
@@ -71,6 +81,13 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Where `/metrics` is served (tests bind port 0 and read it here).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_listen)
     }
 
     /// Serves until `shutdown` completes, then: health NOT_SERVING, stop
@@ -89,19 +106,23 @@ impl Application {
             handle,
             drain,
             background,
+            admin,
         } = server;
         for task in background {
             task.abort();
         }
         let _ = stop.send(());
-        match tokio::time::timeout(drain, handle).await {
+        let served = match tokio::time::timeout(drain, handle).await {
             Ok(Ok(result)) => result.map_err(StartupError::Serve),
             Ok(Err(_join)) => Ok(()),
             Err(_) => {
                 tracing::warn!("drain timed out; closing remaining connections");
                 Ok(())
             }
-        }
+        };
+        // Metrics stay scrapable through the drain, then the admin port goes.
+        admin.stop().await;
+        served
     }
 
     async fn spawn(self) -> Result<(HealthReporter, RunningServer), StartupError> {
@@ -121,6 +142,7 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
+        let metrics = Metrics::new();
         let settings = &self.config.cache;
         let memory = MemoryTier::new(
             settings.max_routes,
@@ -134,12 +156,13 @@ impl Application {
                     settings.redis_namespace.as_deref(),
                     settings.redis_timeout,
                     settings.redis_ttl,
+                    metrics.clone(),
                 )
                 .map_err(StartupError::Redis)?,
             ),
             None => None,
         };
-        let cache = Cache::new(memory, redis.clone());
+        let cache = Cache::new(memory, redis.clone(), metrics.clone());
         let mut background = vec![invalidation::spawn_pg_listener(
             cache.clone(),
             self.config.listener_database_url.clone(),
@@ -158,6 +181,15 @@ impl Application {
         if settings.preload {
             preload(&resolver).await;
         }
+        let admin = AdminServer::spawn(
+            self.admin_listener,
+            admin::Sources {
+                metrics: metrics.clone(),
+                store: self.store.clone(),
+                cache: cache.clone(),
+                resolver: resolver.clone(),
+            },
+        );
         let limits = &self.config.limits;
         // Outermost first: the log sees every answer (shed ones too) and
         // applies the deadline; the global cap sheds before any token is
@@ -165,6 +197,7 @@ impl Application {
         let layers = ServiceBuilder::new()
             .layer(RequestLogLayer {
                 max_request_time: Some(self.config.request_timeout),
+                metrics,
             })
             .layer(GlobalLimitLayer::new(limits))
             .layer(AuthLayer::new(JwtVerifier::new(&self.config.jwt_secret)))
@@ -201,6 +234,7 @@ impl Application {
                 handle,
                 drain: self.config.shutdown_timeout,
                 background,
+                admin,
             },
         ))
     }
@@ -259,4 +293,34 @@ struct RunningServer {
     drain: std::time::Duration,
     /// The invalidation listener and subscriber: stopped with the server.
     background: Vec<JoinHandle<()>>,
+    admin: AdminServer,
+}
+
+/// The admin HTTP server and how to stop it.
+struct AdminServer {
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    /// A scraper holding a connection open must not hold up shutdown.
+    const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn spawn(listener: TcpListener, sources: admin::Sources) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = admin::spawn(listener, sources, async {
+            let _ = stopped.await;
+        });
+        AdminServer { stop, handle }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut handle = self.handle;
+        match tokio::time::timeout(Self::STOP_WAIT, &mut handle).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "admin server failed"),
+            Ok(_) => {}
+            Err(_) => handle.abort(),
+        }
+    }
 }

@@ -69,12 +69,22 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        match self.verifier.verify_header(header) {
+        // The token never goes into the span; the role it grants does.
+        let span = tracing::debug_span!(
+            target: "switchboard::auth",
+            "auth.verify",
+            auth.role = tracing::field::Empty,
+            auth.rejected = tracing::field::Empty,
+        );
+        let verified = span.in_scope(|| self.verifier.verify_header(header));
+        match verified {
             Ok(claims) => {
+                span.record("auth.role", claims.role.as_str());
                 request.extensions_mut().insert(claims);
                 Either::Left(self.inner.call(request))
             }
             Err(error) => {
+                span.record("auth.rejected", true);
                 tracing::debug!(%path, reason = %error, "rejected token");
                 let status: Status = error.into();
                 Either::Right(futures_util::future::ready(Ok(status.into_http())))

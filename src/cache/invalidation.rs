@@ -82,6 +82,7 @@ pub fn spawn_pg_listener(cache: Cache, database_url: String) -> JoinHandle<()> {
             loop {
                 match listener.try_recv().await {
                     Ok(Some(notification)) => {
+                        cache.metrics.invalidations.postgres.inc();
                         let invalidation = Invalidation::parse(notification.payload());
                         tracing::debug!(?invalidation, "invalidation from postgres");
                         cache.invalidate(&invalidation).await;
@@ -141,6 +142,7 @@ pub fn spawn_redis_subscriber(cache: Cache, redis: RedisTier) -> JoinHandle<()> 
             attempt = 0;
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {
+                cache.metrics.invalidations.redis.inc();
                 let payload: String = message.get_payload().unwrap_or_default();
                 cache.evict_local(&Invalidation::parse(&payload)).await;
             }

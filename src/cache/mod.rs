@@ -20,6 +20,8 @@ use std::sync::{
     Arc,
 };
 
+use crate::metrics::Metrics;
+
 pub use self::{
     breaker::Breaker,
     invalidation::Invalidation,
@@ -31,6 +33,8 @@ pub use self::{
 pub struct Cache {
     pub memory: MemoryTier,
     pub redis: Option<RedisTier>,
+    /// Lookups per tier and invalidations received are counted here.
+    pub metrics: Metrics,
     generation: Arc<AtomicU64>,
     /// True while the Postgres listener is connected. Only then may a fill
     /// stay in the memory tier: without the listener nothing would evict it.
@@ -38,10 +42,11 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(memory: MemoryTier, redis: Option<RedisTier>) -> Self {
+    pub fn new(memory: MemoryTier, redis: Option<RedisTier>, metrics: Metrics) -> Self {
         Cache {
             memory,
             redis,
+            metrics,
             generation: Arc::new(AtomicU64::new(0)),
             listening: Arc::new(AtomicBool::new(false)),
         }

@@ -19,8 +19,10 @@ use prost::Message;
 use redis::{aio::ConnectionManager, AsyncCommands};
 use tokio::sync::OnceCell;
 
+use tracing::{field::Empty, Instrument};
+
 use super::{breaker::Breaker, memory::Route};
-use crate::pb;
+use crate::{metrics::Metrics, pb};
 
 /// Every key and channel starts with this; bump `v1` when the value format
 /// changes, so old and new replicas never read each other's bytes.
@@ -51,6 +53,7 @@ struct Inner {
     /// Fast path: false while `unsettled` is empty and `unsettled_all` is
     /// not set, so a healthy call path takes no lock.
     any_unsettled: AtomicBool,
+    metrics: Metrics,
 }
 
 impl RedisTier {
@@ -60,6 +63,7 @@ impl RedisTier {
         namespace: Option<&str>,
         timeout: Duration,
         ttl: Duration,
+        metrics: Metrics,
     ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let prefix = match namespace {
@@ -77,6 +81,7 @@ impl RedisTier {
                 unsettled: Mutex::new(HashSet::new()),
                 unsettled_all: AtomicBool::new(false),
                 any_unsettled: AtomicBool::new(false),
+                metrics,
             }),
         };
         let connecting = tier.clone();
@@ -145,11 +150,13 @@ impl RedisTier {
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "redis call failed");
+                self.inner.metrics.redis_errors.failed.inc();
                 self.inner.breaker.record_failure();
                 None
             }
             Err(_) => {
                 tracing::debug!("redis call timed out");
+                self.inner.metrics.redis_errors.timeout.inc();
                 self.inner.breaker.record_failure();
                 None
             }
@@ -185,7 +192,17 @@ impl RedisTier {
         self.inner.any_unsettled.store(any, Ordering::Release);
     }
 
+    /// The route cached for `number`, counted as a hit, a miss, or an error
+    /// (Redis could not answer) in `switchboard_cache_lookups_total`.
     pub async fn get_route(&self, number: &str) -> Option<Route> {
+        let span = tracing::debug_span!(
+            target: "switchboard::cache",
+            "cache.redis",
+            otel.kind = "client",
+            db.system.name = "redis",
+            cache.hit = Empty,
+        );
+        let lookups = &self.inner.metrics.redis_routes;
         if self.is_unsettled(number) {
             // Try the eviction again; either way this read is a miss.
             if self.inner.unsettled_all.load(Ordering::Acquire) {
@@ -193,21 +210,40 @@ impl RedisTier {
             } else {
                 self.delete_routes(&[number.to_owned()]).await;
             }
+            lookups.miss.inc();
             return None;
         }
-        let mut connection = self.connection()?;
-        let key = self.route_key(number);
-        let bytes: Option<Vec<u8>> = self.run(connection.get(&key)).await?;
-        let bytes = bytes?;
-        match pb::ResolveAgentResponse::decode(bytes.as_slice()) {
-            Ok(route) if route.agent.is_some() && route.organization.is_some() => {
-                Some(Arc::new(route))
+        let lookup = async {
+            let Some(mut connection) = self.connection() else {
+                lookups.error.inc();
+                return None;
+            };
+            let key = self.route_key(number);
+            let Some(bytes) = self.run(connection.get::<_, Option<Vec<u8>>>(&key)).await else {
+                lookups.error.inc();
+                return None;
+            };
+            let route =
+                bytes.and_then(
+                    |bytes| match pb::ResolveAgentResponse::decode(bytes.as_slice()) {
+                        Ok(route) if route.agent.is_some() && route.organization.is_some() => {
+                            Some(Arc::new(route))
+                        }
+                        _ => {
+                            tracing::warn!("undecodable route in redis; ignoring it");
+                            None
+                        }
+                    },
+                );
+            match route {
+                Some(_) => lookups.hit.inc(),
+                None => lookups.miss.inc(),
             }
-            _ => {
-                tracing::warn!("undecodable route in redis; ignoring it");
-                None
-            }
-        }
+            route
+        };
+        let route = lookup.instrument(span.clone()).await;
+        span.record("cache.hit", route.is_some());
+        route
     }
 
     pub async fn put_route(&self, number: &str, route: &Route) {

@@ -1,5 +1,7 @@
-//! One log line per request (method, status, latency, org, cache tier), and
-//! the client's gRPC deadline enforced with the right status.
+//! Around every call: the request span (continuing the caller's W3C trace),
+//! the request metrics, one log line (method, status, latency, org, cache
+//! tier, trace id), and the client's gRPC deadline enforced with the right
+//! status.
 //!
 //! tonic's own `Server::timeout` answers CANCELLED when the deadline passes;
 //! a media server expects DEADLINE_EXCEEDED, so the deadline lives here.
@@ -11,19 +13,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry::trace::TraceId;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
+use tracing::{field::Empty, Instrument};
 
-use crate::domain::OrgId;
+use crate::{domain::OrgId, metrics::Metrics, telemetry};
 
 /// Put in a response's extensions by handlers, so the log names the org.
 #[derive(Clone, Copy, Debug)]
 pub struct LoggedOrg(pub OrgId);
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone)]
 pub struct RequestLogLayer {
     /// The server's own limit; the client's `grpc-timeout` wins if shorter.
     pub max_request_time: Option<Duration>,
+    pub metrics: Metrics,
 }
 
 impl<S> Layer<S> for RequestLogLayer {
@@ -33,6 +38,7 @@ impl<S> Layer<S> for RequestLogLayer {
         RequestLog {
             inner,
             max_request_time: self.max_request_time,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -41,6 +47,7 @@ impl<S> Layer<S> for RequestLogLayer {
 pub struct RequestLog<S> {
     inner: S,
     max_request_time: Option<Duration>,
+    metrics: Metrics,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -65,7 +72,14 @@ where
         // The clone that was polled ready serves this call (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = request.uri().path().to_owned();
+        let path = request.uri().path();
+        let method = self.metrics.method(path);
+        // A path we do not serve is logged as sent, but counted as `other`.
+        let unknown_path = (self.metrics.method_label(method) == crate::metrics::OTHER_METHOD)
+            .then(|| path.to_owned());
+        let span = request_span(self.metrics.method_label(method));
+        telemetry::continue_trace(&span, request.headers());
+        let incoming_trace = telemetry::traceparent_trace_id(request.headers());
         let client_deadline = request
             .headers()
             .get("grpc-timeout")
@@ -74,7 +88,9 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Box::pin(async move {
+        let metrics = self.metrics.clone();
+        let request_span = span.clone();
+        let call = async move {
             let started = Instant::now();
             let call = inner.call(request);
             let mut result = match deadline {
@@ -86,11 +102,120 @@ where
             };
             if let Ok(response) = &mut result {
                 decode_error_is_invalid_argument(response);
-                log_request(&method, response, started.elapsed());
+                let finished = Finished::of(response, started.elapsed());
+                metrics.record_request(method, finished.code, finished.tier(), finished.latency);
+                finished.record_on(&request_span);
+                let method = unknown_path
+                    .as_deref()
+                    .unwrap_or(metrics.method_label(method));
+                finished.log(
+                    method,
+                    telemetry::trace_id_of(&request_span, incoming_trace),
+                );
             }
             result.map(tier_to_trailers)
-        })
+        };
+        Box::pin(call.instrument(span))
     }
+}
+
+/// The server span of one call, named `package.Service/Method` as the gRPC
+/// semantic conventions have it. Fields are filled in when it ends.
+fn request_span(method: &str) -> tracing::Span {
+    let (service, rpc_method) = method.split_once('/').unwrap_or((method, ""));
+    tracing::debug_span!(
+        target: "switchboard::grpc",
+        "grpc.request",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = rpc_method,
+        rpc.grpc.status_code = Empty,
+        org.id = Empty,
+        switchboard.cache_tier = Empty,
+    )
+}
+
+/// What the log line, the metrics and the span say about a finished call.
+struct Finished<'a> {
+    code: Code,
+    org: Option<OrgId>,
+    tier: Option<&'a http::HeaderValue>,
+    latency: Duration,
+}
+
+impl<'a> Finished<'a> {
+    fn of<B>(response: &'a http::Response<B>, latency: Duration) -> Self {
+        // Unary errors are trailers-only responses, so their status is in the
+        // headers; a success carries its OK in the trailers.
+        let code = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(Code::from_i32)
+            .unwrap_or(Code::Ok);
+        Finished {
+            code,
+            org: response.extensions().get::<LoggedOrg>().map(|o| o.0),
+            tier: response.headers().get(crate::grpc::CACHE_TIER_HEADER),
+            latency,
+        }
+    }
+
+    fn tier(&self) -> Option<&[u8]> {
+        self.tier.map(http::HeaderValue::as_bytes)
+    }
+
+    fn tier_str(&self) -> Option<&str> {
+        self.tier.and_then(|v| v.to_str().ok())
+    }
+
+    fn record_on(&self, span: &tracing::Span) {
+        if span.is_disabled() {
+            return;
+        }
+        span.record("rpc.grpc.status_code", self.code as i64);
+        if is_server_error(self.code) {
+            span.record("otel.status_code", "error");
+        }
+        if let Some(org) = self.org {
+            span.record("org.id", tracing::field::display(org));
+        }
+        if let Some(tier) = self.tier_str() {
+            span.record("switchboard.cache_tier", tier);
+        }
+    }
+
+    fn log(&self, method: &str, trace_id: Option<TraceId>) {
+        let org = self.org.map(|o| o.to_string());
+        tracing::info!(
+            target: "switchboard::request",
+            method,
+            status = ?self.code,
+            latency_us = self.latency.as_micros() as u64,
+            org = org.as_deref().unwrap_or("-"),
+            cache = self.tier_str().unwrap_or("-"),
+            trace_id = trace_id.map(tracing::field::display),
+            "request"
+        );
+    }
+}
+
+/// The codes the gRPC semantic conventions count as the server's failure
+/// (a client's mistake, like NOT_FOUND, leaves the span unset).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// Handlers set the cache tier as a response header (tonic has no API for
@@ -167,35 +292,6 @@ fn decode_error_is_invalid_argument<B>(response: &mut http::Response<B>) {
             ),
         );
     }
-}
-
-fn log_request<B>(method: &str, response: &http::Response<B>, latency: Duration) {
-    // Unary errors are trailers-only responses, so their status is in the
-    // headers; a success carries its OK in the trailers.
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(Code::from_i32)
-        .unwrap_or(Code::Ok);
-    let org = response
-        .extensions()
-        .get::<LoggedOrg>()
-        .map(|o| o.0.to_string());
-    let tier = response
-        .headers()
-        .get(crate::grpc::CACHE_TIER_HEADER)
-        .and_then(|v| v.to_str().ok());
-    tracing::info!(
-        target: "switchboard::request",
-        method,
-        status = ?code,
-        latency_us = latency.as_micros() as u64,
-        org = org.as_deref().unwrap_or("-"),
-        cache = tier.unwrap_or("-"),
-        "request"
-    );
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).

@@ -5,5 +5,5 @@
 mod postgres;
 mod sql_literal;
 
-pub use postgres::{PgStore, PoolSettings};
+pub use postgres::{PgStore, PoolSettings, PoolStats};
 pub use sql_literal::sql_literal;

@@ -12,14 +12,22 @@
 //! inside that transaction, so their parse and execute reach the same server;
 //! `ResolveAgent` is one simple-protocol statement.
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
-    pool::PoolOptions,
+    pool::{PoolConnection, PoolOptions},
     postgres::{PgConnectOptions, PgDatabaseError, PgRow},
-    PgPool, Postgres, Row, Transaction,
+    ConnectOptions, Executor, PgPool, Postgres, Row, Transaction,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::sql_literal;
@@ -61,6 +69,18 @@ pub struct PgStore {
     /// else the same pool as `pool`. A replica may lag the primary.
     read_pool: PgPool,
     statement_timeout_ms: u128,
+    max_connections: u32,
+    /// Requests in `acquire` now; sqlx does not expose its wait queue.
+    waiting: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub max: u32,
+    /// Open connections, in use or idle.
+    pub size: u32,
+    pub idle: u32,
+    pub waiting: u64,
 }
 
 const AGENT_COLUMNS: &str =
@@ -84,6 +104,8 @@ impl PgStore {
             read_pool: pool.clone(),
             pool,
             statement_timeout_ms: settings.statement_timeout.as_millis(),
+            max_connections: settings.max_connections,
+            waiting: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -140,10 +162,39 @@ impl PgStore {
             role = claims.role.as_str(),
             timeout = self.statement_timeout_ms,
         );
-        self.pool_for(access)
-            .begin_with(begin)
+        let connection = self.acquire(access).await?;
+        // `Pool::begin_with` is exactly this, minus the acquire we count.
+        Transaction::begin(connection, Some(begin.into()))
+            .instrument(statement("begin"))
             .await
             .map_err(|e| db_error(e, "begin"))
+    }
+
+    /// A connection from the pool; the request counts as waiting
+    /// (`switchboard_db_pool_waiting`) until it has one or the acquire
+    /// timeout passes. Taking an idle connection is a moment of that, so
+    /// the gauge stays at 0 unless requests queue. (`Pool::try_acquire`
+    /// first would skip the pool's idle-connection checks.)
+    async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
+        let _waiting = Waiting::start(&self.waiting);
+        self.pool_for(access)
+            .acquire()
+            .instrument(tracing::debug_span!(
+                target: "switchboard::store",
+                "db.pool.acquire"
+            ))
+            .await
+            .map_err(|e| db_error(e, "acquire"))
+    }
+
+    /// Connections open, idle, waited for, and the limit: for `/metrics`.
+    pub fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            max: self.max_connections,
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
     }
 
     /// The call path: one statement, one round trip.
@@ -165,8 +216,11 @@ impl PgStore {
         );
         // `RawSql::fetch_optional` in sqlx 0.8 errors on zero rows (it calls
         // `fetch_one`), so fetch all: the number is unique, at most one row.
-        let rows = sqlx::raw_sql(&sql)
-            .fetch_all(self.pool_for(Access::Read))
+        let mut connection = self.acquire(Access::Read).await?;
+        // Through `Executor` (a boxed future): `RawSql::fetch_all` on a
+        // connection is not `Send` for every lifetime, which tonic needs.
+        let rows = Executor::fetch_all(&mut *connection, sqlx::raw_sql(&sql))
+            .instrument(statement("resolve_agent"))
             .await
             .map_err(|e| db_error(e, "resolve_agent"))?;
         rows.first().map(resolution_from_row).transpose()
@@ -209,6 +263,7 @@ impl PgStore {
         .persistent(false)
         .bind(id.as_uuid())
         .fetch_optional(&mut *tx)
+        .instrument(statement("get_agent"))
         .await
         .map_err(|e| db_error(e, "get_agent"))?;
         commit(tx).await?;
@@ -231,6 +286,7 @@ impl PgStore {
         .bind(page.after)
         .bind(i64::from(page.size) + 1)
         .fetch_all(&mut *tx)
+        .instrument(statement("list_agents"))
         .await
         .map_err(|e| db_error(e, "list_agents"))?;
         commit(tx).await?;
@@ -256,6 +312,7 @@ impl PgStore {
         .bind(agent.llm_config.as_json())
         .bind(agent.is_active)
         .fetch_one(&mut *tx)
+        .instrument(statement("create_agent"))
         .await
         .map_err(|e| db_error(e, "create_agent"))?;
         commit(tx).await?;
@@ -295,6 +352,7 @@ impl PgStore {
         .bind(patch.llm_config.as_ref().map(LlmConfig::as_json))
         .bind(patch.is_active)
         .fetch_optional(&mut *tx)
+        .instrument(statement("update_agent"))
         .await
         .map_err(|e| db_error(e, "update_agent"))?;
         let Some(row) = row else {
@@ -315,6 +373,7 @@ impl PgStore {
         .persistent(false)
         .bind(id.as_uuid())
         .fetch_optional(&mut *tx)
+        .instrument(statement("delete_agent"))
         .await
         .map_err(|e| db_error(e, "delete_agent"))?;
         let Some(row) = row else {
@@ -386,6 +445,7 @@ impl PgStore {
         .bind(phone.as_str())
         .bind(org_id.map(|o| o.as_uuid()))
         .fetch_all(&mut *tx)
+        .instrument(statement("lookup_customer"))
         .await
         .map_err(|e| db_error(e, "lookup_customer"))?;
         commit(tx).await?;
@@ -407,6 +467,7 @@ impl PgStore {
         .persistent(false)
         .bind(id.as_uuid())
         .fetch_optional(&mut *tx)
+        .instrument(statement("get_customer"))
         .await
         .map_err(|e| db_error(e, "get_customer"))?;
         commit(tx).await?;
@@ -429,6 +490,7 @@ impl PgStore {
         .bind(page.after)
         .bind(i64::from(page.size) + 1)
         .fetch_all(&mut *tx)
+        .instrument(statement("list_customers"))
         .await
         .map_err(|e| db_error(e, "list_customers"))?;
         commit(tx).await?;
@@ -457,6 +519,7 @@ impl PgStore {
         .bind(customer.name.as_deref())
         .bind(customer.email.as_deref())
         .fetch_one(&mut *tx)
+        .instrument(statement("upsert_customer"))
         .await
         .map_err(|e| db_error(e, "upsert_customer"))?;
         commit(tx).await?;
@@ -475,6 +538,7 @@ impl PgStore {
         .persistent(false)
         .bind(id.as_uuid())
         .fetch_optional(&mut *tx)
+        .instrument(statement("delete_customer"))
         .await
         .map_err(|e| db_error(e, "delete_customer"))?;
         let Some(row) = row else {
@@ -486,7 +550,12 @@ impl PgStore {
 }
 
 fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("switchboard");
+    // No statement logging by sqlx (it logs slow ones at WARN, SQL in
+    // full): ours carries the caller's claims and phone numbers as
+    // literals. The `db.statement` spans time them by operation instead.
+    let options = PgConnectOptions::from_str(url)?
+        .application_name("switchboard")
+        .disable_statement_logging();
     Ok(PoolOptions::<Postgres>::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
@@ -495,7 +564,40 @@ fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> 
 }
 
 async fn commit(tx: Transaction<'static, Postgres>) -> Result<(), Error> {
-    tx.commit().await.map_err(|e| db_error(e, "commit"))
+    tx.commit()
+        .instrument(statement("commit"))
+        .await
+        .map_err(|e| db_error(e, "commit"))
+}
+
+/// The span of one round trip to Postgres. Named by our operation, never by
+/// its SQL: ours carries the caller's claims and phone numbers as literals.
+fn statement(operation: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        target: "switchboard::store",
+        "db.statement",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+    )
+}
+
+/// Counts a request as waiting for a connection until dropped (also when
+/// the acquire is cancelled by a deadline).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn start(waiting: &'a AtomicU64) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A write touched no row. RLS still decides: if the caller can see the row
@@ -514,6 +616,7 @@ async fn missing_or_forbidden(
     .persistent(false)
     .bind(id)
     .fetch_one(&mut *tx)
+    .instrument(statement("visibility_check"))
     .await;
     let _ = tx.rollback().await;
     match visible {

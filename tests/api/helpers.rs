@@ -369,6 +369,8 @@ impl Default for AppOptions {
 /// The service running on a loopback port over its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin HTTP port (`/metrics`).
+    pub admin_addr: SocketAddr,
     /// Shared by replicas of the same deployment (`spawn_replica`).
     pub db: std::sync::Arc<TestDb>,
     stop: Option<oneshot::Sender<()>>,
@@ -403,6 +405,7 @@ impl TestApp {
                 .then(|| options.redis_url.clone().unwrap_or_else(redis_url)),
             jwt_secret: Some(SECRET.into()),
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             db_max_connections: 4,
             db_acquire_timeout_ms: 1_000,
             request_timeout_ms: options.request_timeout_ms,
@@ -428,6 +431,7 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("build: {e}"));
         let addr = app.local_addr();
+        let admin_addr = app.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = app
@@ -438,6 +442,7 @@ impl TestApp {
         });
         TestApp {
             addr,
+            admin_addr,
             db,
             stop: Some(stop),
             server: Some(server),

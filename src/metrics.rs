@@ -1,0 +1,595 @@
+//! Prometheus metrics: counters and histograms the request path updates, and
+//! their text exposition (served by `admin`).
+//!
+//! Why no metrics crate: every series here has a label set fixed at start-up
+//! (methods come from the served protobuf descriptors, codes and tiers are
+//! closed sets), so each is a plain atomic in a table built once. Updating one
+//! is a `fetch_add`: no lock, no hashing of labels, no allocation, which keeps
+//! a memory-tier hit (~100 ns of work) cheap. The client crates put a mutex in
+//! every histogram (`prometheus-client`) or need a process-global recorder
+//! (`metrics`), which would also tie every test server in one process to one
+//! set of numbers. Gauges that mirror state owned elsewhere (pool, breakers,
+//! listener) are read when scraped, not kept here.
+
+use std::{
+    collections::HashMap,
+    fmt::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use prost::Message;
+use tonic::Code;
+
+/// Upper bounds (inclusive, nanoseconds) of the latency buckets: from a
+/// memory hit (~100 µs end to end) to the request timeout.
+const LATENCY_BOUNDS_NS: [u64; 16] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+];
+
+/// grpc-go's names, which dashboards and `ghz` reports already use.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The `tier` label of request latency: which cache tier answered
+/// (`ResolveAgent` only), `none` for every other call.
+const TIER_NAMES: [&str; 4] = ["none", "memory", "redis", "db"];
+
+/// The method label of a path that names no served method. Bounded: a client
+/// cannot grow the number of series by calling made-up paths.
+pub const OTHER_METHOD: &str = "other";
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A fixed-bucket histogram of durations. Buckets hold their own counts (not
+/// cumulative), so an observation touches one bucket and the sum.
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NS.partition_point(|&bound| bound < ns);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Observations so far (the `+Inf` bucket).
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Route lookups in one tier, so a hit ratio is `hit / (hit + miss + error)`.
+#[derive(Default)]
+pub struct Lookups {
+    pub hit: Counter,
+    pub miss: Counter,
+    /// The tier could not answer (Redis down, timed out, breaker open).
+    pub error: Counter,
+}
+
+#[derive(Default)]
+pub struct RedisErrors {
+    pub timeout: Counter,
+    pub failed: Counter,
+}
+
+#[derive(Default)]
+pub struct Invalidations {
+    /// Notifications from the Postgres listener.
+    pub postgres: Counter,
+    /// Fan-out messages from other replicas over Redis pub/sub.
+    pub redis: Counter,
+}
+
+/// Per method: calls by status code, latency by answering tier.
+struct MethodStats {
+    label: Box<str>,
+    codes: [Counter; CODE_NAMES.len()],
+    latency: [Histogram; TIER_NAMES.len()],
+}
+
+impl MethodStats {
+    fn new(label: &str) -> Self {
+        MethodStats {
+            label: label.into(),
+            codes: Default::default(),
+            latency: Default::default(),
+        }
+    }
+}
+
+/// An index into the method table, resolved once per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodId(usize);
+
+pub struct Registry {
+    /// Served methods, then `other` last.
+    methods: Box<[MethodStats]>,
+    /// `/package.Service/Method` → index in `methods`. Read-only after start.
+    by_path: HashMap<Box<str>, usize>,
+    pub memory_routes: Lookups,
+    pub memory_callers: Lookups,
+    pub redis_routes: Lookups,
+    pub redis_errors: RedisErrors,
+    pub invalidations: Invalidations,
+}
+
+/// A cheap handle to one server's metrics. Each `Application` has its own, so
+/// servers sharing a process (tests) do not mix their numbers.
+#[derive(Clone)]
+pub struct Metrics(Arc<Registry>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Registry;
+
+    fn deref(&self) -> &Registry {
+        &self.0
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Every method of the services this server registers, as
+/// `package.Service/Method`, read from their descriptor sets.
+fn served_methods() -> Vec<String> {
+    let descriptor_sets = [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut methods = Vec::new();
+    for bytes in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
+            tracing::warn!("a descriptor set does not decode; its methods count as `other`");
+            continue;
+        };
+        for file in set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.push(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
+/// Gauges read at scrape time from the parts that own the state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub pool_max: u32,
+    /// Open connections (in use + idle).
+    pub pool_size: u32,
+    pub pool_idle: u32,
+    /// Requests waiting for a connection right now.
+    pub pool_waiting: u64,
+    pub database_breaker_open: bool,
+    /// `None` without a Redis tier (its series are then left out).
+    pub redis_breaker_open: Option<bool>,
+    pub invalidation_listener_connected: bool,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut methods: Vec<MethodStats> = served_methods()
+            .iter()
+            .map(|m| MethodStats::new(m))
+            .collect();
+        let by_path = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("/{}", m.label).into_boxed_str(), i))
+            .collect();
+        methods.push(MethodStats::new(OTHER_METHOD));
+        Metrics(Arc::new(Registry {
+            methods: methods.into_boxed_slice(),
+            by_path,
+            memory_routes: Lookups::default(),
+            memory_callers: Lookups::default(),
+            redis_routes: Lookups::default(),
+            redis_errors: RedisErrors::default(),
+            invalidations: Invalidations::default(),
+        }))
+    }
+}
+
+impl Registry {
+    /// The method a request path names (`other` if none).
+    pub fn method(&self, path: &str) -> MethodId {
+        MethodId(
+            self.by_path
+                .get(path)
+                .copied()
+                .unwrap_or(self.methods.len() - 1),
+        )
+    }
+
+    /// `package.Service/Method`, or `other`.
+    pub fn method_label(&self, method: MethodId) -> &str {
+        &self.methods[method.0].label
+    }
+
+    /// One finished call: `tier` is the `x-switchboard-cache` value, if any.
+    pub fn record_request(
+        &self,
+        method: MethodId,
+        code: Code,
+        tier: Option<&[u8]>,
+        elapsed: Duration,
+    ) {
+        let stats = &self.methods[method.0];
+        let code = usize::try_from(code as i32)
+            .ok()
+            .filter(|&c| c < CODE_NAMES.len())
+            .unwrap_or(Code::Unknown as usize);
+        stats.codes[code].inc();
+        let tier = match tier {
+            Some(b"memory") => 1,
+            Some(b"redis") => 2,
+            Some(b"db") => 3,
+            _ => 0,
+        };
+        stats.latency[tier].observe(elapsed);
+    }
+
+    /// Calls of `method` (a `package.Service/Method` label) that ended with
+    /// `code`; for tests and the bench.
+    pub fn requests(&self, method: &str, code: Code) -> u64 {
+        self.methods
+            .iter()
+            .find(|m| &*m.label == method)
+            .and_then(|m| m.codes.get(code as usize))
+            .map_or(0, Counter::get)
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = self.write_all(&mut out, gauges);
+        out
+    }
+
+    fn write_all(&self, out: &mut String, gauges: &Gauges) -> std::fmt::Result {
+        header(
+            out,
+            "switchboard_grpc_requests_total",
+            "counter",
+            "gRPC calls finished, by method and status code.",
+        )?;
+        for stats in self.methods.iter() {
+            for (code, counter) in CODE_NAMES.iter().zip(&stats.codes) {
+                let value = counter.get();
+                // Series appear on first use: 17 codes × every method would
+                // be mostly zeros.
+                if value > 0 {
+                    writeln!(
+                        out,
+                        "switchboard_grpc_requests_total{{method=\"{}\",code=\"{code}\"}} {value}",
+                        stats.label
+                    )?;
+                }
+            }
+        }
+        header(
+            out,
+            "switchboard_grpc_request_duration_seconds",
+            "histogram",
+            "gRPC call latency in the server, by method and the cache tier that answered (ResolveAgent; none otherwise).",
+        )?;
+        for stats in self.methods.iter() {
+            for (tier, histogram) in TIER_NAMES.iter().zip(&stats.latency) {
+                let labels = format!("method=\"{}\",tier=\"{tier}\"", stats.label);
+                write_histogram(
+                    out,
+                    "switchboard_grpc_request_duration_seconds",
+                    &labels,
+                    histogram,
+                )?;
+            }
+        }
+
+        header(
+            out,
+            "switchboard_cache_lookups_total",
+            "counter",
+            "Cache lookups by tier, entry kind and result; hit ratio = hit / sum.",
+        )?;
+        let redis = gauges.redis_breaker_open.is_some();
+        let lookups = [
+            ("memory", "route", &self.memory_routes, false),
+            ("memory", "caller", &self.memory_callers, false),
+        ]
+        .into_iter()
+        .chain(redis.then_some(("redis", "route", &self.redis_routes, true)));
+        for (tier, entry, counts, can_fail) in lookups {
+            let mut results = vec![("hit", &counts.hit), ("miss", &counts.miss)];
+            if can_fail {
+                results.push(("error", &counts.error));
+            }
+            for (result, counter) in results {
+                writeln!(
+                    out,
+                    "switchboard_cache_lookups_total{{tier=\"{tier}\",entry=\"{entry}\",result=\"{result}\"}} {}",
+                    counter.get()
+                )?;
+            }
+        }
+        if let Some(open) = gauges.redis_breaker_open {
+            header(
+                out,
+                "switchboard_redis_errors_total",
+                "counter",
+                "Redis calls that failed, by kind (a failure is a cache miss, never a call error).",
+            )?;
+            writeln!(
+                out,
+                "switchboard_redis_errors_total{{kind=\"timeout\"}} {}",
+                self.redis_errors.timeout.get()
+            )?;
+            writeln!(
+                out,
+                "switchboard_redis_errors_total{{kind=\"error\"}} {}",
+                self.redis_errors.failed.get()
+            )?;
+            gauge(
+                out,
+                "switchboard_redis_breaker_open",
+                "1 while the Redis circuit breaker skips Redis.",
+                u64::from(open),
+            )?;
+        }
+        gauge(
+            out,
+            "switchboard_database_breaker_open",
+            "1 while the database circuit breaker fails cache misses at once.",
+            u64::from(gauges.database_breaker_open),
+        )?;
+
+        header(
+            out,
+            "switchboard_invalidations_received_total",
+            "counter",
+            "Cache invalidations received, by source.",
+        )?;
+        writeln!(
+            out,
+            "switchboard_invalidations_received_total{{source=\"postgres\"}} {}",
+            self.invalidations.postgres.get()
+        )?;
+        writeln!(
+            out,
+            "switchboard_invalidations_received_total{{source=\"redis\"}} {}",
+            self.invalidations.redis.get()
+        )?;
+        gauge(
+            out,
+            "switchboard_invalidation_listener_connected",
+            "1 while the Postgres invalidation listener is connected (only then are new fills kept in memory).",
+            u64::from(gauges.invalidation_listener_connected),
+        )?;
+
+        header(
+            out,
+            "switchboard_db_pool_connections",
+            "gauge",
+            "Postgres pool connections by state.",
+        )?;
+        let in_use = gauges.pool_size.saturating_sub(gauges.pool_idle);
+        writeln!(
+            out,
+            "switchboard_db_pool_connections{{state=\"in_use\"}} {in_use}"
+        )?;
+        writeln!(
+            out,
+            "switchboard_db_pool_connections{{state=\"idle\"}} {}",
+            gauges.pool_idle
+        )?;
+        gauge(
+            out,
+            "switchboard_db_pool_max_connections",
+            "The pool's limit (SWITCHBOARD_DB_MAX_CONNECTIONS).",
+            u64::from(gauges.pool_max),
+        )?;
+        gauge(
+            out,
+            "switchboard_db_pool_waiting",
+            "Requests waiting for a Postgres connection now.",
+            gauges.pool_waiting,
+        )
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    header(out, name, "gauge", help)?;
+    writeln!(out, "{name} {value}")
+}
+
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    histogram: &Histogram,
+) -> std::fmt::Result {
+    let counts: Vec<u64> = histogram
+        .buckets
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let mut cumulative = 0;
+    for (bound, count) in LATENCY_BOUNDS_NS.iter().zip(&counts) {
+        cumulative += count;
+        let seconds = *bound as f64 / 1e9;
+        writeln!(
+            out,
+            "{name}_bucket{{{labels},le=\"{seconds}\"}} {cumulative}"
+        )?;
+    }
+    // The count is the sum of the buckets read above, so `+Inf` and
+    // `_count` agree even while requests are being recorded.
+    writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}")?;
+    let sum = histogram.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    writeln!(out, "{name}_sum{{{labels}}} {sum}")?;
+    writeln!(out, "{name}_count{{{labels}}} {total}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_come_from_the_descriptors() {
+        let metrics = Metrics::new();
+        let resolve = metrics.method("/switchboard.v1.AgentService/ResolveAgent");
+        assert_eq!(
+            metrics.method_label(resolve),
+            "switchboard.v1.AgentService/ResolveAgent"
+        );
+        let health = metrics.method("/grpc.health.v1.Health/Check");
+        assert_eq!(metrics.method_label(health), "grpc.health.v1.Health/Check");
+        let made_up = metrics.method("/switchboard.v1.AgentService/Nope");
+        assert_eq!(metrics.method_label(made_up), OTHER_METHOD);
+        assert_eq!(made_up, metrics.method("/x"));
+    }
+
+    #[test]
+    fn buckets_are_inclusive_and_cumulative() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(50)); // on the first bound
+        histogram.observe(Duration::from_micros(51));
+        histogram.observe(Duration::from_secs(60)); // beyond the last
+        assert_eq!(histogram.count(), 3);
+        let mut out = String::new();
+        write_histogram(&mut out, "h", "m=\"x\"", &histogram).unwrap_or_default();
+        assert!(
+            out.contains("h_bucket{m=\"x\",le=\"0.00005\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("h_bucket{m=\"x\",le=\"0.0001\"} 2\n"), "{out}");
+        assert!(out.contains("h_bucket{m=\"x\",le=\"5\"} 2\n"), "{out}");
+        assert!(out.contains("h_bucket{m=\"x\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("h_count{m=\"x\"} 3\n"), "{out}");
+        assert!(out.contains("h_sum{m=\"x\"} 60.000101\n"), "{out}");
+    }
+
+    #[test]
+    fn requests_are_counted_by_method_code_and_tier() {
+        let metrics = Metrics::new();
+        let resolve = metrics.method("/switchboard.v1.AgentService/ResolveAgent");
+        metrics.record_request(
+            resolve,
+            Code::Ok,
+            Some(b"memory"),
+            Duration::from_micros(80),
+        );
+        metrics.record_request(resolve, Code::NotFound, None, Duration::from_millis(1));
+        let text = metrics.render(&Gauges::default());
+        assert!(text.contains(
+            "switchboard_grpc_requests_total{method=\"switchboard.v1.AgentService/ResolveAgent\",code=\"OK\"} 1\n"
+        ));
+        assert!(text.contains(
+            "switchboard_grpc_requests_total{method=\"switchboard.v1.AgentService/ResolveAgent\",code=\"NotFound\"} 1\n"
+        ));
+        assert!(text.contains(
+            "switchboard_grpc_request_duration_seconds_count{method=\"switchboard.v1.AgentService/ResolveAgent\",tier=\"memory\"} 1\n"
+        ));
+        assert!(
+            !text.contains("ResolveAgent\",tier=\"redis\""),
+            "unused series stay out"
+        );
+        assert_eq!(
+            metrics.requests("switchboard.v1.AgentService/ResolveAgent", Code::Ok),
+            1
+        );
+        assert!(
+            !text.contains("switchboard_redis_"),
+            "no Redis tier, no Redis series"
+        );
+        let with_redis = metrics.render(&Gauges {
+            redis_breaker_open: Some(true),
+            ..Gauges::default()
+        });
+        assert!(with_redis.contains("\nswitchboard_redis_breaker_open 1\n"));
+        assert!(with_redis.contains("tier=\"redis\",entry=\"route\",result=\"error\"} 0\n"));
+    }
+}
