@@ -50,7 +50,7 @@ export SWITCHBOARD_TENANT_MAX_CONCURRENT=0
 # $1 port, then env assignments for this server.
 serve() {
   local port=$1; shift
-  env SWITCHBOARD_LISTEN=127.0.0.1:$port SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:1$port "$@" "$BIN" serve >"$OUT/server-$port.log" 2>&1 &
+  env SWITCHBOARD_LISTEN=127.0.0.1:$port SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$((port - 10000)) "$@" "$BIN" serve >"$OUT/server-$port.log" 2>&1 &
   PIDS+=($!)
   echo $! >"$OUT/pid-$port"
   for _ in $(seq 100); do
