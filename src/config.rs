@@ -5,7 +5,10 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{auth::MIN_SECRET_LEN, store::PoolSettings};
+use crate::{
+    auth::{JwksSettings, JwksSource, MIN_SECRET_LEN},
+    store::PoolSettings,
+};
 
 /// The JWT secret of a local Supabase (`supabase start`), used by `dev`.
 pub const DEV_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
@@ -62,6 +65,19 @@ pub struct ServeArgs {
     /// The Supabase project's JWT secret (HS256).
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A JWKS URL (Supabase: https://<ref>.supabase.co/auth/v1/.well-known/jwks.json):
+    /// RS256 and ES256 tokens are verified with its keys, picked by kid.
+    #[arg(long, env = "SUPABASE_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// The same as a local JSON file, instead of a URL.
+    #[arg(long, env = "SUPABASE_JWKS_FILE")]
+    pub jwks_file: Option<String>,
+    /// How often the JWKS is reloaded.
+    #[arg(long, env = "SWITCHBOARD_JWKS_REFRESH_SECS", default_value_t = 600)]
+    pub jwks_refresh_secs: u64,
+    /// A token naming an unknown kid triggers a reload, at most this often.
+    #[arg(long, env = "SWITCHBOARD_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub jwks_min_refresh_secs: u64,
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: String,
     /// Postgres connections this replica may hold.
@@ -124,6 +140,10 @@ impl ServeArgs {
             database_url: None,
             redis_url: None,
             jwt_secret: None,
+            jwks_url: None,
+            jwks_file: None,
+            jwks_refresh_secs: 600,
+            jwks_min_refresh_secs: 30,
             listen: "0.0.0.0:50051".into(),
             db_max_connections: 16,
             db_acquire_timeout_ms: 1000,
@@ -176,6 +196,8 @@ pub struct ServeConfig {
     pub database_url: String,
     pub redis_url: Option<String>,
     pub jwt_secret: String,
+    /// RS256/ES256 keys, beside the HS256 secret.
+    pub jwks: Option<JwksSettings>,
     pub pool: PoolSettings,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -195,6 +217,7 @@ pub struct CacheSettings {
 
 impl ServeConfig {
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let jwks = jwks_settings(&args)?;
         let database_url = args
             .database_url
             .filter(|u| !u.trim().is_empty())
@@ -255,6 +278,7 @@ impl ServeConfig {
             database_url,
             redis_url,
             jwt_secret,
+            jwks,
             pool: PoolSettings {
                 max_connections: args.db_max_connections,
                 acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms.max(1)),
@@ -264,6 +288,42 @@ impl ServeConfig {
             shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
         })
     }
+}
+
+fn jwks_settings(args: &ServeArgs) -> Result<Option<JwksSettings>, ConfigError> {
+    let url = args
+        .jwks_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let file = args
+        .jwks_file
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty());
+    let source = match (url, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError(
+                "set SUPABASE_JWKS_URL or SUPABASE_JWKS_FILE, not both".into(),
+            ))
+        }
+        (Some(url), None) => {
+            let parsed = reqwest::Url::parse(url).ok();
+            if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+                return Err(ConfigError(
+                    "SUPABASE_JWKS_URL is not a valid http(s):// URL".into(),
+                ));
+            }
+            JwksSource::Url(url.to_owned())
+        }
+        (None, Some(file)) => JwksSource::File(file.into()),
+    };
+    Ok(Some(JwksSettings {
+        source,
+        refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
+        min_refresh: Duration::from_secs(args.jwks_min_refresh_secs.max(1)),
+    }))
 }
 
 fn is_postgres_url(url: &str) -> bool {
@@ -336,6 +396,53 @@ mod tests {
                 ..args()
             }),
             "REDIS_URL is not a valid redis:// URL"
+        );
+        assert_eq!(
+            error(ServeArgs {
+                jwks_url: Some("https://x.supabase.co/auth/v1/.well-known/jwks.json".into()),
+                jwks_file: Some("/etc/jwks.json".into()),
+                ..args()
+            }),
+            "set SUPABASE_JWKS_URL or SUPABASE_JWKS_FILE, not both"
+        );
+        for bad in ["ftp://x/jwks.json", "jwks.json", "https://"] {
+            assert_eq!(
+                error(ServeArgs {
+                    jwks_url: Some(bad.into()),
+                    ..args()
+                }),
+                "SUPABASE_JWKS_URL is not a valid http(s):// URL",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn jwks_settings_are_optional_and_validated() {
+        let jwks = |args: ServeArgs| ServeConfig::from_args(args).ok().and_then(|c| c.jwks);
+        assert_eq!(jwks(args()), None);
+        assert_eq!(
+            jwks(ServeArgs {
+                jwks_url: Some(" https://x.supabase.co/auth/v1/.well-known/jwks.json ".into()),
+                jwks_min_refresh_secs: 0,
+                ..args()
+            }),
+            Some(JwksSettings {
+                source: JwksSource::Url(
+                    "https://x.supabase.co/auth/v1/.well-known/jwks.json".into()
+                ),
+                refresh: Duration::from_secs(600),
+                min_refresh: Duration::from_secs(1),
+            })
+        );
+        assert_eq!(
+            jwks(ServeArgs {
+                jwks_file: Some("/etc/switchboard/jwks.json".into()),
+                jwks_url: Some("".into()),
+                ..args()
+            })
+            .map(|s| s.source),
+            Some(JwksSource::File("/etc/switchboard/jwks.json".into()))
         );
     }
 }

@@ -9,7 +9,7 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use tower::ServiceBuilder;
 
 use crate::{
-    auth::{AuthLayer, JwtVerifier},
+    auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{invalidation, Cache, MemoryTier, RedisTier},
     config::ServeConfig,
     grpc::{AgentApi, CustomerApi, RequestLogLayer},
@@ -31,6 +31,8 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("REDIS_URL is not usable: {0}")]
     Redis(redis::RedisError),
+    #[error("{0}")]
+    Jwks(#[from] JwksError),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -40,6 +42,8 @@ pub struct Application {
     listener: TcpListener,
     config: ServeConfig,
     store: PgStore,
+    /// Loaded at build so a bad JWKS setting stops start-up.
+    jwks: Option<Jwks>,
 }
 
 const LISTENER_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -57,10 +61,15 @@ impl Application {
             .map_err(|e| StartupError::Listen(config.listen, e))?;
         let store = PgStore::connect_lazy(&config.database_url, &config.pool)
             .map_err(StartupError::Database)?;
+        let jwks = match &config.jwks {
+            Some(settings) => Some(Jwks::load(settings.clone()).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
             config,
             store,
+            jwks,
         })
     }
 
@@ -142,6 +151,11 @@ impl Application {
         if let Some(redis) = redis {
             background.push(invalidation::spawn_redis_subscriber(cache.clone(), redis));
         }
+        let mut verifier = JwtVerifier::new(&self.config.jwt_secret);
+        if let Some(jwks) = self.jwks {
+            background.extend(jwks.spawn_refresher());
+            verifier = verifier.with_jwks(jwks);
+        }
         // Serve once invalidation is live, so nothing cached in the first
         // moments can miss a change; with the database down, start anyway
         // (nothing is kept in memory until the listener connects).
@@ -154,7 +168,7 @@ impl Application {
             .layer(RequestLogLayer {
                 max_request_time: Some(self.config.request_timeout),
             })
-            .layer(AuthLayer::new(JwtVerifier::new(&self.config.jwt_secret)))
+            .layer(AuthLayer::new(verifier))
             .into_inner();
 
         let router = Server::builder()
