@@ -334,4 +334,207 @@ mod tests {
             Err(unauthenticated("authorization must be 'Bearer <token>'"))
         );
     }
+
+    /// A signing key made at test time, with its public JWK.
+    struct TestKey {
+        kid: String,
+        alg: Algorithm,
+        signing: EncodingKey,
+        jwk: Value,
+        public_pem: String,
+    }
+
+    impl TestKey {
+        fn sign_as(&self, alg: Algorithm, kid: &str, claims: &Value) -> String {
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.to_owned());
+            jsonwebtoken::encode(&header, claims, &self.signing).unwrap_or_default()
+        }
+
+        fn sign(&self, claims: &Value) -> String {
+            self.sign_as(self.alg, &self.kid, claims)
+        }
+    }
+
+    fn test_key(kid: &str, alg: Algorithm, signing: EncodingKey, public_pem: String) -> TestKey {
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&signing, alg)
+            .unwrap_or_else(|e| panic!("jwk: {e}"));
+        jwk.common.key_id = Some(kid.to_owned());
+        TestKey {
+            kid: kid.to_owned(),
+            alg,
+            signing,
+            jwk: serde_json::to_value(jwk).unwrap_or_default(),
+            public_pem,
+        }
+    }
+
+    fn rsa_key() -> &'static TestKey {
+        static KEY: std::sync::OnceLock<TestKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| {
+            use rsa::pkcs1::EncodeRsaPrivateKey;
+            use rsa::pkcs8::{EncodePublicKey, LineEnding};
+            let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+                .unwrap_or_else(|e| panic!("rsa: {e}"));
+            let der = private
+                .to_pkcs1_der()
+                .unwrap_or_else(|e| panic!("rsa der: {e}"));
+            let pem = private
+                .to_public_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap_or_default();
+            test_key(
+                "rsa-1",
+                Algorithm::RS256,
+                EncodingKey::from_rsa_der(der.as_bytes()),
+                pem,
+            )
+        })
+    }
+
+    fn ec_key(kid: &str) -> TestKey {
+        use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let der = secret
+            .to_pkcs8_der()
+            .unwrap_or_else(|e| panic!("p256 der: {e}"));
+        let pem = secret
+            .public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap_or_default();
+        test_key(
+            kid,
+            Algorithm::ES256,
+            EncodingKey::from_ec_der(der.as_bytes()),
+            pem,
+        )
+    }
+
+    fn with_keys(keys: &[&TestKey]) -> JwtVerifier {
+        let jwks: Vec<&Value> = keys.iter().map(|k| &k.jwk).collect();
+        let document = serde_json::json!({ "keys": jwks }).to_string();
+        let jwks = Jwks::from_document(document.as_bytes()).unwrap_or_else(|e| panic!("jwks: {e}"));
+        verifier().with_jwks(jwks)
+    }
+
+    fn outcome(verifier: &JwtVerifier, token: &str) -> String {
+        match verifier.verify(token) {
+            Ok(c) => format!("accepted as {}", c.role.as_str()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn service_claims() -> Value {
+        serde_json::json!({"role": "service_role", "exp": now() + 60, "iat": now()})
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_the_key_their_kid_names() {
+        let ec = ec_key("ec-1");
+        let v = with_keys(&[rsa_key(), &ec]);
+        assert_eq!(
+            outcome(&v, &rsa_key().sign(&service_claims())),
+            "accepted as service_role"
+        );
+        assert_eq!(
+            outcome(&v, &ec.sign(&service_claims())),
+            "accepted as service_role"
+        );
+        let sub = Uuid::new_v4();
+        let claims = v.verify(&ec.sign(&serde_json::json!({
+            "role": "authenticated", "sub": sub.to_string(), "exp": now() + 60,
+        })));
+        assert_eq!(claims.map(|c| c.sub), Ok(Some(sub)));
+        // HS256 keeps working beside the JWKS.
+        assert_eq!(
+            outcome(&v, &sign(service_claims())),
+            "accepted as service_role"
+        );
+        // The same time rules as HS256.
+        let expired = serde_json::json!({"role": "anon", "exp": now() - 40});
+        assert_eq!(outcome(&v, &ec.sign(&expired)), "token has expired");
+    }
+
+    #[test]
+    fn asymmetric_tokens_need_a_known_kid_of_the_right_type() {
+        let ec = ec_key("ec-1");
+        let stranger = ec_key("ec-1");
+        let v = with_keys(&[rsa_key(), &ec]);
+        let claims = service_claims();
+        assert_eq!(
+            outcome(&v, &ec.sign_as(Algorithm::ES256, "ec-2", &claims)),
+            "token key id (kid) matches no known key"
+        );
+        // Same kid, another private key.
+        assert_eq!(
+            outcome(&v, &stranger.sign(&claims)),
+            "token signature is invalid"
+        );
+        // An RS256 token naming the EC key, and the other way round.
+        assert_eq!(
+            outcome(&v, &rsa_key().sign_as(Algorithm::RS256, "ec-1", &claims)),
+            "token algorithm does not match its key"
+        );
+        assert_eq!(
+            outcome(&v, &ec.sign_as(Algorithm::ES256, "rsa-1", &claims)),
+            "token algorithm does not match its key"
+        );
+        let no_kid = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &ec.signing)
+            .unwrap_or_default();
+        assert_eq!(outcome(&v, &no_kid), "token has no key id (kid)");
+        // Without a JWKS, asymmetric algorithms are refused outright.
+        assert_eq!(
+            outcome(&verifier(), &ec.sign(&claims)),
+            "token algorithm is not accepted"
+        );
+        // Algorithms we do not accept, even with a key that could verify them.
+        assert_eq!(
+            outcome(&v, &rsa_key().sign_as(Algorithm::RS512, "rsa-1", &claims)),
+            "token algorithm is not accepted"
+        );
+        assert_eq!(
+            outcome(&v, &rsa_key().sign_as(Algorithm::PS256, "rsa-1", &claims)),
+            "token algorithm is not accepted"
+        );
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap_or_default();
+        assert_eq!(outcome(&v, &hs384), "token algorithm is not accepted");
+    }
+
+    #[test]
+    fn hs256_signed_with_a_public_key_is_rejected() {
+        let ec = ec_key("ec-1");
+        let v = with_keys(&[rsa_key(), &ec]);
+        let claims = service_claims();
+        let n = rsa_key().jwk["n"].as_str().unwrap_or_default().to_owned();
+        for (kid, secret) in [
+            ("rsa-1", rsa_key().public_pem.as_bytes()),
+            ("rsa-1", n.as_bytes()),
+            ("ec-1", ec.public_pem.as_bytes()),
+        ] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.into());
+            let forged = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret))
+                .unwrap_or_default();
+            assert_eq!(outcome(&v, &forged), "token signature is invalid", "{kid}");
+        }
+    }
+
+    #[test]
+    fn alg_none_is_never_accepted_in_any_spelling() {
+        let v = with_keys(&[rsa_key()]);
+        let body = URL_SAFE_NO_PAD.encode(service_claims().to_string());
+        for alg in ["none", "None", "NONE", "nOnE", ""] {
+            let header = URL_SAFE_NO_PAD
+                .encode(serde_json::json!({"alg": alg, "typ": "JWT", "kid": "rsa-1"}).to_string());
+            for signature in ["", "AAAA"] {
+                let token = format!("{header}.{body}.{signature}");
+                assert!(v.verify(&token).is_err(), "{alg:?} {signature:?}");
+            }
+        }
+    }
 }
