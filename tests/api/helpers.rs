@@ -115,6 +115,11 @@ pub fn now() -> u64 {
 /// A token for `who`, with `extra` claims merged over the usual ones (so a
 /// test can override `exp`, `role`, ...).
 pub fn token_with(who: Who, extra: Value) -> String {
+    sign(&claims_for(who, extra))
+}
+
+/// The claims `token_with` signs, for tests that sign them otherwise.
+pub fn claims_for(who: Who, extra: Value) -> Value {
     let now = now();
     let mut claims = Map::new();
     claims.insert("iat".into(), now.into());
@@ -132,7 +137,7 @@ pub fn token_with(who: Who, extra: Value) -> String {
     if let Value::Object(extra) = extra {
         claims.extend(extra);
     }
-    sign(&Value::Object(claims))
+    Value::Object(claims)
 }
 
 pub fn token(who: Who) -> String {
@@ -333,6 +338,8 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
     pub request_timeout_ms: u64,
+    /// Last word on the settings (e.g. a JWKS source), after the above.
+    pub serve_args: Option<std::sync::Arc<dyn Fn(&mut ServeArgs) + Send + Sync>>,
 }
 
 impl Default for AppOptions {
@@ -342,6 +349,7 @@ impl Default for AppOptions {
             redis_url: None,
             database_url: None,
             request_timeout_ms: 5_000,
+            serve_args: None,
         }
     }
 }
@@ -371,7 +379,7 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: std::sync::Arc<TestDb>, options: AppOptions) -> TestApp {
-        let config = ServeConfig::from_args(ServeArgs {
+        let mut args = ServeArgs {
             database_url: Some(
                 options
                     .database_url
@@ -391,8 +399,11 @@ impl TestApp {
             redis_timeout_ms: 20,
             redis_namespace: Some(db.name.clone()),
             ..ServeArgs::defaults()
-        })
-        .unwrap_or_else(|e| panic!("config: {e}"));
+        };
+        if let Some(adjust) = &options.serve_args {
+            adjust(&mut args);
+        }
+        let config = ServeConfig::from_args(args).unwrap_or_else(|e| panic!("config: {e}"));
         let app = Application::build(config)
             .await
             .unwrap_or_else(|e| panic!("build: {e}"));
