@@ -174,20 +174,21 @@ pub struct Jwks {
     /// Set when a token names an unknown `kid`. `Notify` keeps one permit, so
     /// any number of such tokens between two fetches ask for one fetch.
     wanted: Arc<Notify>,
-    settings: Option<Arc<JwksSettings>>,
+    /// `None` for a fixed set.
+    loader: Option<Arc<Loader>>,
 }
 
 impl Jwks {
     /// Loads the keys once; start-up fails if this does (a wrong URL or file
     /// is a deployment error, better seen before the first call than after).
     pub async fn load(settings: JwksSettings) -> Result<Jwks, JwksError> {
-        let client = http_client(&settings.source)?;
-        let keys = fetch(&settings.source, client.as_ref()).await?;
-        tracing::info!(source = %settings.source, kids = ?keys.kids(), "JWKS loaded");
+        let loader = Loader::new(settings)?;
+        let keys = loader.fetch().await?;
+        tracing::info!(source = %loader.settings.source, kids = ?keys.kids(), "JWKS loaded");
         Ok(Jwks {
             keys: Arc::new(ArcSwap::from_pointee(keys)),
             wanted: Arc::new(Notify::new()),
-            settings: Some(Arc::new(settings)),
+            loader: Some(Arc::new(loader)),
         })
     }
 
@@ -196,7 +197,7 @@ impl Jwks {
         Ok(Jwks {
             keys: Arc::new(ArcSwap::from_pointee(KeySet::parse(document)?)),
             wanted: Arc::new(Notify::new()),
-            settings: None,
+            loader: None,
         })
     }
 
@@ -212,16 +213,10 @@ impl Jwks {
 
     /// Starts the refresher; `None` for a fixed set. Abort the handle to stop it.
     pub fn spawn_refresher(&self) -> Option<JoinHandle<()>> {
-        let settings = self.settings.clone()?;
-        let client = match http_client(&settings.source) {
-            Ok(client) => client,
-            Err(error) => {
-                tracing::error!(%error, "JWKS refresher not started");
-                return None;
-            }
-        };
+        let loader = self.loader.clone()?;
         let jwks = self.clone();
         Some(tokio::spawn(async move {
+            let settings = &loader.settings;
             let mut last_fetch = Instant::now();
             loop {
                 tokio::select! {
@@ -231,18 +226,10 @@ impl Jwks {
                     }
                 }
                 last_fetch = Instant::now();
-                match fetch(&settings.source, client.as_ref()).await {
+                match loader.fetch().await {
                     Ok(keys) => {
-                        let kids: Vec<String> =
-                            keys.kids().into_iter().map(str::to_owned).collect();
-                        let before = jwks
-                            .current()
-                            .kids()
-                            .into_iter()
-                            .map(str::to_owned)
-                            .collect::<Vec<_>>();
-                        if kids != before {
-                            tracing::info!(source = %settings.source, ?kids, "JWKS changed");
+                        if keys.kids() != jwks.current().kids() {
+                            tracing::info!(source = %settings.source, kids = ?keys.kids(), "JWKS changed");
                         }
                         jwks.keys.store(Arc::new(keys));
                     }
@@ -255,46 +242,58 @@ impl Jwks {
     }
 }
 
-fn http_client(source: &JwksSource) -> Result<Option<reqwest::Client>, JwksError> {
-    match source {
-        JwksSource::File(_) => Ok(None),
-        JwksSource::Url(_) => reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .connect_timeout(FETCH_TIMEOUT)
-            .build()
-            .map(Some)
-            .map_err(|e| JwksError::Load {
-                from: source.clone(),
-                reason: e.to_string(),
-            }),
-    }
+/// Reads one JWKS document from its source.
+struct Loader {
+    settings: JwksSettings,
+    /// For a URL source; reused so refreshes keep a warm connection pool.
+    client: Option<reqwest::Client>,
 }
 
-async fn fetch(source: &JwksSource, client: Option<&reqwest::Client>) -> Result<KeySet, JwksError> {
-    let load_error = |reason: String| JwksError::Load {
-        from: source.clone(),
-        reason,
-    };
-    let document = match (source, client) {
-        (JwksSource::Url(url), Some(client)) => fetch_url(client, url, source).await?,
-        (JwksSource::File(path), _) => {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || read_file(&path))
-                .await
-                .map_err(|e| load_error(e.to_string()))?
-                .map_err(|e| match e {
-                    ReadError::TooLarge => JwksError::TooLarge {
-                        from: source.clone(),
-                    },
-                    ReadError::Io(e) => load_error(e.to_string()),
-                })?
-        }
-        (JwksSource::Url(_), None) => return Err(load_error("no HTTP client".into())),
-    };
-    KeySet::parse(&document).map_err(|problem| JwksError::Invalid {
-        from: source.clone(),
-        problem,
-    })
+impl Loader {
+    fn new(settings: JwksSettings) -> Result<Loader, JwksError> {
+        let client = match &settings.source {
+            JwksSource::File(_) => None,
+            JwksSource::Url(_) => Some(
+                reqwest::Client::builder()
+                    .timeout(FETCH_TIMEOUT)
+                    .connect_timeout(FETCH_TIMEOUT)
+                    .build()
+                    .map_err(|e| JwksError::Load {
+                        from: settings.source.clone(),
+                        reason: e.to_string(),
+                    })?,
+            ),
+        };
+        Ok(Loader { settings, client })
+    }
+
+    async fn fetch(&self) -> Result<KeySet, JwksError> {
+        let source = &self.settings.source;
+        let load_error = |reason: String| JwksError::Load {
+            from: source.clone(),
+            reason,
+        };
+        let document = match (source, &self.client) {
+            (JwksSource::Url(url), Some(client)) => fetch_url(client, url, source).await?,
+            (JwksSource::Url(_), None) => return Err(load_error("no HTTP client".into())),
+            (JwksSource::File(path), _) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || read_file(&path))
+                    .await
+                    .map_err(|e| load_error(e.to_string()))?
+                    .map_err(|e| match e {
+                        ReadError::TooLarge => JwksError::TooLarge {
+                            from: source.clone(),
+                        },
+                        ReadError::Io(e) => load_error(e.to_string()),
+                    })?
+            }
+        };
+        KeySet::parse(&document).map_err(|problem| JwksError::Invalid {
+            from: source.clone(),
+            problem,
+        })
+    }
 }
 
 async fn fetch_url(
@@ -311,7 +310,7 @@ async fn fetch_url(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| load_error(e.to_string()))?;
+        .map_err(|e| load_error(with_causes(&e)))?;
     if !response.status().is_success() {
         return Err(load_error(format!("HTTP {}", response.status())));
     }
@@ -327,7 +326,7 @@ async fn fetch_url(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| load_error(e.to_string()))?
+        .map_err(|e| load_error(with_causes(&e)))?
     {
         if document.len() + chunk.len() > MAX_DOCUMENT_BYTES {
             return Err(JwksError::TooLarge {
@@ -337,6 +336,19 @@ async fn fetch_url(
         document.extend_from_slice(&chunk);
     }
     Ok(document)
+}
+
+/// reqwest's message names the URL; the reason (refused, timed out, TLS) is
+/// in its sources.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    message
 }
 
 enum ReadError {
