@@ -261,8 +261,9 @@ static MASK: Target = Target::new("field mask path");
 static TEXT: Target = Target::new("text field");
 
 /// An error message goes back in a gRPC trailer and into the log: it must not
-/// grow with the input.
-const MAX_MESSAGE_BYTES: usize = 256;
+/// grow with the input. (At most 40 echoed characters, each up to 10 bytes
+/// when escaped, as `\u{10ffff}`, plus the fixed text.)
+const MAX_MESSAGE_BYTES: usize = 512;
 
 proptest! {
     #![proptest_config(config())]
