@@ -331,6 +331,9 @@ impl Drop for TestDb {
     }
 }
 
+/// Changes a test makes to the server's settings.
+pub type AdjustArgs = std::sync::Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
+
 /// Settings a test may change before the server starts.
 pub struct AppOptions {
     pub redis: bool,
@@ -339,7 +342,7 @@ pub struct AppOptions {
     pub database_url: Option<String>,
     pub request_timeout_ms: u64,
     /// Last word on the settings (e.g. a JWKS source), after the above.
-    pub serve_args: Option<std::sync::Arc<dyn Fn(&mut ServeArgs) + Send + Sync>>,
+    pub serve_args: Option<AdjustArgs>,
 }
 
 impl Default for AppOptions {
