@@ -378,6 +378,23 @@ fn hs256_signed_with_a_public_key_is_rejected() {
     }
 }
 
+/// A key the token brings along (`jwk`, `jku`, `x5u` in its header) is never
+/// used: only the configured JWKS decides.
+#[test]
+fn keys_embedded_in_the_header_are_ignored() {
+    let (trusted, attacker) = (ec_key("ec-1"), ec_key("ec-1"));
+    let v = verifier_with(&[&trusted]);
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec-1".into());
+    header.jwk = serde_json::from_value(attacker.jwk.clone()).ok();
+    header.jku = Some("http://127.0.0.1:9/attacker.json".into());
+    header.x5u = Some("http://127.0.0.1:9/attacker.pem".into());
+    assert!(header.jwk.is_some(), "the attacker's JWK is in the header");
+    let forged =
+        jsonwebtoken::encode(&header, &service_claims(), &attacker.signing).unwrap_or_default();
+    assert_eq!(outcome(&v, &forged), "token signature is invalid");
+}
+
 #[test]
 fn alg_none_is_never_accepted_in_any_spelling() {
     let v = verifier_with(&[shared_rsa()]);
