@@ -40,9 +40,22 @@ pub enum JwksSource {
 impl fmt::Display for JwksSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JwksSource::Url(url) => write!(f, "SUPABASE_JWKS_URL {url}"),
+            JwksSource::Url(url) => write!(f, "SUPABASE_JWKS_URL {}", without_secrets(url)),
             JwksSource::File(path) => write!(f, "SUPABASE_JWKS_FILE {}", path.display()),
         }
+    }
+}
+
+/// The URL for logs and errors: credentials and query (an API key, say) left out.
+fn without_secrets(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
     }
 }
 
@@ -445,6 +458,16 @@ mod tests {
                 Err(KeySetProblem::NotJwks)
             );
         }
+    }
+
+    #[test]
+    fn a_url_in_a_message_shows_no_credentials() {
+        let source =
+            JwksSource::Url("https://svc:hunter2@auth.example.com/jwks.json?apikey=k1".into());
+        assert_eq!(
+            source.to_string(),
+            "SUPABASE_JWKS_URL https://auth.example.com/jwks.json"
+        );
     }
 
     #[test]
