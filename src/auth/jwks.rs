@@ -9,7 +9,16 @@
 //! which is how a rotated key reaches us before the interval ends. A failed
 //! refresh keeps the last good set and logs.
 
-use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use arc_swap::{ArcSwap, Guard};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
@@ -99,9 +108,11 @@ pub struct VerifyingKey {
 }
 
 /// The keys of one JWKS document, by `kid`.
-#[derive(Default)]
 pub struct KeySet {
     keys: HashMap<String, VerifyingKey>,
+    /// Unique per parsed set: a verification remembered under one set is not
+    /// trusted under the next (a key may have been withdrawn).
+    generation: u64,
 }
 
 impl KeySet {
@@ -127,7 +138,15 @@ impl KeySet {
         if keys.is_empty() && listed > 0 {
             return Err(KeySetProblem::NoUsableKey(listed));
         }
-        Ok(KeySet { keys })
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+        Ok(KeySet {
+            keys,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {

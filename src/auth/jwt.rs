@@ -8,7 +8,10 @@
 //! of that same type. So a token "signed" with HS256 using a public key as
 //! the secret (the classic algorithm confusion) meets the secret and fails.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
@@ -29,6 +32,53 @@ pub struct JwtVerifier {
     validations: Arc<Validations>,
     /// RS256/ES256 keys; without a JWKS those algorithms are refused.
     jwks: Option<Jwks>,
+    /// Shared by every clone: the layer clones the verifier per connection.
+    verified: Arc<VerifiedTokens>,
+}
+
+/// Tokens that verified, so the same token again (the platform's service
+/// token is on every call) costs a map lookup instead of a signature check
+/// (ES256 ~0.4 ms, RS256 ~0.3 ms, HS256 ~4 µs in a release build here). As
+/// PostgREST's cache: bounded, and `exp` re-checked on every hit. Nothing
+/// else in a verified token can turn invalid with time (`nbf` and `iat` only
+/// get more valid), and membership is read from `profiles` per statement
+/// anyway. Entries remember the key set they were verified under and are
+/// ignored once it is replaced. Failures are not remembered.
+#[derive(Default)]
+struct VerifiedTokens {
+    /// A std lock: held for one map operation, never across an await. Hits
+    /// take only the read side.
+    entries: RwLock<HashMap<Box<str>, Verified>>,
+}
+
+struct Verified {
+    claims: Claims,
+    expires_at: u64,
+    key_generation: u64,
+}
+
+/// When full, the map is emptied: simple, and a refill costs one
+/// verification per live token.
+const MAX_VERIFIED_TOKENS: usize = 4096;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, key_generation: u64) -> Option<Claims> {
+        let entries = self.entries.read().ok()?;
+        let hit = entries.get(token)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        (hit.key_generation == key_generation
+            && now <= hit.expires_at.saturating_add(CLOCK_SKEW_SECS))
+        .then(|| hit.claims.clone())
+    }
+
+    fn insert(&self, token: &str, verified: Verified) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= MAX_VERIFIED_TOKENS {
+                entries.clear();
+            }
+            entries.insert(token.into(), verified);
+        }
+    }
 }
 
 /// One per accepted algorithm: jsonwebtoken checks the header's `alg`
@@ -65,6 +115,7 @@ impl JwtVerifier {
                 es256: validation(Algorithm::ES256),
             }),
             jwks: None,
+            verified: Arc::default(),
         }
     }
 
@@ -90,6 +141,23 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(unauthenticated("token is too large"));
         }
+        let key_generation = self.jwks.as_ref().map_or(0, |j| j.current().generation());
+        if let Some(claims) = self.verified.get(token, key_generation) {
+            return Ok(claims);
+        }
+        let (claims, expires_at) = self.verify_uncached(token)?;
+        self.verified.insert(
+            token,
+            Verified {
+                claims: claims.clone(),
+                expires_at,
+                key_generation,
+            },
+        );
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Claims, u64), Error> {
         // Unverified, only to choose the key; `decode` checks it again.
         let header = jsonwebtoken::decode_header(token).map_err(token_error)?;
         let payload = match header.alg {
@@ -120,7 +188,12 @@ impl JwtVerifier {
             }
             _ => Err(unauthenticated("token algorithm is not accepted")),
         }?;
-        claims_from_payload(payload)
+        // jsonwebtoken has checked that `exp` is there and a number.
+        let expires_at = payload
+            .get("exp")
+            .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64)))
+            .unwrap_or(0);
+        Ok((claims_from_payload(payload)?, expires_at))
     }
 
     fn decode(
@@ -320,6 +393,21 @@ mod tests {
             URL_SAFE_NO_PAD.encode(format!(r#"{{"role":"service_role","exp":{}}}"#, now() + 60));
         assert!(rejected(&format!("{header}.{body}.")).starts_with("token"));
         assert!(verifier().verify(&format!("{header}.{body}.")).is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let v = verifier();
+        let token = sign(serde_json::json!({"role": "anon", "exp": now() - 29}));
+        assert!(v.verify(&token).is_ok(), "inside the skew");
+        assert!(v.verify(&token).is_ok(), "remembered");
+        assert_eq!(v.verified.entries.read().map(|e| e.len()).ok(), Some(1));
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(v.verify(&token).is_err(), "remembered, but now expired");
+        // Clones share what they remember; failures are not remembered.
+        let clone = v.clone();
+        let _ = clone.verify("not.a.token");
+        assert_eq!(v.verified.entries.read().map(|e| e.len()).ok(), Some(1));
     }
 
     #[test]
