@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use prost::Message;
 use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, Executor, PgConnection};
 use switchboard::{
-    auth::{mint_token, DbRole, JwtVerifier},
+    auth::{mint_token, DbRole, Jwks, JwtVerifier},
     config::{ServeArgs, ServeConfig},
     domain::PhoneNumber,
     pb::{self, agent_service_client::AgentServiceClient},
@@ -32,6 +32,9 @@ use switchboard::{
 use tonic::{transport::Channel, Request};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use uuid::Uuid;
+
+#[path = "../tests/api/keys.rs"]
+mod keys;
 
 const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
 const ACME_NUMBER: &str = "+18005550100";
@@ -444,9 +447,28 @@ fn micro(c: &mut Criterion) {
         Default::default(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    group.bench_function("jwt verify (HS256)", |b| {
+    group.bench_function("jwt verify (HS256, repeated token)", |b| {
         b.iter(|| verifier.verify(std::hint::black_box(&token)))
     });
+    // Asymmetric keys from a JWKS (ES256 is what Supabase issues by default).
+    let (ec, rsa) = (keys::ec_key("ec-bench"), keys::rsa_key("rsa-bench"));
+    let jwks = Jwks::from_document(keys::jwks_document(&[&ec, &rsa]).as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let with_jwks = JwtVerifier::new(SECRET).with_jwks(jwks);
+    let claims = serde_json::json!({
+        "role": "service_role",
+        "exp": jsonwebtoken::get_current_timestamp() + 86_400,
+    });
+    for (name, key) in [
+        ("jwt verify (ES256, JWKS, repeated token)", &ec),
+        ("jwt verify (RS256, JWKS, repeated token)", &rsa),
+    ] {
+        let token = key.sign(&claims);
+        assert!(with_jwks.verify(&token).is_ok(), "{name}");
+        group.bench_function(name, |b| {
+            b.iter(|| with_jwks.verify(std::hint::black_box(&token)))
+        });
+    }
     group.bench_function("phone: canonical E.164", |b| {
         b.iter(|| PhoneNumber::parse(std::hint::black_box("+18005550100")))
     });

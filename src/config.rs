@@ -5,7 +5,11 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{auth::MIN_SECRET_LEN, grpc::Limits, store::PoolSettings};
+use crate::{
+    auth::{JwksSettings, JwksSource, MIN_SECRET_LEN},
+    grpc::Limits,
+    store::PoolSettings,
+};
 
 /// The JWT secret of a local Supabase (`supabase start`), used by `dev`.
 pub const DEV_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
@@ -65,6 +69,19 @@ pub struct ServeArgs {
     /// The Supabase project's JWT secret (HS256).
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A JWKS URL (Supabase: https://<ref>.supabase.co/auth/v1/.well-known/jwks.json):
+    /// RS256 and ES256 tokens are verified with its keys, picked by kid.
+    #[arg(long, env = "SUPABASE_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// The same as a local JSON file, instead of a URL.
+    #[arg(long, env = "SUPABASE_JWKS_FILE")]
+    pub jwks_file: Option<String>,
+    /// How often the JWKS is reloaded.
+    #[arg(long, env = "SWITCHBOARD_JWKS_REFRESH_SECS", default_value_t = 600)]
+    pub jwks_refresh_secs: u64,
+    /// A token naming an unknown kid triggers a reload, at most this often.
+    #[arg(long, env = "SWITCHBOARD_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub jwks_min_refresh_secs: u64,
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: String,
     /// The admin HTTP port: Prometheus metrics at /metrics.
@@ -171,6 +188,10 @@ impl ServeArgs {
             database_url: None,
             redis_url: None,
             jwt_secret: None,
+            jwks_url: None,
+            jwks_file: None,
+            jwks_refresh_secs: 600,
+            jwks_min_refresh_secs: 30,
             listen: "0.0.0.0:50051".into(),
             admin_listen: "0.0.0.0:9090".into(),
             db_max_connections: 16,
@@ -241,6 +262,8 @@ pub struct ServeConfig {
     pub redis_url: Option<String>,
     pub jwt_secret: String,
     pub limits: Limits,
+    /// RS256/ES256 keys, beside the HS256 secret.
+    pub jwks: Option<JwksSettings>,
     pub pool: PoolSettings,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -261,6 +284,7 @@ pub struct CacheSettings {
 
 impl ServeConfig {
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let jwks = jwks_settings(&args)?;
         let database_url = args
             .database_url
             .filter(|u| !u.trim().is_empty())
@@ -356,6 +380,7 @@ impl ServeConfig {
             database_url,
             redis_url,
             jwt_secret,
+            jwks,
             pool: PoolSettings {
                 max_connections: args.db_max_connections,
                 acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms.max(1)),
@@ -370,6 +395,41 @@ impl ServeConfig {
 /// An agent with the largest `llm_config` (64 KiB as JSON) must still fit.
 const MIN_MESSAGE_BYTES: usize = 128 * 1024;
 const MIN_HEADER_LIST_BYTES: u32 = 10 * 1024;
+fn jwks_settings(args: &ServeArgs) -> Result<Option<JwksSettings>, ConfigError> {
+    let url = args
+        .jwks_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let file = args
+        .jwks_file
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty());
+    let source = match (url, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError(
+                "set SUPABASE_JWKS_URL or SUPABASE_JWKS_FILE, not both".into(),
+            ))
+        }
+        (Some(url), None) => {
+            let parsed = reqwest::Url::parse(url).ok();
+            if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+                return Err(ConfigError(
+                    "SUPABASE_JWKS_URL is not a valid http(s):// URL".into(),
+                ));
+            }
+            JwksSource::Url(url.to_owned())
+        }
+        (None, Some(file)) => JwksSource::File(file.into()),
+    };
+    Ok(Some(JwksSettings {
+        source,
+        refresh: Duration::from_secs(args.jwks_refresh_secs.max(1)),
+        min_refresh: Duration::from_secs(args.jwks_min_refresh_secs.max(1)),
+    }))
+}
 
 fn is_postgres_url(url: &str) -> bool {
     (url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -465,5 +525,52 @@ mod tests {
             ..args()
         })
         .starts_with("SWITCHBOARD_MAX_HEADER_LIST_BYTES must be at least"));
+        assert_eq!(
+            error(ServeArgs {
+                jwks_url: Some("https://x.supabase.co/auth/v1/.well-known/jwks.json".into()),
+                jwks_file: Some("/etc/jwks.json".into()),
+                ..args()
+            }),
+            "set SUPABASE_JWKS_URL or SUPABASE_JWKS_FILE, not both"
+        );
+        for bad in ["ftp://x/jwks.json", "jwks.json", "https://"] {
+            assert_eq!(
+                error(ServeArgs {
+                    jwks_url: Some(bad.into()),
+                    ..args()
+                }),
+                "SUPABASE_JWKS_URL is not a valid http(s):// URL",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn jwks_settings_are_optional_and_validated() {
+        let jwks = |args: ServeArgs| ServeConfig::from_args(args).ok().and_then(|c| c.jwks);
+        assert_eq!(jwks(args()), None);
+        assert_eq!(
+            jwks(ServeArgs {
+                jwks_url: Some(" https://x.supabase.co/auth/v1/.well-known/jwks.json ".into()),
+                jwks_min_refresh_secs: 0,
+                ..args()
+            }),
+            Some(JwksSettings {
+                source: JwksSource::Url(
+                    "https://x.supabase.co/auth/v1/.well-known/jwks.json".into()
+                ),
+                refresh: Duration::from_secs(600),
+                min_refresh: Duration::from_secs(1),
+            })
+        );
+        assert_eq!(
+            jwks(ServeArgs {
+                jwks_file: Some("/etc/switchboard/jwks.json".into()),
+                jwks_url: Some("".into()),
+                ..args()
+            })
+            .map(|s| s.source),
+            Some(JwksSource::File("/etc/switchboard/jwks.json".into()))
+        );
     }
 }

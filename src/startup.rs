@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 
 use crate::{
     admin,
-    auth::{AuthLayer, JwtVerifier},
+    auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{invalidation, Cache, MemoryTier, RedisTier},
     config::ServeConfig,
     grpc::{AgentApi, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer, TenantLimitLayer},
@@ -35,6 +35,8 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("REDIS_URL is not usable: {0}")]
     Redis(redis::RedisError),
+    #[error("{0}")]
+    Jwks(#[from] JwksError),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -46,6 +48,8 @@ pub struct Application {
     admin_listener: TcpListener,
     config: ServeConfig,
     store: PgStore,
+    /// Loaded at build so a bad JWKS setting stops start-up.
+    jwks: Option<Jwks>,
 }
 
 const LISTENER_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -71,11 +75,16 @@ impl Application {
                 .with_read_replica(read_url, &config.pool)
                 .map_err(StartupError::Database)?;
         }
+        let jwks = match &config.jwks {
+            Some(settings) => Some(Jwks::load(settings.clone()).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
             admin_listener,
             config,
             store,
+            jwks,
         })
     }
 
@@ -170,6 +179,11 @@ impl Application {
         if let Some(redis) = redis {
             background.push(invalidation::spawn_redis_subscriber(cache.clone(), redis));
         }
+        let mut verifier = JwtVerifier::new(&self.config.jwt_secret);
+        if let Some(jwks) = self.jwks {
+            background.extend(jwks.spawn_refresher());
+            verifier = verifier.with_jwks(jwks);
+        }
         // Serve once invalidation is live, so nothing cached in the first
         // moments can miss a change; with the database down, start anyway
         // (nothing is kept in memory until the listener connects).
@@ -200,7 +214,7 @@ impl Application {
                 metrics,
             })
             .layer(GlobalLimitLayer::new(limits))
-            .layer(AuthLayer::new(JwtVerifier::new(&self.config.jwt_secret)))
+            .layer(AuthLayer::new(verifier))
             .layer(TenantLimitLayer::new(limits))
             .into_inner();
 

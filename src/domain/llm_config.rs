@@ -73,8 +73,20 @@ fn struct_to_json(config: Struct, depth: usize) -> Result<Map<String, Json>, Err
     config
         .fields
         .into_iter()
-        .map(|(k, v)| Ok((k, value_to_json(v, depth)?)))
+        .map(|(k, v)| Ok((without_nul(k)?, value_to_json(v, depth)?)))
         .collect()
+}
+
+/// Postgres's jsonb cannot hold U+0000: refuse it as bad input rather than
+/// fail in the database.
+fn without_nul(text: String) -> Result<String, Error> {
+    if text.contains('\0') {
+        Err(Error::invalid(
+            "llm_config must not contain a NUL character",
+        ))
+    } else {
+        Ok(text)
+    }
 }
 
 fn value_to_json(value: Value, depth: usize) -> Result<Json, Error> {
@@ -85,7 +97,7 @@ fn value_to_json(value: Value, depth: usize) -> Result<Json, Error> {
             Number::from_f64(n)
                 .ok_or_else(|| Error::invalid("llm_config holds a number that is not finite"))?,
         ),
-        Some(Kind::StringValue(s)) => Json::String(s),
+        Some(Kind::StringValue(s)) => Json::String(without_nul(s)?),
         Some(Kind::StructValue(s)) => Json::Object(struct_to_json(s, depth + 1)?),
         Some(Kind::ListValue(list)) => {
             if depth + 1 > MAX_DEPTH {
@@ -164,6 +176,25 @@ mod tests {
         );
         let err = LlmConfig::from_struct(Some(big)).map(|_| ());
         assert!(matches!(err, Err(Error::InvalidArgument(m)) if m.contains("the limit is 65536")));
+    }
+
+    #[test]
+    fn nul_characters_are_rejected_in_keys_and_strings() {
+        for (key, text) in [("a\0", "ok"), ("ok", "a\0b")] {
+            let mut s = Struct::default();
+            s.fields.insert(
+                key.into(),
+                Value {
+                    kind: Some(Kind::StringValue(text.into())),
+                },
+            );
+            assert_eq!(
+                LlmConfig::from_struct(Some(s)),
+                Err(Error::invalid(
+                    "llm_config must not contain a NUL character"
+                ))
+            );
+        }
     }
 
     #[test]

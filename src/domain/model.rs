@@ -74,12 +74,30 @@ pub fn parse_text(field: &str, value: &str, max: usize) -> Result<String, Error>
     if value.is_empty() {
         return Err(Error::invalid(format!("{field} is required")));
     }
+    // Postgres text cannot hold U+0000: refuse it here, not as an internal
+    // error from the database.
+    if value.contains('\0') {
+        return Err(Error::invalid(format!(
+            "{field} must not contain a NUL character"
+        )));
+    }
     if value.chars().count() > max {
         return Err(Error::invalid(format!(
             "{field} is longer than {max} characters"
         )));
     }
     Ok(value.to_owned())
+}
+
+/// Input echoed in an error message is cut short: the message goes back in a
+/// gRPC trailer (a long one breaks the client's HTTP/2 header limit) and into
+/// the log.
+fn shortened(input: &str) -> String {
+    const MAX_ECHO_CHARS: usize = 40;
+    match input.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((end, _)) => format!("{}…", &input[..end]),
+        None => input.to_owned(),
+    }
 }
 
 pub fn parse_optional_text(field: &str, value: &str, max: usize) -> Result<Option<String>, Error> {
@@ -133,7 +151,8 @@ impl AgentField {
             "llm_config" | "llmConfig" => Ok(AgentField::LlmConfig),
             "is_active" | "isActive" => Ok(AgentField::IsActive),
             other => Err(Error::invalid(format!(
-                "update_mask path {other:?} is not one of: name, phone_number, voice_id, llm_config, is_active"
+                "update_mask path {:?} is not one of: name, phone_number, voice_id, llm_config, is_active",
+                shortened(other)
             ))),
         }
     }
@@ -156,4 +175,37 @@ pub struct CustomerUpsert {
     pub phone: PhoneNumber,
     pub name: Option<String>,
     pub email: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_with_a_nul_character_is_bad_input() {
+        assert_eq!(
+            parse_text("name", " Front Desk ", 20),
+            Ok("Front Desk".into())
+        );
+        assert_eq!(
+            parse_text("name", "Front\0Desk", 20),
+            Err(Error::invalid("name must not contain a NUL character"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_mask_path_is_echoed_short() {
+        let message = AgentField::parse_path(&"x".repeat(100_000))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains(&format!("\"{}…\"", "x".repeat(40))),
+            "{message}"
+        );
+        assert!(message.len() < 200, "{} bytes", message.len());
+        assert!(AgentField::parse_path("vocie_id")
+            .err()
+            .is_some_and(|e| e.to_string().contains("\"vocie_id\"")));
+    }
 }

@@ -115,6 +115,11 @@ pub fn now() -> u64 {
 /// A token for `who`, with `extra` claims merged over the usual ones (so a
 /// test can override `exp`, `role`, ...).
 pub fn token_with(who: Who, extra: Value) -> String {
+    sign(&claims_for(who, extra))
+}
+
+/// The claims `token_with` signs, for tests that sign them otherwise.
+pub fn claims_for(who: Who, extra: Value) -> Value {
     let now = now();
     let mut claims = Map::new();
     claims.insert("iat".into(), now.into());
@@ -132,7 +137,7 @@ pub fn token_with(who: Who, extra: Value) -> String {
     if let Value::Object(extra) = extra {
         claims.extend(extra);
     }
-    sign(&Value::Object(claims))
+    Value::Object(claims)
 }
 
 pub fn token(who: Who) -> String {
@@ -326,6 +331,9 @@ impl Drop for TestDb {
     }
 }
 
+/// Changes a test makes to the server's settings.
+pub type AdjustArgs = std::sync::Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
+
 /// Settings a test may change before the server starts.
 pub struct AppOptions {
     pub redis: bool,
@@ -345,6 +353,8 @@ pub struct AppOptions {
     pub tenant_max_concurrent: usize,
     pub max_message_bytes: usize,
     pub max_header_list_bytes: u32,
+    /// Last word on the settings (e.g. a JWKS source), after the above.
+    pub serve_args: Option<AdjustArgs>,
 }
 
 impl Default for AppOptions {
@@ -362,6 +372,7 @@ impl Default for AppOptions {
             tenant_max_concurrent: serve.tenant_max_concurrent,
             max_message_bytes: serve.max_message_bytes,
             max_header_list_bytes: serve.max_header_list_bytes,
+            serve_args: None,
         }
     }
 }
@@ -393,7 +404,7 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: std::sync::Arc<TestDb>, options: AppOptions) -> TestApp {
-        let config = ServeConfig::from_args(ServeArgs {
+        let mut args = ServeArgs {
             database_url: Some(
                 options
                     .database_url
@@ -425,8 +436,11 @@ impl TestApp {
             max_message_bytes: options.max_message_bytes,
             max_header_list_bytes: options.max_header_list_bytes,
             ..ServeArgs::defaults()
-        })
-        .unwrap_or_else(|e| panic!("config: {e}"));
+        };
+        if let Some(adjust) = &options.serve_args {
+            adjust(&mut args);
+        }
+        let config = ServeConfig::from_args(args).unwrap_or_else(|e| panic!("config: {e}"));
         let app = Application::build(config)
             .await
             .unwrap_or_else(|e| panic!("build: {e}"));
