@@ -75,6 +75,12 @@ async fn the_clients_deadline_is_honoured() {
         "{code:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
+    // The client's timer can fire a moment before the server's (which starts
+    // when the request arrives): release the lock only once the server's
+    // deadline has certainly passed, so the write had nothing to wait for
+    // but the deadline. (Released earlier, a write may still land: a
+    // client's DEADLINE_EXCEEDED never proves the server did nothing.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = blocker.rollback().await;
     let name: String = sqlx::query_scalar("select name from public.customers where id = $1::uuid")
         .bind(ACME_CUSTOMER)
