@@ -15,7 +15,7 @@ use tracing::{field::Empty, Instrument};
 
 use crate::{
     auth::Claims,
-    cache::{Breaker, Cache, Route, Tier},
+    cache::{pack, unpack, Breaker, Cache, Route, Tier},
     domain::{OrgId, PhoneNumber},
     error::Error,
     grpc::convert::{customer_to_pb, resolution_to_pb},
@@ -123,7 +123,8 @@ impl Resolver {
         let (route, tier, fetched_caller) = self.route(claims, called, caller).await?;
         check_active(&route)?;
         let org_id = org_of(&route);
-        let mut response = (*route).clone();
+        // A route decoded for this call is ours alone: no copy needed.
+        let mut response = Arc::try_unwrap(route).unwrap_or_else(|shared| (*shared).clone());
         if let (Some(caller), Some(org_id)) = (caller, org_id) {
             response.caller = match fetched_caller {
                 Some(fetched) => fetched.map(|c| (*c).clone()),
@@ -182,12 +183,12 @@ impl Resolver {
             let Some(last) = batch.last() else { break };
             after = Some(last.agent.phone_number.as_str().to_owned());
             for resolution in &batch {
-                let route: Route = Arc::new(resolution_to_pb(resolution));
+                let packed = pack(&resolution_to_pb(resolution));
                 let key: Arc<str> = resolution.agent.phone_number.as_str().into();
                 self.cache
                     .memory
                     .routes
-                    .insert(key, (route, Tier::Db))
+                    .insert(key, (packed, Tier::Db))
                     .await;
             }
             loaded += batch.len() as u64;
@@ -236,8 +237,9 @@ impl Resolver {
             &self.cache.metrics.memory_routes,
         )
         .await;
-        if let Some((route, _)) = cached {
-            return Ok((route, Tier::Memory, None));
+        if let Some((packed, _)) = cached {
+            let route = unpack(&packed).ok_or(Error::Internal)?;
+            return Ok((Arc::new(route), Tier::Memory, None));
         }
         let generation = self.cache.generation();
         let mut fetched_caller = None;
@@ -247,7 +249,11 @@ impl Resolver {
                 .await?;
             return Ok((route, tier, fetched_caller));
         }
-        let fill = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
+        let fetch = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
+        let fill = async {
+            let (route, tier) = fetch.await?;
+            Ok::<_, Error>((pack(&route), tier))
+        };
         let entry = self
             .cache
             .memory
@@ -256,7 +262,8 @@ impl Resolver {
             .or_try_insert_with(fill)
             .await
             .map_err(|e| (*e).clone())?;
-        let (route, filled_from) = entry.into_value();
+        let (packed, filled_from) = entry.into_value();
+        let route: Route = Arc::new(unpack(&packed).ok_or(Error::Internal)?);
         let tier = if fetched_caller.is_some() || filled_from == Tier::Redis {
             filled_from
         } else {

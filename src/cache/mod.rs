@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 pub use self::{
     breaker::Breaker,
     invalidation::Invalidation,
-    memory::{MemoryTier, Route, Tier},
+    memory::{pack, unpack, MemoryTier, PackedRoute, Route, Tier},
     redis::{RedisTier, KEY_VERSION},
 };
 
