@@ -89,6 +89,18 @@ load pg-service  ${BASE_PORT}3 "$SERVICE" $RESOLVE "$CALL"
 load pg-tenant   ${BASE_PORT}1 "$TENANT"  $RESOLVE "$CALL"
 load health-end  ${BASE_PORT}1 ""         grpc.health.v1.Health.Check '{}'
 
+# Overload: twice the tenant path's measured capacity, open loop, against a
+# server that admits 4 calls at once and sheds the rest (RESOURCE_EXHAUSTED).
+# Latency of admitted calls counts from when each call was due.
+CAPACITY=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(int(r["statusCodeDistribution"].get("OK",0)/(r["total"]/1e9)))' "$OUT/pg-tenant.json")
+serve ${BASE_PORT}4 SWITCHBOARD_MAX_CONCURRENT_REQUESTS=${OVERLOAD_LIMIT:-4}
+"$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 64 --connections "$CONNS" \
+  -r $((CAPACITY * 2)) -z "${SECS}s" -O json -o "$OUT/overload.json" 127.0.0.1:${BASE_PORT}4 &
+LOADPID=$!
+# Health checks beside the overload: probes must keep answering.
+"$BIN" bench --call grpc.health.v1.Health.Check -c 1 -r 20 -z "${SECS}s" -O json -o "$OUT/overload-health.json" 127.0.0.1:${BASE_PORT}4
+wait $LOADPID
+
 # Raw floors of the parts.
 redis-cli set "switchboard:v1:$DB:floor" "$(head -c 300 /dev/zero | tr '\0' x)" >/dev/null
 redis-benchmark -h 127.0.0.1 -p 6379 -c "$C" -n $((SECS * 30000)) -t get --csv -q \
@@ -169,4 +181,15 @@ print()
 print(f"Tenant ResolveAgent throughput / pgbench claims lookup: {tenant/claims_tps:.2f} "
       f"(target: within 2x, i.e. >= 0.50)")
 print(f"Memory tier throughput / health floor: {ok_rps('memory')/floor:.2f} (target >= 0.80)")
+o = rep("overload")
+h = rep("overload-health")
+shed = o["statusCodeDistribution"].get("ResourceExhausted", 0)
+ok = o["statusCodeDistribution"].get("OK", 0)
+other = o["count"] - ok - shed
+print()
+print(f"## overload: tenant ResolveAgent offered at {o['options']['rps']} calls/s (2x the {tenant:.0f}/s measured above), global limit 4\n")
+print("| offered | admitted (OK) | shed (RESOURCE_EXHAUSTED) | other errors | admitted p50 | admitted p99 | admitted p99.9 | health checks beside it |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| {o['count']} | {ok} ({ok/(o['total']/1e9):.0f}/s) | {shed} ({100*shed/max(o['count'],1):.0f} %) | {other} | {pct(o,50):.3f} ms | {pct(o,99):.3f} ms | {pct(o,99.9):.3f} ms | "
+      f"{h['statusCodeDistribution'].get('OK',0)}/{h['count']} OK, p99 {pct(h,99):.3f} ms |")
 PY
