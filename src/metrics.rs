@@ -45,8 +45,9 @@ const LATENCY_BOUNDS_NS: [u64; 16] = [
     5_000_000_000,
 ];
 
-/// grpc-go's names, which dashboards and `ghz` reports already use.
-const CODE_NAMES: [&str; 17] = [
+/// grpc-go's names, which dashboards and `ghz` reports already use, by
+/// code number.
+pub const CODE_NAMES: [&str; 17] = [
     "OK",
     "Canceled",
     "Unknown",

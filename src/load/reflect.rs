@@ -136,6 +136,44 @@ async fn fetch_files(channel: Channel, plan: &Plan) -> Result<Vec<FileDescriptor
     Ok(files)
 }
 
+/// One reflection question over one version of the protocol: v1 and
+/// v1alpha have the same messages in different packages.
+macro_rules! ask_version {
+    ($version:ident, $channel:expr, $ask:expr) => {{
+        use $version::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest, ServerReflectionResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(match $ask {
+                Ask::Symbol(s) => MessageRequest::FileContainingSymbol(s.clone()),
+                Ask::File(f) => MessageRequest::FileByFilename(f.clone()),
+            }),
+        };
+        let mut client = ServerReflectionClient::new($channel);
+        let mut stream = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await?
+            .into_inner();
+        match stream.message().await? {
+            Some(ServerReflectionResponse {
+                message_response: Some(MessageResponse::FileDescriptorResponse(files)),
+                ..
+            }) => Ok(files.file_descriptor_proto),
+            Some(ServerReflectionResponse {
+                message_response: Some(MessageResponse::ErrorResponse(error)),
+                ..
+            }) => Err(tonic::Status::new(
+                Code::from_i32(error.error_code),
+                error.error_message,
+            )),
+            _ => Err(tonic::Status::internal("an empty reflection answer")),
+        }
+    }};
+}
+
 /// A reflection client that falls back from v1 to v1alpha.
 struct Reflection {
     channel: Channel,
@@ -181,75 +219,13 @@ impl Reflection {
     }
 
     async fn ask_v1(&self, ask: &Ask) -> Result<Vec<Vec<u8>>, tonic::Status> {
-        use v1::{
-            server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-            ServerReflectionRequest,
-        };
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(match ask {
-                Ask::Symbol(s) => MessageRequest::FileContainingSymbol(s.clone()),
-                Ask::File(f) => MessageRequest::FileByFilename(f.clone()),
-            }),
-        };
-        let mut client = ServerReflectionClient::new(self.channel.clone());
-        let mut stream = client
-            .server_reflection_info(tokio_stream::once(request))
-            .await?
-            .into_inner();
-        match stream.message().await? {
-            Some(ServerReflectionResponseV1 {
-                message_response: Some(MessageResponse::FileDescriptorResponse(files)),
-                ..
-            }) => Ok(files.file_descriptor_proto),
-            Some(ServerReflectionResponseV1 {
-                message_response: Some(MessageResponse::ErrorResponse(error)),
-                ..
-            }) => Err(tonic::Status::new(
-                Code::from_i32(error.error_code),
-                error.error_message,
-            )),
-            _ => Err(tonic::Status::internal("an empty reflection answer")),
-        }
+        ask_version!(v1, self.channel.clone(), ask)
     }
 
     async fn ask_v1alpha(&self, ask: &Ask) -> Result<Vec<Vec<u8>>, tonic::Status> {
-        use v1alpha::{
-            server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-            ServerReflectionRequest, ServerReflectionResponse,
-        };
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(match ask {
-                Ask::Symbol(s) => MessageRequest::FileContainingSymbol(s.clone()),
-                Ask::File(f) => MessageRequest::FileByFilename(f.clone()),
-            }),
-        };
-        let mut client = ServerReflectionClient::new(self.channel.clone());
-        let mut stream = client
-            .server_reflection_info(tokio_stream::once(request))
-            .await?
-            .into_inner();
-        match stream.message().await? {
-            Some(ServerReflectionResponse {
-                message_response: Some(MessageResponse::FileDescriptorResponse(files)),
-                ..
-            }) => Ok(files.file_descriptor_proto),
-            Some(ServerReflectionResponse {
-                message_response: Some(MessageResponse::ErrorResponse(error)),
-                ..
-            }) => Err(tonic::Status::new(
-                Code::from_i32(error.error_code),
-                error.error_message,
-            )),
-            _ => Err(tonic::Status::internal("an empty reflection answer")),
-        }
+        ask_version!(v1alpha, self.channel.clone(), ask)
     }
 }
-
-use v1::ServerReflectionResponse as ServerReflectionResponseV1;
 
 fn answer(
     result: Result<Vec<Vec<u8>>, tonic::Status>,

@@ -83,15 +83,7 @@ impl Recorder {
                     self.ok.saturating_record(ns);
                 }
             }
-            Err(status) => self.error(ghz_error_text(&status)),
-        }
-    }
-
-    fn error(&mut self, text: String) {
-        if self.errors.len() < MAX_ERROR_KINDS || self.errors.contains_key(&text) {
-            *self.errors.entry(text).or_default() += 1;
-        } else {
-            *self.errors.entry(OTHER_ERRORS.into()).or_default() += 1;
+            Err(status) => self.error_n(ghz_error_text(&status), 1),
         }
     }
 

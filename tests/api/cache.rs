@@ -54,6 +54,30 @@ fn voice(answer: &ResolveAgentResponse) -> String {
         .unwrap_or_default()
 }
 
+/// Changes Acme's voice with plain SQL (as Studio would) and waits, at
+/// most a second, until `client` resolves the new voice.
+async fn set_acme_voice_out_of_band(
+    app: &TestApp,
+    client: &AgentServiceClient<Channel>,
+    new_voice: &'static str,
+) {
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = '{new_voice}' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    within(Duration::from_secs(1), || {
+        let mut client = client.clone();
+        async move {
+            service_resolve(&mut client, ACME_NUMBER)
+                .await
+                .map(|(a, _)| voice(&a) == new_voice)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+}
+
 /// Whether `key` is in Redis now (false if Redis cannot be reached).
 async fn key_exists(client: &redis::Client, key: &str) -> bool {
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
@@ -301,21 +325,7 @@ async fn a_preloaded_replica_answers_the_first_call_from_memory_and_still_sees_c
         .unwrap_or_else(|s| panic!("{s:?}"));
     assert_eq!(answer.caller.unwrap_or_default().id, ACME_CUSTOMER);
     // Preloaded entries are evicted like any other.
-    app.db
-        .exec(&format!(
-            "update public.agents set voice_id = 'sage' where id = '{ACME_AGENT}'"
-        ))
-        .await;
-    within(Duration::from_secs(1), || {
-        let mut client = client.clone();
-        async move {
-            service_resolve(&mut client, ACME_NUMBER)
-                .await
-                .map(|(a, _)| voice(&a) == "sage")
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    set_acme_voice_out_of_band(&app, &client, "sage").await;
     // A tenant never gets the cached route: RLS answers.
     let (_, tier) = resolve_as(&mut client, Who::BluebirdViewer, BLUEBIRD_NUMBER, "")
         .await
@@ -480,21 +490,7 @@ async fn redis_down_costs_nothing_and_comes_back_by_itself() {
         started.elapsed()
     );
     // Writes still evict (this replica's memory at least) and succeed.
-    app.db
-        .exec(&format!(
-            "update public.agents set voice_id = 'ash' where id = '{ACME_AGENT}'"
-        ))
-        .await;
-    within(Duration::from_secs(1), || {
-        let mut agents = agents.clone();
-        async move {
-            service_resolve(&mut agents, ACME_NUMBER)
-                .await
-                .map(|(a, _)| voice(&a) == "ash")
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    set_acme_voice_out_of_band(&app, &agents, "ash").await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
