@@ -104,52 +104,57 @@ impl Deployment {
         }
     }
 
-    /// A server of this deployment; `memory: false` turns its memory tier off.
-    async fn serve(&self, memory: bool, redis: bool) -> std::net::SocketAddr {
-        let config = ServeConfig::from_args(ServeArgs {
+    /// Settings every server of this deployment shares.
+    fn args(&self) -> ServeArgs {
+        ServeArgs {
             database_url: Some(self.direct_url.clone()),
-            redis_url: redis.then(|| self.redis_url.clone()),
             jwt_secret: Some(SECRET.into()),
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             db_max_connections: 8,
             redis_namespace: Some(self.namespace.clone()),
-            cache_max_routes: if memory { 1_000_000 } else { 0 },
             ..ServeArgs::defaults()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// Starts a server with `args`, serving until `stop` completes.
+    async fn start(
+        args: ServeArgs,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::net::SocketAddr {
+        let config = ServeConfig::from_args(args).unwrap_or_else(|e| panic!("{e}"));
         let app = Application::build(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = app.local_addr();
-        tokio::spawn(app.run_until(std::future::pending()));
+        tokio::spawn(app.run_until(stop));
         addr
+    }
+
+    /// A server of this deployment; `memory: false` turns its memory tier off.
+    async fn serve(&self, memory: bool, redis: bool) -> std::net::SocketAddr {
+        let args = ServeArgs {
+            redis_url: redis.then(|| self.redis_url.clone()),
+            cache_max_routes: if memory { 1_000_000 } else { 0 },
+            ..self.args()
+        };
+        Self::start(args, std::future::pending()).await
     }
 
     /// A server with the memory tier preloaded from Postgres (no Redis);
     /// stopped when the sender is dropped.
     async fn serve_preloaded(&self) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let config = ServeConfig::from_args(ServeArgs {
-            database_url: Some(self.direct_url.clone()),
-            jwt_secret: Some(SECRET.into()),
-            listen: "127.0.0.1:0".into(),
-            db_max_connections: 8,
+        let args = ServeArgs {
             cache_max_routes: 2_000_000,
-            admin_listen: "127.0.0.1:0".into(),
             cache_preload: true,
             cache_ttl_secs: 3600,
-            ..ServeArgs::defaults()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        let app = Application::build(config)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let addr = app.local_addr();
+            ..self.args()
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until(async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
-        (addr, stop)
+        };
+        (Self::start(args, stopped).await, stop)
     }
 
     /// `n` more agents in Acme, numbers +12000000001 …, bulk-inserted with
@@ -208,6 +213,11 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
     panic!("server at {addr} did not accept");
 }
 
+/// A day-long token signed with the bench's secret.
+fn bench_token(role: DbRole, sub: Option<Uuid>) -> String {
+    mint_token(SECRET, role, sub, 86_400, Default::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn authed<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
     if let Ok(value) = format!("Bearer {token}").parse() {
@@ -260,22 +270,8 @@ fn resolve_call(
 
 fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Recorder) {
     let deployment = rt.block_on(Deployment::create());
-    let service = mint_token(
-        SECRET,
-        DbRole::ServiceRole,
-        None,
-        86_400,
-        Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let tenant = mint_token(
-        SECRET,
-        DbRole::Authenticated,
-        Uuid::parse_str(ACME_VIEWER).ok(),
-        86_400,
-        Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let service = bench_token(DbRole::ServiceRole, None);
+    let tenant = bench_token(DbRole::Authenticated, Uuid::parse_str(ACME_VIEWER).ok());
 
     let (full, redis_only, db_only, health, redis, mut pg) = rt.block_on(async {
         let full = deployment.serve(true, true).await;
@@ -439,14 +435,7 @@ fn micro(c: &mut Criterion) {
     let mut group = c.benchmark_group("micro");
     group.measurement_time(Duration::from_secs(2));
     let verifier = JwtVerifier::new(SECRET);
-    let token = mint_token(
-        SECRET,
-        DbRole::ServiceRole,
-        None,
-        86_400,
-        Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let token = bench_token(DbRole::ServiceRole, None);
     group.bench_function("jwt verify (HS256, repeated token)", |b| {
         b.iter(|| verifier.verify(std::hint::black_box(&token)))
     });
@@ -613,14 +602,7 @@ fn scale(rt: &tokio::runtime::Runtime, recorder: &Recorder) -> Vec<ScaleRow> {
     let calls: u64 = env_or("SWITCHBOARD_BENCH_SCALE_CALLS", "20000")
         .parse()
         .unwrap_or(20_000);
-    let service = mint_token(
-        SECRET,
-        DbRole::ServiceRole,
-        None,
-        86_400,
-        Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let service = bench_token(DbRole::ServiceRole, None);
     let mut rows = Vec::new();
     for agents in sizes {
         rt.block_on(async {
