@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     auth::{JwksSettings, JwksSource, MIN_SECRET_LEN},
+    cache::RedisTarget,
     grpc::Limits,
     store::PoolSettings,
 };
@@ -63,9 +64,37 @@ pub struct ServeArgs {
     /// Postgres URL for queries (Supavisor's transaction pooler, port 6543, is fine).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Redis URL for the shared cache tier. Optional.
+    /// Redis URL for the shared cache tier (one node). Optional; or use
+    /// REDIS_CLUSTER_URLS or REDIS_SENTINEL_URLS instead.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated
+    /// (`redis://[:password@]host:port,...`); the rest are discovered.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster_urls: Vec<String>,
+    /// Redis Sentinels, comma-separated (`redis://[:password@]host:26379,...`):
+    /// the tier uses the master they name and follows failovers.
+    #[arg(
+        long,
+        env = "REDIS_SENTINEL_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_sentinel_urls: Vec<String>,
+    /// The name the sentinels monitor the master by (`sentinel monitor <name> ...`).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+    /// Username and password for the master and replicas, when they differ
+    /// from none (the sentinels' own go in their URLs).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER_USERNAME")]
+    pub redis_sentinel_master_username: Option<String>,
+    #[arg(long, env = "REDIS_SENTINEL_MASTER_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_master_password: Option<String>,
     /// The Supabase project's JWT secret (HS256).
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -187,6 +216,11 @@ impl ServeArgs {
         ServeArgs {
             database_url: None,
             redis_url: None,
+            redis_cluster_urls: Vec::new(),
+            redis_sentinel_urls: Vec::new(),
+            redis_sentinel_master: None,
+            redis_sentinel_master_username: None,
+            redis_sentinel_master_password: None,
             jwt_secret: None,
             jwks_url: None,
             jwks_file: None,
@@ -259,7 +293,8 @@ pub struct ServeConfig {
     pub database_url: String,
     /// Where lookups go; `None` = `database_url`.
     pub database_read_url: Option<String>,
-    pub redis_url: Option<String>,
+    /// The shared tier; `None` = memory tier only.
+    pub redis: Option<RedisTarget>,
     pub jwt_secret: String,
     pub limits: Limits,
     /// RS256/ES256 keys, beside the HS256 secret.
@@ -282,9 +317,68 @@ pub struct CacheSettings {
     pub redis_ttl: Duration,
 }
 
+/// At most one of REDIS_URL, REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS.
+fn redis_target(args: &ServeArgs) -> Result<Option<RedisTarget>, ConfigError> {
+    fn urls(list: &[String]) -> Vec<String> {
+        list.iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+    let single = args
+        .redis_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let cluster = urls(&args.redis_cluster_urls);
+    let sentinels = urls(&args.redis_sentinel_urls);
+    let set = [single.is_some(), !cluster.is_empty(), !sentinels.is_empty()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        return Err(ConfigError(
+            "set only one of REDIS_URL, REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS".into(),
+        ));
+    }
+    let (target, setting) = if let Some(url) = single {
+        (RedisTarget::Standalone(url.to_owned()), "REDIS_URL")
+    } else if !cluster.is_empty() {
+        (RedisTarget::Cluster(cluster), "REDIS_CLUSTER_URLS")
+    } else if !sentinels.is_empty() {
+        let master = args
+            .redis_sentinel_master
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                ConfigError(
+                    "REDIS_SENTINEL_URLS is set but REDIS_SENTINEL_MASTER (the monitored master's name) is not"
+                        .into(),
+                )
+            })?;
+        let target = RedisTarget::Sentinel {
+            sentinels,
+            master: master.to_owned(),
+            username: args.redis_sentinel_master_username.clone(),
+            password: args.redis_sentinel_master_password.clone(),
+        };
+        (target, "REDIS_SENTINEL_URLS")
+    } else {
+        return Ok(None);
+    };
+    let plural = if setting == "REDIS_URL" {
+        "is not a valid redis:// URL"
+    } else {
+        "holds a URL that is not a valid redis:// URL"
+    };
+    target
+        .validate()
+        .map_err(|_| ConfigError(format!("{setting} {plural}")))?;
+    Ok(Some(target))
+}
+
 impl ServeConfig {
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
         let jwks = jwks_settings(&args)?;
+        let redis = redis_target(&args)?;
         let database_url = args
             .database_url
             .filter(|u| !u.trim().is_empty())
@@ -293,11 +387,6 @@ impl ServeConfig {
             return Err(ConfigError(
                 "DATABASE_URL is not a valid postgres:// URL".into(),
             ));
-        }
-        let redis_url = args.redis_url.filter(|u| !u.trim().is_empty());
-        if let Some(url) = &redis_url {
-            redis::Client::open(url.as_str())
-                .map_err(|_| ConfigError("REDIS_URL is not a valid redis:// URL".into()))?;
         }
         let jwt_secret = args.jwt_secret.filter(|s| !s.is_empty()).ok_or_else(|| {
             ConfigError("SUPABASE_JWT_SECRET (or --jwt-secret) is not set".into())
@@ -378,7 +467,7 @@ impl ServeConfig {
                 redis_ttl: Duration::from_secs(args.redis_ttl_secs.max(1)),
             },
             database_url,
-            redis_url,
+            redis,
             jwt_secret,
             jwks,
             pool: PoolSettings {
@@ -507,6 +596,28 @@ mod tests {
                 ..args()
             }),
             "REDIS_URL is not a valid redis:// URL"
+        );
+        assert_eq!(
+            error(ServeArgs {
+                redis_url: Some("redis://a:6379".into()),
+                redis_cluster_urls: vec!["redis://b:7000".into()],
+                ..args()
+            }),
+            "set only one of REDIS_URL, REDIS_CLUSTER_URLS and REDIS_SENTINEL_URLS"
+        );
+        assert_eq!(
+            error(ServeArgs {
+                redis_cluster_urls: vec!["redis://b:7000".into(), "b:7001".into()],
+                ..args()
+            }),
+            "REDIS_CLUSTER_URLS holds a URL that is not a valid redis:// URL"
+        );
+        assert_eq!(
+            error(ServeArgs {
+                redis_sentinel_urls: vec!["redis://s:26379".into()],
+                ..args()
+            }),
+            "REDIS_SENTINEL_URLS is set but REDIS_SENTINEL_MASTER (the monitored master's name) is not"
         );
         assert_eq!(
             error(ServeArgs {

@@ -158,10 +158,10 @@ impl Application {
             settings.max_callers,
             settings.memory_ttl,
         );
-        let redis = match &self.config.redis_url {
-            Some(url) => Some(
+        let redis = match &self.config.redis {
+            Some(target) => Some(
                 RedisTier::new(
-                    url,
+                    target.clone(),
                     settings.redis_namespace.as_deref(),
                     settings.redis_timeout,
                     settings.redis_ttl,

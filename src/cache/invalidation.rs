@@ -112,11 +112,12 @@ async fn connect_listener(database_url: &str) -> Result<PgListener, sqlx::Error>
 /// Subscribes to the Redis fan-out until aborted.
 pub fn spawn_redis_subscriber(cache: Cache, redis: RedisTier) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let client = redis.client().clone();
+        let target = redis.target().clone();
         let channel = redis.channel();
         let mut attempt = 0;
         loop {
             let pubsub = async {
+                let client = target.pubsub_client(attempt).await?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)

@@ -14,6 +14,7 @@ mod breaker;
 pub mod invalidation;
 mod memory;
 mod redis;
+pub mod redis_link;
 
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,6 +28,7 @@ pub use self::{
     invalidation::Invalidation,
     memory::{pack, unpack, MemoryTier, PackedRoute, Route, Tier},
     redis::{RedisTier, KEY_VERSION},
+    redis_link::RedisTarget,
 };
 
 #[derive(Clone)]

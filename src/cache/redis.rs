@@ -4,7 +4,8 @@
 //! Every call has a tight timeout and goes through a circuit breaker, and a
 //! failure is a miss, never an error: Redis down costs the call path nothing
 //! but the trip to Postgres. The connection is made in the background and
-//! `ConnectionManager` reconnects by itself, so start-up never waits on Redis.
+//! reconnects by itself (one node, a cluster or Sentinel's master: see
+//! `redis_link`), so start-up never waits on Redis.
 
 use std::{
     collections::HashSet,
@@ -16,12 +17,16 @@ use std::{
 };
 
 use prost::Message;
-use redis::{aio::ConnectionManager, AsyncCommands};
+use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
 use tracing::{field::Empty, Instrument};
 
-use super::{breaker::Breaker, memory::Route};
+use super::{
+    breaker::Breaker,
+    memory::Route,
+    redis_link::{Link, LinkTimeouts, RedisTarget},
+};
 use crate::{metrics::Metrics, pb};
 
 /// Every key and channel starts with this; bump `v1` when the value format
@@ -34,9 +39,9 @@ pub struct RedisTier {
 }
 
 struct Inner {
-    client: redis::Client,
+    target: RedisTarget,
     /// Set once the first connection succeeds; until then every call is a miss.
-    connection: OnceCell<ConnectionManager>,
+    connection: OnceCell<Link>,
     breaker: Breaker,
     timeout: Duration,
     ttl_secs: u64,
@@ -59,20 +64,20 @@ struct Inner {
 impl RedisTier {
     /// `namespace` separates deployments (or tests) that share one Redis.
     pub fn new(
-        url: &str,
+        target: RedisTarget,
         namespace: Option<&str>,
         timeout: Duration,
         ttl: Duration,
         metrics: Metrics,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+        target.validate()?;
         let prefix = match namespace {
             Some(ns) => format!("{KEY_VERSION}{ns}:"),
             None => KEY_VERSION.to_owned(),
         };
         let tier = RedisTier {
             inner: Arc::new(Inner {
-                client,
+                target,
                 connection: OnceCell::new(),
                 breaker: Breaker::new(3, Duration::from_millis(500)),
                 timeout,
@@ -89,8 +94,9 @@ impl RedisTier {
         Ok(tier)
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.inner.client
+    /// Where the tier lives (the subscriber connects on its own).
+    pub fn target(&self) -> &RedisTarget {
+        &self.inner.target
     }
 
     /// `switchboard:v1:[<namespace>:]route:<E.164>`
@@ -106,15 +112,14 @@ impl RedisTier {
     async fn connect_in_background(&self) {
         let mut delay = Duration::from_millis(50);
         loop {
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Duration::from_secs(1))
-                .set_response_timeout(self.inner.timeout.max(Duration::from_millis(50)))
-                .set_number_of_retries(1)
-                .set_max_delay(1000);
-            match ConnectionManager::new_with_config(self.inner.client.clone(), config).await {
+            let timeouts = LinkTimeouts {
+                connect: Duration::from_secs(1),
+                response: self.inner.timeout.max(Duration::from_millis(50)),
+            };
+            match Link::connect(&self.inner.target, timeouts).await {
                 Ok(connection) => {
                     let _ = self.inner.connection.set(connection);
-                    tracing::info!("redis tier connected");
+                    tracing::info!(mode = self.inner.target.mode(), "redis tier connected");
                     return;
                 }
                 Err(error) => {
@@ -126,7 +131,7 @@ impl RedisTier {
         }
     }
 
-    fn connection(&self) -> Option<ConnectionManager> {
+    fn connection(&self) -> Option<Link> {
         if !self.inner.breaker.allow() {
             return None;
         }
@@ -285,34 +290,30 @@ impl RedisTier {
         let Some(mut connection) = self.connection() else {
             return false;
         };
+        let Some(targets) = self.run(connection.scan_targets()).await else {
+            return false;
+        };
         let pattern = format!("{}route:*", self.inner.prefix);
-        let mut cursor: u64 = 0;
-        loop {
-            let step: Option<(u64, Vec<String>)> = self
-                .run(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut connection),
-                )
-                .await;
-            let Some((next, keys)) = step else {
-                return false;
-            };
-            if !keys.is_empty() {
-                let deleted: Option<i64> = self.run(connection.del(keys)).await;
-                if deleted.is_none() {
+        for target in &targets {
+            let mut cursor: u64 = 0;
+            loop {
+                let step = self.run(connection.scan(target, cursor, &pattern)).await;
+                let Some((next, keys)) = step else {
                     return false;
+                };
+                if !keys.is_empty() {
+                    let deleted: Option<i64> = self.run(connection.del(keys)).await;
+                    if deleted.is_none() {
+                        return false;
+                    }
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return true;
-            }
-            cursor = next;
         }
+        true
     }
 
     pub async fn publish(&self, payload: &str) {

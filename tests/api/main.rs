@@ -16,6 +16,7 @@ mod pgbouncer;
 mod policy_matrix;
 mod property;
 mod redis_server;
+mod redis_topologies;
 mod resolve;
 
 /// This binary talks to Postgres directly; `tests/pooled.rs` runs the same

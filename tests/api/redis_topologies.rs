@@ -1,0 +1,623 @@
+//! The shared tier on a Redis Cluster and behind Sentinel, each a real set of
+//! `redis-server` processes of the test's own (the shared Redis on 6379 is
+//! never touched): routes land on the cluster's masters, a flush reaches
+//! every master, invalidations fan out through the cluster, a dead master
+//! is a miss and not an error, and a Sentinel failover is followed without
+//! a restart.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use redis::AsyncCommands;
+use tonic::{transport::Channel, Status};
+
+use crate::helpers::*;
+use switchboard::pb::{
+    agent_service_client::AgentServiceClient, ResolveAgentRequest, ResolveAgentResponse,
+};
+
+/// One `redis-server` of a test's own, with a scratch directory.
+struct Node {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(port: u16, dir: &PathBuf, args: &[&str]) -> Node {
+        let child = Command::new("redis-server")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        Node {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..250 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.url()))
+    }
+
+    async fn info(&self, section: &str) -> String {
+        let mut connection = self.connection().await;
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        let mut connection = self.connection().await;
+        connection.exists(key).await.unwrap_or(false)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `n` free ports below 30000 (a cluster node also binds port + 10000, so
+/// the kernel's ephemeral range, which ends at 60999, is no good).
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let port = 20_000 + rand::random::<u16>() % 10_000;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if !ports.contains(&port) && free(port) && free(port + 10_000) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+const BASE: [&str; 6] = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+
+/// Three masters, no replicas, slots split evenly by `redis-cli --cluster`.
+struct Cluster {
+    nodes: Vec<Node>,
+    _dir: Scratch,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = Scratch::new("cluster");
+        let mut nodes = Vec::new();
+        for port in free_ports(3) {
+            let port_arg = port.to_string();
+            let conf = format!("nodes-{port}.conf");
+            let mut args = vec!["--port", &port_arg, "--cluster-enabled", "yes"];
+            args.extend([
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "1000",
+            ]);
+            args.extend(BASE);
+            nodes.push(Node::spawn(port, &dir.0, &args));
+        }
+        for node in &nodes {
+            node.wait_up().await;
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = Cluster { nodes, _dir: dir };
+        let started = Instant::now();
+        'ready: loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "cluster not ok"
+            );
+            for node in &cluster.nodes {
+                let mut connection = node.connection().await;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default();
+                if !info.contains("cluster_state:ok") {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue 'ready;
+                }
+            }
+            break;
+        }
+        cluster
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    async fn client(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Keys matching `pattern` on each node, in node order.
+    async fn keys_per_node(&self, pattern: &str) -> Vec<Vec<String>> {
+        let mut all = Vec::new();
+        for node in &self.nodes {
+            let mut connection = node.connection().await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut connection)
+                .await
+                .unwrap_or_default();
+            all.push(keys);
+        }
+        all
+    }
+}
+
+/// A master, its replica, and one sentinel (quorum 1) watching them.
+struct Sentinels {
+    master: Node,
+    replica: Node,
+    sentinel: Node,
+    _dir: Scratch,
+}
+
+const MASTER_NAME: &str = "switchboard-test";
+
+impl Sentinels {
+    async fn start() -> Sentinels {
+        let dir = Scratch::new("sentinel");
+        let ports = free_ports(3);
+        let (m, r, s) = (ports[0].to_string(), ports[1].to_string(), ports[2]);
+        let master = Node::spawn(ports[0], &dir.0, &[&["--port", &m][..], &BASE].concat());
+        master.wait_up().await;
+        let replica = Node::spawn(
+            ports[1],
+            &dir.0,
+            &[&["--port", &r, "--replicaof", "127.0.0.1", &m][..], &BASE].concat(),
+        );
+        replica.wait_up().await;
+        within("replica linked", Duration::from_secs(10), || async {
+            replica
+                .info("replication")
+                .await
+                .contains("master_link_status:up")
+        })
+        .await;
+        let conf = dir.0.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {s}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {m} 1\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 500\n\
+                 sentinel failover-timeout {MASTER_NAME} 3000\n",
+                dir = dir.0.display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let conf = conf.display().to_string();
+        let sentinel = Node::spawn(s, &dir.0, &[conf.as_str(), "--sentinel"]);
+        sentinel.wait_up().await;
+        let sentinels = Sentinels {
+            master,
+            replica,
+            sentinel,
+            _dir: dir,
+        };
+        // The sentinel must know the replica before it can promote it.
+        within(
+            "sentinel knows the replica",
+            Duration::from_secs(15),
+            || async {
+                let mut connection = sentinels.sentinel.connection().await;
+                let replicas: Vec<Vec<String>> = redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(MASTER_NAME)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default();
+                !replicas.is_empty()
+            },
+        )
+        .await;
+        sentinels
+    }
+
+    async fn master_port(&self) -> Option<u16> {
+        let mut connection = self.sentinel.connection().await;
+        let address: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(MASTER_NAME)
+            .query_async(&mut connection)
+            .await
+            .ok()?;
+        address.and_then(|(_, port)| port.parse().ok())
+    }
+}
+
+/// Polls until `check` holds, for at most `limit`; returns how long it took.
+async fn within<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn service_resolve(
+    client: &mut AgentServiceClient<Channel>,
+    called: &str,
+) -> Result<(ResolveAgentResponse, String), Status> {
+    let response = client
+        .resolve_agent(as_who(
+            Who::Service,
+            ResolveAgentRequest {
+                called_number: called.into(),
+                caller_number: String::new(),
+            },
+        ))
+        .await?;
+    let tier = response
+        .metadata()
+        .get("x-switchboard-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok((response.into_inner(), tier))
+}
+
+fn voice(answer: &ResolveAgentResponse) -> String {
+    answer
+        .agent
+        .as_ref()
+        .map(|a| a.voice_id.clone())
+        .unwrap_or_default()
+}
+
+fn cluster_options(urls: Vec<String>, memory_tier: bool) -> AppOptions {
+    AppOptions {
+        redis: false,
+        memory_tier,
+        serve_args: Some(std::sync::Arc::new(move |args| {
+            args.redis_cluster_urls = urls.clone();
+        })),
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_holds_routes_flushes_every_master_and_fans_out_invalidations() {
+    let cluster = Cluster::start().await;
+    let db = TestDb::seeded().await;
+    // No memory tier: every service resolve shows whether Redis answered.
+    let app = TestApp::spawn_with(db, cluster_options(cluster.urls(), false)).await;
+    let mut agents = app.agents().await;
+    let prefix = format!("switchboard:v1:{}:", app.db.name);
+    let acme_key = format!("{prefix}route:{ACME_NUMBER}");
+
+    let (answer, tier) = service_resolve(&mut agents, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "db");
+    let mut client = cluster.client().await;
+    // The tier connects in the background: until it has, a fill is skipped,
+    // so ask again until one lands.
+    within(
+        "route filled into the cluster",
+        Duration::from_secs(3),
+        || {
+            let mut client = client.clone();
+            let mut agents = agents.clone();
+            let key = acme_key.clone();
+            async move {
+                let _ = service_resolve(&mut agents, ACME_NUMBER).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                client.exists(&key).await.unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    let (again, tier) = service_resolve(&mut agents, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "redis");
+    assert_eq!(again, answer);
+
+    // Routes on every master (planted directly: 60 keys hash to all three),
+    // then a flush of everything must empty every master.
+    for i in 0..60 {
+        let key = format!("{prefix}route:+1999000{i:04}");
+        let _: () = client
+            .set(&key, b"stale".as_slice())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let before = cluster.keys_per_node(&format!("{prefix}route:*")).await;
+    assert!(
+        before.iter().all(|keys| !keys.is_empty()),
+        "every master holds routes: {:?}",
+        before.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    app.db
+        .exec(r#"select pg_notify('switchboard_invalidate', '{"kind":"all"}')"#)
+        .await;
+    let took = within("every master flushed", Duration::from_secs(2), || async {
+        cluster
+            .keys_per_node(&format!("{prefix}route:*"))
+            .await
+            .iter()
+            .all(Vec::is_empty)
+    })
+    .await;
+    eprintln!("every master flushed after {took:?}");
+
+    // A second replica with a memory tier: an invalidation published on a
+    // node it is not subscribed to (its subscriber sits on the first seed)
+    // still reaches it through the cluster.
+    let replica = app
+        .spawn_replica(cluster_options(cluster.urls(), true))
+        .await;
+    let mut second = replica.agents().await;
+    service_resolve(&mut second, BLUEBIRD_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    let (_, tier) = service_resolve(&mut second, BLUEBIRD_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "memory");
+    let last = cluster.nodes[2].connection().await;
+    let payload = format!(r#"{{"kind":"numbers","numbers":["{BLUEBIRD_NUMBER}"]}}"#);
+    within(
+        "replica evicted by a publish on another node",
+        Duration::from_secs(2),
+        || {
+            let mut second = second.clone();
+            let mut last = last.clone();
+            let channel = format!("{prefix}invalidate");
+            let payload = payload.clone();
+            async move {
+                let _: Result<i64, _> = last.publish(&channel, &payload).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                matches!(service_resolve(&mut second, BLUEBIRD_NUMBER).await,
+                Ok((_, tier)) if tier != "memory")
+            }
+        },
+    )
+    .await;
+
+    // A write through the service is seen on both replicas.
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'nova' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    for client in [&mut agents, &mut second] {
+        within("write seen by each replica", Duration::from_secs(1), || {
+            let mut client = client.clone();
+            async move {
+                service_resolve(&mut client, ACME_NUMBER)
+                    .await
+                    .map(|(a, _)| voice(&a) == "nova")
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_cluster_master_is_a_miss_not_an_error() {
+    let mut cluster = Cluster::start().await;
+    let db = TestDb::seeded().await;
+    let app = TestApp::spawn_with(db, cluster_options(cluster.urls(), false)).await;
+    let mut agents = app.agents().await;
+    let prefix = format!("switchboard:v1:{}:", app.db.name);
+    for number in [ACME_NUMBER, BLUEBIRD_NUMBER] {
+        service_resolve(&mut agents, number)
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+    }
+    // Kill the master that holds Acme's route.
+    let acme_key = format!("{prefix}route:{ACME_NUMBER}");
+    within(
+        "route filled on some node",
+        Duration::from_secs(3),
+        || async {
+            let _ = service_resolve(&mut agents.clone(), ACME_NUMBER).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for node in &cluster.nodes {
+                let mut connection = node.connection().await;
+                let found: Result<bool, _> = connection.exists(&acme_key).await;
+                if found.unwrap_or(false) {
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let mut holder = None;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if node.exists(&acme_key).await {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.unwrap_or_else(|| panic!("no node holds {acme_key}"));
+    cluster.nodes[holder].kill();
+
+    let started = Instant::now();
+    for _ in 0..30 {
+        for number in [ACME_NUMBER, BLUEBIRD_NUMBER] {
+            let (answer, tier) = service_resolve(&mut agents, number)
+                .await
+                .unwrap_or_else(|s| panic!("{number}: {s:?}"));
+            assert!(answer.agent.is_some());
+            assert!(tier == "db" || tier == "redis", "{tier}");
+        }
+    }
+    eprintln!(
+        "60 resolves with a master down took {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+fn sentinel_options(sentinels: &Sentinels) -> AppOptions {
+    let url = sentinels.sentinel.url();
+    AppOptions {
+        redis: false,
+        memory_tier: false,
+        serve_args: Some(std::sync::Arc::new(move |args| {
+            args.redis_sentinel_urls = vec![url.clone()];
+            args.redis_sentinel_master = Some(MASTER_NAME.into());
+        })),
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_is_followed_without_errors_or_a_restart() {
+    let mut sentinels = Sentinels::start().await;
+    let db = TestDb::seeded().await;
+    let app = TestApp::spawn_with(db, sentinel_options(&sentinels)).await;
+    let mut agents = app.agents().await;
+    let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
+
+    let (_, tier) = service_resolve(&mut agents, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "db");
+    within(
+        "route filled on the master",
+        Duration::from_secs(3),
+        || async {
+            let _ = service_resolve(&mut agents.clone(), ACME_NUMBER).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sentinels.master.exists(&key).await
+        },
+    )
+    .await;
+    let (_, tier) = service_resolve(&mut agents, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "redis");
+
+    // The master dies; the sentinel promotes the replica.
+    let old = sentinels.master.port;
+    sentinels.master.kill();
+    let started = Instant::now();
+    let mut answered = 0;
+    while sentinels.master_port().await == Some(old) {
+        assert!(started.elapsed() < Duration::from_secs(15), "no failover");
+        let (answer, _) = service_resolve(&mut agents, ACME_NUMBER)
+            .await
+            .unwrap_or_else(|s| panic!("during failover: {s:?}"));
+        assert_eq!(voice(&answer), "alloy");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "failover took {:?}; {answered} calls answered meanwhile",
+        started.elapsed()
+    );
+    assert_eq!(sentinels.master_port().await, Some(sentinels.replica.port));
+
+    // Changes made after the failover evict on the new master, and fills
+    // land there: the tier answers again, with the new voice.
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'nova' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    let took = within(
+        "new voice from the new master",
+        Duration::from_secs(5),
+        || {
+            let mut agents = agents.clone();
+            async move {
+                matches!(service_resolve(&mut agents, ACME_NUMBER).await,
+                Ok((answer, tier)) if tier == "redis" && voice(&answer) == "nova")
+            }
+        },
+    )
+    .await;
+    eprintln!("new master serving the new voice {took:?} after the failover");
+    assert!(sentinels.replica.exists(&key).await);
+}
