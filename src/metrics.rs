@@ -415,22 +415,15 @@ impl Registry {
             series: lookups,
         });
         if let Some(open) = gauges.redis_breaker_open {
-            families.push(Family {
-                name: "switchboard.redis.errors",
-                unit: "{error}",
-                kind: Kind::Counter,
-                help: "Redis calls that failed, by kind (a failure is a cache miss, never a call error).",
-                series: vec![
-                    Series::labelled(
-                        vec![("kind", "timeout")],
-                        Value::Number(self.redis_errors.timeout.get()),
-                    ),
-                    Series::labelled(
-                        vec![("kind", "error")],
-                        Value::Number(self.redis_errors.failed.get()),
-                    ),
+            families.push(Family::by_label(
+                ("switchboard.redis.errors", "{error}", Kind::Counter),
+                "Redis calls that failed, by kind (a failure is a cache miss, never a call error).",
+                "kind",
+                [
+                    ("timeout", self.redis_errors.timeout.get()),
+                    ("error", self.redis_errors.failed.get()),
                 ],
-            });
+            ));
             families.push(Family::gauge(
                 "switchboard.redis.breaker.open",
                 "",
@@ -444,22 +437,19 @@ impl Registry {
             "1 while the database circuit breaker fails cache misses at once.",
             u64::from(gauges.database_breaker_open),
         ));
-        families.push(Family {
-            name: "switchboard.invalidations.received",
-            unit: "{invalidation}",
-            kind: Kind::Counter,
-            help: "Cache invalidations received, by source.",
-            series: vec![
-                Series::labelled(
-                    vec![("source", "postgres")],
-                    Value::Number(self.invalidations.postgres.get()),
-                ),
-                Series::labelled(
-                    vec![("source", "redis")],
-                    Value::Number(self.invalidations.redis.get()),
-                ),
+        families.push(Family::by_label(
+            (
+                "switchboard.invalidations.received",
+                "{invalidation}",
+                Kind::Counter,
+            ),
+            "Cache invalidations received, by source.",
+            "source",
+            [
+                ("postgres", self.invalidations.postgres.get()),
+                ("redis", self.invalidations.redis.get()),
             ],
-        });
+        ));
         families.push(Family::gauge(
             "switchboard.invalidation.listener.connected",
             "",
@@ -467,19 +457,16 @@ impl Registry {
             u64::from(gauges.invalidation_listener_connected),
         ));
         let in_use = gauges.pool_size.saturating_sub(gauges.pool_idle);
-        families.push(Family {
-            name: "switchboard.db.pool.connections",
-            unit: "{connection}",
-            kind: Kind::Gauge,
-            help: "Postgres pool connections by state.",
-            series: vec![
-                Series::labelled(vec![("state", "in_use")], Value::Number(in_use.into())),
-                Series::labelled(
-                    vec![("state", "idle")],
-                    Value::Number(gauges.pool_idle.into()),
-                ),
-            ],
-        });
+        families.push(Family::by_label(
+            (
+                "switchboard.db.pool.connections",
+                "{connection}",
+                Kind::Gauge,
+            ),
+            "Postgres pool connections by state.",
+            "state",
+            [("in_use", in_use.into()), ("idle", gauges.pool_idle.into())],
+        ));
         families.push(Family::gauge(
             "switchboard.db.pool.max_connections",
             "{connection}",
@@ -590,6 +577,26 @@ impl Family<'_> {
             kind: Kind::Gauge,
             help,
             series: vec![Series::labelled(Vec::new(), Value::Number(value))],
+        }
+    }
+
+    /// Series that differ in one label.
+    fn by_label(
+        (name, unit, kind): (&'static str, &'static str, Kind),
+        help: &'static str,
+        label: &'static str,
+        values: impl IntoIterator<Item = (&'static str, u64)>,
+    ) -> Self {
+        let series = values
+            .into_iter()
+            .map(|(value, number)| Series::labelled(vec![(label, value)], Value::Number(number)))
+            .collect();
+        Family {
+            name,
+            unit,
+            kind,
+            help,
+            series,
         }
     }
 

@@ -38,6 +38,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{any_value::Value as AnyValue, KeyValue},
     metrics::v1::{
         metric::Data, number_data_point, AggregationTemporality, HistogramDataPoint, Metric,
+        NumberDataPoint,
     },
     trace::v1::{span::SpanKind, Span},
 };
@@ -990,6 +991,18 @@ fn metrics_export_to(collector: SocketAddr, interval_ms: u64) -> MetricsExport {
         .unwrap_or_else(|e| panic!("metrics export settings: {e}"))
 }
 
+/// The service, pushing its metrics to `collector` every `interval_ms`.
+async fn app_pushing_to(collector: SocketAddr, interval_ms: u64) -> TestApp {
+    TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            metrics_export: metrics_export_to(collector, interval_ms),
+            ..AppOptions::default()
+        },
+    )
+    .await
+}
+
 fn pushes(
     received: &MetricsReceived,
 ) -> Vec<(tonic::metadata::MetadataMap, ExportMetricsServiceRequest)> {
@@ -1034,13 +1047,7 @@ fn counter_value(
         AggregationTemporality::Cumulative as i32,
         "{name} is cumulative"
     );
-    sum.data_points
-        .iter()
-        .find(|p| has_attributes(&p.attributes, attributes))
-        .and_then(|p| match p.value {
-            Some(number_data_point::Value::AsInt(value)) => Some(value),
-            _ => None,
-        })
+    int_value(&sum.data_points, attributes)
 }
 
 fn gauge_value(
@@ -1051,8 +1058,12 @@ fn gauge_value(
     let Some(Data::Gauge(gauge)) = data_of(request, name) else {
         return None;
     };
-    gauge
-        .data_points
+    int_value(&gauge.data_points, attributes)
+}
+
+/// The integer of the point with exactly these attributes.
+fn int_value(points: &[NumberDataPoint], attributes: &[(&str, &str)]) -> Option<i64> {
+    points
         .iter()
         .find(|p| has_attributes(&p.attributes, attributes))
         .and_then(|p| match p.value {
@@ -1099,14 +1110,7 @@ fn resolve_calls(request: &ExportMetricsServiceRequest, code: &str) -> Option<i6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_metrics_are_pushed_every_interval_with_the_numbers_of_the_page() {
     let (collector, received) = metrics_collector().await;
-    let app = TestApp::spawn_with(
-        TestDb::seeded().await,
-        AppOptions {
-            metrics_export: metrics_export_to(collector, 200),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = app_pushing_to(collector, 200).await;
     let mut agents = app.agents().await;
     let service = token(Who::Service);
     // Postgres, then two memory hits.
@@ -1257,14 +1261,7 @@ async fn otlp_metrics_are_pushed_every_interval_with_the_numbers_of_the_page() {
 async fn otlp_metrics_are_pushed_once_more_at_shutdown() {
     let (collector, received) = metrics_collector().await;
     // An interval no test reaches: only the push at shutdown happens.
-    let mut app = TestApp::spawn_with(
-        TestDb::seeded().await,
-        AppOptions {
-            metrics_export: metrics_export_to(collector, 3_600_000),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let mut app = app_pushing_to(collector, 3_600_000).await;
     let mut agents = app.agents().await;
     agents
         .resolve_agent(authed(&token(Who::Service), resolve_request()))
@@ -1293,14 +1290,7 @@ async fn a_collector_that_is_down_costs_one_warning_a_minute_and_no_call() {
             .local_addr()
             .unwrap_or_else(|e| panic!("addr: {e}"))
     };
-    let app = TestApp::spawn_with(
-        TestDb::seeded().await,
-        AppOptions {
-            metrics_export: metrics_export_to(closed, 50),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = app_pushing_to(closed, 50).await;
     let mut agents = app.agents().await;
     let service = token(Who::Service);
     let warnings = || {
