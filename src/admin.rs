@@ -9,13 +9,14 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     cache::Cache,
-    metrics::{Gauges, Metrics},
+    metrics::{Gauges, Metrics, Snapshot},
     resolver::Resolver,
     store::PgStore,
 };
 
-/// What a scrape reads: the counters, and the parts whose state the gauges
-/// mirror (read at scrape time, so they cost the call path nothing).
+/// What a scrape (and an OTLP push) reads: the counters, and the parts whose
+/// state the gauges mirror (read at scrape time, so they cost the call path
+/// nothing).
 #[derive(Clone)]
 pub struct Sources {
     pub metrics: Metrics,
@@ -25,6 +26,11 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Every series now.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        self.metrics.snapshot(&self.gauges())
+    }
+
     fn gauges(&self) -> Gauges {
         let pool = self.store.pool_stats();
         Gauges {
@@ -45,7 +51,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 async fn metrics(State(sources): State<Sources>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        sources.metrics.render(&sources.gauges()),
+        sources.snapshot().to_prometheus(),
     )
 }
 

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod load;
 pub mod metrics;
 pub mod migrate;
+pub mod otlp_metrics;
 pub mod resolver;
 pub mod startup;
 pub mod store;

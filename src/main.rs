@@ -9,6 +9,7 @@ use switchboard::{
     auth::{mint_token, DbRole},
     config::{Cli, Command, DevArgs, ServeArgs, ServeConfig, DEV_JWT_SECRET},
     migrate,
+    otlp_metrics::MetricsExport,
     startup::Application,
     telemetry,
 };
@@ -75,9 +76,11 @@ async fn run(command: Command) -> Result<(), String> {
 }
 
 async fn serve(config: ServeConfig) -> Result<(), String> {
+    let metrics_export = MetricsExport::from_env().map_err(|e| e.to_string())?;
     let app = Application::build(config)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_metrics_export(metrics_export);
     tracing::info!(
         addr = %app.local_addr(),
         admin = %app.admin_addr(),

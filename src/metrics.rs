@@ -1,5 +1,7 @@
-//! Prometheus metrics: counters and histograms the request path updates, and
-//! their text exposition (served by `admin`).
+//! Metrics: counters and histograms the request path updates, and one
+//! `Snapshot` of every series that both encoders walk: the Prometheus text
+//! exposition (served by `admin`) and the OTLP push (`otlp_metrics`). Which
+//! series exist, their names, units and labels are decided here once.
 //!
 //! Why no metrics crate: every series here has a label set fixed at start-up
 //! (methods come from the served protobuf descriptors, codes and tiers are
@@ -18,7 +20,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use prost::Message;
@@ -112,9 +114,13 @@ impl Histogram {
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    /// Observations so far (the `+Inf` bucket).
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    /// The buckets and the sum now. Each is read once, so the count (their
+    /// sum) and the buckets agree even while requests are being recorded.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -172,6 +178,9 @@ pub struct Registry {
     pub redis_routes: Lookups,
     pub redis_errors: RedisErrors,
     pub invalidations: Invalidations,
+    /// When counting began: the start of every cumulative series (OTLP
+    /// sends it, so a collector sees a restart as a reset).
+    started: SystemTime,
 }
 
 /// A cheap handle to one server's metrics. Each `Application` has its own, so
@@ -261,6 +270,7 @@ impl Metrics {
             redis_routes: Lookups::default(),
             redis_errors: RedisErrors::default(),
             invalidations: Invalidations::default(),
+            started: SystemTime::now(),
         }))
     }
 }
@@ -316,202 +326,357 @@ impl Registry {
 
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        // Writing to a String cannot fail.
-        let _ = self.write_all(&mut out, gauges);
-        out
+        self.snapshot(gauges).to_prometheus()
     }
 
-    fn write_all(&self, out: &mut String, gauges: &Gauges) -> std::fmt::Result {
-        header(
-            out,
-            "switchboard_grpc_requests_total",
-            "counter",
-            "gRPC calls finished, by method and status code.",
-        )?;
-        for stats in self.methods.iter() {
-            for (code, counter) in CODE_NAMES.iter().zip(&stats.codes) {
-                let value = counter.get();
-                // Series appear on first use: 17 codes × every method would
-                // be mostly zeros.
-                if value > 0 {
-                    writeln!(
-                        out,
-                        "switchboard_grpc_requests_total{{method=\"{}\",code=\"{code}\"}} {value}",
-                        stats.label
-                    )?;
-                }
-            }
-        }
-        header(
-            out,
-            "switchboard_grpc_request_duration_seconds",
-            "histogram",
-            "gRPC call latency in the server, by method and the cache tier that answered (ResolveAgent; none otherwise).",
-        )?;
-        for stats in self.methods.iter() {
-            for (tier, histogram) in TIER_NAMES.iter().zip(&stats.latency) {
-                let labels = format!("method=\"{}\",tier=\"{tier}\"", stats.label);
-                write_histogram(
-                    out,
-                    "switchboard_grpc_request_duration_seconds",
-                    &labels,
-                    histogram,
-                )?;
-            }
-        }
+    /// Every series, read now: what `/metrics` renders and OTLP pushes. The
+    /// one list of what switchboard measures; the encoders only walk it.
+    pub fn snapshot(&self, gauges: &Gauges) -> Snapshot<'_> {
+        let requests = self
+            .methods
+            .iter()
+            .flat_map(|stats| {
+                CODE_NAMES
+                    .iter()
+                    .zip(&stats.codes)
+                    .filter_map(move |(code, counter)| {
+                        let value = counter.get();
+                        // Series appear on first use: 17 codes × every method
+                        // would be mostly zeros.
+                        (value > 0).then(|| {
+                            Series::labelled(
+                                vec![("method", &*stats.label), ("code", code)],
+                                Value::Number(value),
+                            )
+                        })
+                    })
+            })
+            .collect();
+        let latency = self
+            .methods
+            .iter()
+            .flat_map(|stats| {
+                TIER_NAMES
+                    .iter()
+                    .zip(&stats.latency)
+                    .filter_map(move |(tier, histogram)| {
+                        let histogram = histogram.snapshot();
+                        (histogram.count() > 0).then(|| {
+                            Series::labelled(
+                                vec![("method", &*stats.label), ("tier", tier)],
+                                Value::Histogram(histogram),
+                            )
+                        })
+                    })
+            })
+            .collect();
+        let mut families = vec![
+            Family {
+                name: "switchboard.grpc.requests",
+                unit: "{request}",
+                kind: Kind::Counter,
+                help: "gRPC calls finished, by method and status code.",
+                series: requests,
+            },
+            Family {
+                name: "switchboard.grpc.request.duration",
+                unit: "s",
+                kind: Kind::Histogram,
+                help: "gRPC call latency in the server, by method and the cache tier that answered (ResolveAgent; none otherwise).",
+                series: latency,
+            },
+        ];
 
-        header(
-            out,
-            "switchboard_cache_lookups_total",
-            "counter",
-            "Cache lookups by tier, entry kind and result; hit ratio = hit / sum.",
-        )?;
         let redis = gauges.redis_breaker_open.is_some();
         let lookups = [
             ("memory", "route", &self.memory_routes, false),
             ("memory", "caller", &self.memory_callers, false),
         ]
         .into_iter()
-        .chain(redis.then_some(("redis", "route", &self.redis_routes, true)));
-        for (tier, entry, counts, can_fail) in lookups {
+        .chain(redis.then_some(("redis", "route", &self.redis_routes, true)))
+        .flat_map(|(tier, entry, counts, can_fail)| {
             let mut results = vec![("hit", &counts.hit), ("miss", &counts.miss)];
             if can_fail {
                 results.push(("error", &counts.error));
             }
-            for (result, counter) in results {
-                writeln!(
-                    out,
-                    "switchboard_cache_lookups_total{{tier=\"{tier}\",entry=\"{entry}\",result=\"{result}\"}} {}",
-                    counter.get()
-                )?;
-            }
-        }
+            results.into_iter().map(move |(result, counter)| {
+                Series::labelled(
+                    vec![("tier", tier), ("entry", entry), ("result", result)],
+                    Value::Number(counter.get()),
+                )
+            })
+        })
+        .collect();
+        families.push(Family {
+            name: "switchboard.cache.lookups",
+            unit: "{lookup}",
+            kind: Kind::Counter,
+            help: "Cache lookups by tier, entry kind and result; hit ratio = hit / sum.",
+            series: lookups,
+        });
         if let Some(open) = gauges.redis_breaker_open {
-            header(
-                out,
-                "switchboard_redis_errors_total",
-                "counter",
+            families.push(Family::by_label(
+                ("switchboard.redis.errors", "{error}", Kind::Counter),
                 "Redis calls that failed, by kind (a failure is a cache miss, never a call error).",
-            )?;
-            writeln!(
-                out,
-                "switchboard_redis_errors_total{{kind=\"timeout\"}} {}",
-                self.redis_errors.timeout.get()
-            )?;
-            writeln!(
-                out,
-                "switchboard_redis_errors_total{{kind=\"error\"}} {}",
-                self.redis_errors.failed.get()
-            )?;
-            gauge(
-                out,
-                "switchboard_redis_breaker_open",
+                "kind",
+                [
+                    ("timeout", self.redis_errors.timeout.get()),
+                    ("error", self.redis_errors.failed.get()),
+                ],
+            ));
+            families.push(Family::gauge(
+                "switchboard.redis.breaker.open",
+                "",
                 "1 while the Redis circuit breaker skips Redis.",
                 u64::from(open),
-            )?;
+            ));
         }
-        gauge(
-            out,
-            "switchboard_database_breaker_open",
+        families.push(Family::gauge(
+            "switchboard.database.breaker.open",
+            "",
             "1 while the database circuit breaker fails cache misses at once.",
             u64::from(gauges.database_breaker_open),
-        )?;
-
-        header(
-            out,
-            "switchboard_invalidations_received_total",
-            "counter",
+        ));
+        families.push(Family::by_label(
+            (
+                "switchboard.invalidations.received",
+                "{invalidation}",
+                Kind::Counter,
+            ),
             "Cache invalidations received, by source.",
-        )?;
-        writeln!(
-            out,
-            "switchboard_invalidations_received_total{{source=\"postgres\"}} {}",
-            self.invalidations.postgres.get()
-        )?;
-        writeln!(
-            out,
-            "switchboard_invalidations_received_total{{source=\"redis\"}} {}",
-            self.invalidations.redis.get()
-        )?;
-        gauge(
-            out,
-            "switchboard_invalidation_listener_connected",
+            "source",
+            [
+                ("postgres", self.invalidations.postgres.get()),
+                ("redis", self.invalidations.redis.get()),
+            ],
+        ));
+        families.push(Family::gauge(
+            "switchboard.invalidation.listener.connected",
+            "",
             "1 while the Postgres invalidation listener is connected (only then are new fills kept in memory).",
             u64::from(gauges.invalidation_listener_connected),
-        )?;
-
-        header(
-            out,
-            "switchboard_db_pool_connections",
-            "gauge",
-            "Postgres pool connections by state.",
-        )?;
+        ));
         let in_use = gauges.pool_size.saturating_sub(gauges.pool_idle);
-        writeln!(
-            out,
-            "switchboard_db_pool_connections{{state=\"in_use\"}} {in_use}"
-        )?;
-        writeln!(
-            out,
-            "switchboard_db_pool_connections{{state=\"idle\"}} {}",
-            gauges.pool_idle
-        )?;
-        gauge(
-            out,
-            "switchboard_db_pool_max_connections",
+        families.push(Family::by_label(
+            (
+                "switchboard.db.pool.connections",
+                "{connection}",
+                Kind::Gauge,
+            ),
+            "Postgres pool connections by state.",
+            "state",
+            [("in_use", in_use.into()), ("idle", gauges.pool_idle.into())],
+        ));
+        families.push(Family::gauge(
+            "switchboard.db.pool.max_connections",
+            "{connection}",
             "The pool's limit (SWITCHBOARD_DB_MAX_CONNECTIONS).",
             u64::from(gauges.pool_max),
-        )?;
-        gauge(
-            out,
-            "switchboard_db_pool_waiting",
+        ));
+        families.push(Family::gauge(
+            "switchboard.db.pool.waiting",
+            "{request}",
             "Requests waiting for a Postgres connection now.",
             gauges.pool_waiting,
-        )
+        ));
+        Snapshot {
+            start: self.started,
+            time: SystemTime::now(),
+            families,
+        }
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) -> std::fmt::Result {
-    writeln!(out, "# HELP {name} {help}")?;
-    writeln!(out, "# TYPE {name} {kind}")
+/// Every series of one registry, read at one moment.
+pub struct Snapshot<'a> {
+    /// When the registry was made: where every counter and histogram
+    /// started from (they are cumulative since then).
+    pub start: SystemTime,
+    /// When the series were read.
+    pub time: SystemTime,
+    pub families: Vec<Family<'a>>,
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) -> std::fmt::Result {
-    header(out, name, "gauge", help)?;
-    writeln!(out, "{name} {value}")
+/// One metric and its series.
+pub struct Family<'a> {
+    /// The OpenTelemetry name. The Prometheus name is derived from it, the
+    /// unit and the kind by OpenTelemetry's Prometheus compatibility rules
+    /// (see `prometheus_name`), so a collector that turns the OTLP push back
+    /// into Prometheus series yields the names `/metrics` serves.
+    pub name: &'static str,
+    /// UCUM, as OTLP states it: `s`, an annotation such as `{request}`, or
+    /// empty for a 0/1 state.
+    pub unit: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub series: Vec<Series<'a>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic, cumulative since `Snapshot::start`.
+    Counter,
+    /// A value now.
+    Gauge,
+    /// Cumulative since `Snapshot::start`, over `latency_bounds_seconds`.
+    Histogram,
+}
+
+pub struct Series<'a> {
+    /// Label (attribute) names and values, in a fixed order.
+    pub labels: Vec<(&'static str, &'a str)>,
+    pub value: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A counter's total or a gauge's value.
+    Number(u64),
+    Histogram(HistogramSnapshot),
+}
+
+/// A histogram's buckets read at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket, not cumulative: bucket `i` holds those above
+    /// bound `i - 1` up to and including bound `i`; the last one those above
+    /// every bound. The layout OTLP's explicit-bucket histogram uses.
+    pub counts: [u64; LATENCY_BOUNDS_NS.len() + 1],
+    pub sum_ns: u64,
+}
+
+impl HistogramSnapshot {
+    /// The sum of the buckets read, so it agrees with them even while
+    /// requests are being recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_ns as f64 / 1e9
+    }
+}
+
+/// The latency buckets' upper bounds (inclusive), in seconds.
+pub fn latency_bounds_seconds() -> impl ExactSizeIterator<Item = f64> {
+    LATENCY_BOUNDS_NS.iter().map(|&bound| bound as f64 / 1e9)
+}
+
+impl<'a> Series<'a> {
+    fn labelled(labels: Vec<(&'static str, &'a str)>, value: Value) -> Self {
+        Series { labels, value }
+    }
+}
+
+impl Family<'_> {
+    /// A gauge of one unlabelled series.
+    fn gauge(name: &'static str, unit: &'static str, help: &'static str, value: u64) -> Self {
+        Family {
+            name,
+            unit,
+            kind: Kind::Gauge,
+            help,
+            series: vec![Series::labelled(Vec::new(), Value::Number(value))],
+        }
+    }
+
+    /// Series that differ in one label.
+    fn by_label(
+        (name, unit, kind): (&'static str, &'static str, Kind),
+        help: &'static str,
+        label: &'static str,
+        values: impl IntoIterator<Item = (&'static str, u64)>,
+    ) -> Self {
+        let series = values
+            .into_iter()
+            .map(|(value, number)| Series::labelled(vec![(label, value)], Value::Number(number)))
+            .collect();
+        Family {
+            name,
+            unit,
+            kind,
+            help,
+            series,
+        }
+    }
+
+    /// Dots become underscores, the unit `s` adds `_seconds`, a counter
+    /// `_total`; annotations (`{request}`) add nothing.
+    pub fn prometheus_name(&self) -> String {
+        let mut name = self.name.replace('.', "_");
+        if self.unit == "s" {
+            name.push_str("_seconds");
+        }
+        if self.kind == Kind::Counter {
+            name.push_str("_total");
+        }
+        name
+    }
+}
+
+impl Snapshot<'_> {
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        for family in &self.families {
+            // Writing to a String cannot fail.
+            let _ = write_family(&mut out, family);
+        }
+        out
+    }
+}
+
+fn write_family(out: &mut String, family: &Family<'_>) -> std::fmt::Result {
+    let name = family.prometheus_name();
+    let kind = match family.kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    };
+    writeln!(out, "# HELP {name} {}", family.help)?;
+    writeln!(out, "# TYPE {name} {kind}")?;
+    for series in &family.series {
+        let mut labels = String::new();
+        for (key, value) in &series.labels {
+            if !labels.is_empty() {
+                labels.push(',');
+            }
+            // Label values are our own names (descriptor methods, codes,
+            // tiers): nothing to escape.
+            write!(labels, "{key}=\"{value}\"")?;
+        }
+        match &series.value {
+            Value::Number(value) if labels.is_empty() => writeln!(out, "{name} {value}")?,
+            Value::Number(value) => writeln!(out, "{name}{{{labels}}} {value}")?,
+            Value::Histogram(histogram) => write_histogram(out, &name, &labels, histogram)?,
+        }
+    }
+    Ok(())
 }
 
 fn write_histogram(
     out: &mut String,
     name: &str,
     labels: &str,
-    histogram: &Histogram,
+    histogram: &HistogramSnapshot,
 ) -> std::fmt::Result {
-    let counts: Vec<u64> = histogram
-        .buckets
-        .iter()
-        .map(|b| b.load(Ordering::Relaxed))
-        .collect();
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return Ok(());
-    }
+    let (bucket_prefix, braced) = if labels.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{labels},"), format!("{{{labels}}}"))
+    };
     let mut cumulative = 0;
-    for (bound, count) in LATENCY_BOUNDS_NS.iter().zip(&counts) {
+    for (seconds, count) in latency_bounds_seconds().zip(&histogram.counts) {
         cumulative += count;
-        let seconds = *bound as f64 / 1e9;
         writeln!(
             out,
-            "{name}_bucket{{{labels},le=\"{seconds}\"}} {cumulative}"
+            "{name}_bucket{{{bucket_prefix}le=\"{seconds}\"}} {cumulative}"
         )?;
     }
-    // The count is the sum of the buckets read above, so `+Inf` and
-    // `_count` agree even while requests are being recorded.
-    writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}")?;
-    let sum = histogram.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-    writeln!(out, "{name}_sum{{{labels}}} {sum}")?;
-    writeln!(out, "{name}_count{{{labels}}} {total}")
+    let total = histogram.count();
+    writeln!(out, "{name}_bucket{{{bucket_prefix}le=\"+Inf\"}} {total}")?;
+    writeln!(out, "{name}_sum{braced} {}", histogram.sum_seconds())?;
+    writeln!(out, "{name}_count{braced} {total}")
 }
 
 #[cfg(test)]
@@ -539,9 +704,10 @@ mod tests {
         histogram.observe(Duration::from_micros(50)); // on the first bound
         histogram.observe(Duration::from_micros(51));
         histogram.observe(Duration::from_secs(60)); // beyond the last
-        assert_eq!(histogram.count(), 3);
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.count(), 3);
         let mut out = String::new();
-        write_histogram(&mut out, "h", "m=\"x\"", &histogram).unwrap_or_default();
+        write_histogram(&mut out, "h", "m=\"x\"", &snapshot).unwrap_or_default();
         assert!(
             out.contains("h_bucket{m=\"x\",le=\"0.00005\"} 1\n"),
             "{out}"

@@ -15,6 +15,7 @@ use crate::{
     config::ServeConfig,
     grpc::{AgentApi, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer, TenantLimitLayer},
     metrics::Metrics,
+    otlp_metrics::{MetricsExport, MetricsPusher},
     pb::{
         self, agent_service_server::AgentServiceServer,
         customer_service_server::CustomerServiceServer,
@@ -50,6 +51,8 @@ pub struct Application {
     store: PgStore,
     /// Loaded at build so a bad JWKS setting stops start-up.
     jwks: Option<Jwks>,
+    /// OTLP metrics push; off unless `with_metrics_export` turned it on.
+    metrics_export: MetricsExport,
 }
 
 const LISTENER_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -85,7 +88,15 @@ impl Application {
             config,
             store,
             jwks,
+            metrics_export: MetricsExport::Off,
         })
+    }
+
+    /// Also push `/metrics`' numbers over OTLP (`main` passes
+    /// `MetricsExport::from_env()`; tests their own collector).
+    pub fn with_metrics_export(mut self, export: MetricsExport) -> Self {
+        self.metrics_export = export;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -116,6 +127,7 @@ impl Application {
             drain,
             background,
             admin,
+            metrics_push,
         } = server;
         for task in background {
             task.abort();
@@ -129,6 +141,10 @@ impl Application {
                 Ok(())
             }
         };
+        // After the drain, so the last push counts the drained calls.
+        if let Some(push) = metrics_push {
+            push.stop().await;
+        }
         // Metrics stay scrapable through the drain, then the admin port goes.
         admin.stop().await;
         served
@@ -195,15 +211,17 @@ impl Application {
         if settings.preload {
             preload(&resolver).await;
         }
-        let admin = AdminServer::spawn(
-            self.admin_listener,
-            admin::Sources {
-                metrics: metrics.clone(),
-                store: self.store.clone(),
-                cache: cache.clone(),
-                resolver: resolver.clone(),
-            },
-        );
+        let sources = admin::Sources {
+            metrics: metrics.clone(),
+            store: self.store.clone(),
+            cache: cache.clone(),
+            resolver: resolver.clone(),
+        };
+        let metrics_push = match self.metrics_export {
+            MetricsExport::Off => None,
+            MetricsExport::Otlp(settings) => Some(settings.spawn(sources.clone())),
+        };
+        let admin = AdminServer::spawn(self.admin_listener, sources);
         let limits = &self.config.limits;
         // Outermost first: the log sees every answer (shed ones too) and
         // applies the deadline; the global cap sheds before any token is
@@ -249,6 +267,7 @@ impl Application {
                 drain: self.config.shutdown_timeout,
                 background,
                 admin,
+                metrics_push,
             },
         ))
     }
@@ -308,6 +327,7 @@ struct RunningServer {
     /// The invalidation listener and subscriber: stopped with the server.
     background: Vec<JoinHandle<()>>,
     admin: AdminServer,
+    metrics_push: Option<MetricsPusher>,
 }
 
 /// The admin HTTP server and how to stop it.

@@ -2,6 +2,8 @@
 //!
 //! * Logs: one line per request (see `grpc::request_log`), text or JSON;
 //!   `RUST_LOG` filters them.
+//! * Metrics are not here: `metrics` counts, `admin` serves `/metrics`,
+//!   `otlp_metrics` pushes the same numbers over OTLP.
 //! * Traces: our spans (request, auth, each cache tier, each database
 //!   statement) are `DEBUG` spans of `switchboard` targets. With
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) set, an

@@ -1,5 +1,6 @@
 //! Telemetry over the real transports: spans exported over OTLP/gRPC to a
-//! collector in this process, `/metrics` scraped over HTTP, and the request
+//! collector in this process, `/metrics` scraped over HTTP, the same numbers
+//! pushed as OTLP metrics to a collector of the test's own, and the request
 //! log as JSON lines.
 //!
 //! The tracing subscriber and the OpenTelemetry exporter are process-wide,
@@ -24,14 +25,25 @@ use std::{
 
 use helpers::*;
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        trace_service_server::{TraceService, TraceServiceServer},
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
     },
     common::v1::{any_value::Value as AnyValue, KeyValue},
+    metrics::v1::{
+        metric::Data, number_data_point, AggregationTemporality, HistogramDataPoint, Metric,
+        NumberDataPoint,
+    },
     trace::v1::{span::SpanKind, Span},
 };
 use switchboard::{
+    otlp_metrics::MetricsExport,
     pb::{GetAgentRequest, ResolveAgentRequest},
     telemetry::{self, Telemetry, TraceExport},
 };
@@ -911,4 +923,415 @@ async fn calls_queued_for_a_connection_show_as_waiting() {
     );
     let after = scrape(&app).await;
     assert_eq!(after.value("switchboard_db_pool_waiting", &[]), Some(0.0));
+}
+
+// ------------------------------------------------------------ OTLP metrics
+
+/// Every metrics export a collector received, with the request's metadata.
+type MetricsReceived = Arc<Mutex<Vec<(tonic::metadata::MetadataMap, ExportMetricsServiceRequest)>>>;
+
+struct MetricsCollector {
+    received: MetricsReceived,
+}
+
+#[tonic::async_trait]
+impl MetricsService for MetricsCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let metadata = request.metadata().clone();
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((metadata, request.into_inner()));
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// A metrics collector on a loopback port, on the test's own runtime (the
+/// push belongs to one server, not to the process).
+async fn metrics_collector() -> (SocketAddr, MetricsReceived) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("collector bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("collector addr: {e}"));
+    let received = MetricsReceived::default();
+    let service = MetricsServiceServer::new(MetricsCollector {
+        received: received.clone(),
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, received)
+}
+
+/// The settings the service would read from these `OTEL_*` variables (read
+/// from a map, so no test changes the process's environment).
+fn metrics_export_to(collector: SocketAddr, interval_ms: u64) -> MetricsExport {
+    let vars: BTreeMap<&str, String> = [
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            format!("http://{collector}"),
+        ),
+        ("OTEL_METRIC_EXPORT_INTERVAL", interval_ms.to_string()),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "2000".into()),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            "x-collector-key=test%20key".into(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    MetricsExport::from_vars(|name| vars.get(name).cloned())
+        .unwrap_or_else(|e| panic!("metrics export settings: {e}"))
+}
+
+/// The service, pushing its metrics to `collector` every `interval_ms`.
+async fn app_pushing_to(collector: SocketAddr, interval_ms: u64) -> TestApp {
+    TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            metrics_export: metrics_export_to(collector, interval_ms),
+            ..AppOptions::default()
+        },
+    )
+    .await
+}
+
+fn pushes(
+    received: &MetricsReceived,
+) -> Vec<(tonic::metadata::MetadataMap, ExportMetricsServiceRequest)> {
+    received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn metrics_of(request: &ExportMetricsServiceRequest) -> impl Iterator<Item = &Metric> {
+    request
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+}
+
+fn data_of<'a>(request: &'a ExportMetricsServiceRequest, name: &str) -> Option<&'a Data> {
+    metrics_of(request)
+        .find(|m| m.name == name)
+        .and_then(|m| m.data.as_ref())
+}
+
+/// Exactly these attributes, all strings.
+fn has_attributes(attributes: &[KeyValue], expected: &[(&str, &str)]) -> bool {
+    attributes.len() == expected.len()
+        && expected.iter().all(|(key, value)| {
+            matches!(attribute(attributes, key), Some(AnyValue::StringValue(v)) if v == value)
+        })
+}
+
+/// A counter's value for one attribute set; the counter must be a
+/// cumulative monotonic sum.
+fn counter_value(
+    request: &ExportMetricsServiceRequest,
+    name: &str,
+    attributes: &[(&str, &str)],
+) -> Option<i64> {
+    let Some(Data::Sum(sum)) = data_of(request, name) else {
+        return None;
+    };
+    assert!(sum.is_monotonic, "{name} is monotonic");
+    assert_eq!(
+        sum.aggregation_temporality,
+        AggregationTemporality::Cumulative as i32,
+        "{name} is cumulative"
+    );
+    int_value(&sum.data_points, attributes)
+}
+
+fn gauge_value(
+    request: &ExportMetricsServiceRequest,
+    name: &str,
+    attributes: &[(&str, &str)],
+) -> Option<i64> {
+    let Some(Data::Gauge(gauge)) = data_of(request, name) else {
+        return None;
+    };
+    int_value(&gauge.data_points, attributes)
+}
+
+/// The integer of the point with exactly these attributes.
+fn int_value(points: &[NumberDataPoint], attributes: &[(&str, &str)]) -> Option<i64> {
+    points
+        .iter()
+        .find(|p| has_attributes(&p.attributes, attributes))
+        .and_then(|p| match p.value {
+            Some(number_data_point::Value::AsInt(value)) => Some(value),
+            _ => None,
+        })
+}
+
+/// A latency histogram's point, checked for shape: cumulative, one more
+/// bucket than bounds, bounds ascending, buckets summing to the count.
+fn latency_point<'a>(
+    request: &'a ExportMetricsServiceRequest,
+    attributes: &[(&str, &str)],
+) -> Option<&'a HistogramDataPoint> {
+    let name = "switchboard.grpc.request.duration";
+    let metric = metrics_of(request).find(|m| m.name == name)?;
+    assert_eq!(metric.unit, "s");
+    let Some(Data::Histogram(histogram)) = &metric.data else {
+        panic!("{name} is not a histogram");
+    };
+    assert_eq!(
+        histogram.aggregation_temporality,
+        AggregationTemporality::Cumulative as i32
+    );
+    let point = histogram
+        .data_points
+        .iter()
+        .find(|p| has_attributes(&p.attributes, attributes))?;
+    assert_eq!(point.bucket_counts.len(), point.explicit_bounds.len() + 1);
+    assert!(point.explicit_bounds.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
+    assert!(point.sum.is_some_and(|sum| sum > 0.0));
+    Some(point)
+}
+
+fn resolve_calls(request: &ExportMetricsServiceRequest, code: &str) -> Option<i64> {
+    counter_value(
+        request,
+        "switchboard.grpc.requests",
+        &[("method", RESOLVE), ("code", code)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_are_pushed_every_interval_with_the_numbers_of_the_page() {
+    let (collector, received) = metrics_collector().await;
+    let app = app_pushing_to(collector, 200).await;
+    let mut agents = app.agents().await;
+    let service = token(Who::Service);
+    // Postgres, then two memory hits.
+    for _ in 0..3 {
+        agents
+            .resolve_agent(authed(&service, resolve_request()))
+            .await
+            .unwrap_or_else(|e| panic!("resolve: {e}"));
+    }
+    let unknown = ResolveAgentRequest {
+        called_number: "+18005550999".into(),
+        caller_number: String::new(),
+    };
+    let not_found = agents.resolve_agent(authed(&service, unknown)).await;
+    assert_eq!(not_found.err().map(|s| s.code()), Some(Code::NotFound));
+
+    // Pushes keep coming; wait for one that counts every call, and two more
+    // after it so the interval shows.
+    let started = Instant::now();
+    let (counted, all) = loop {
+        let all = pushes(&received);
+        let counted = all.iter().position(|(_, request)| {
+            resolve_calls(request, "OK") == Some(3) && resolve_calls(request, "NotFound") == Some(1)
+        });
+        if let Some(counted) = counted.filter(|&i| all.len() >= i + 3) {
+            break (counted, all);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} pushes, none with the calls (OK {:?}, NotFound {:?} in the last)",
+            all.len(),
+            all.last().and_then(|(_, r)| resolve_calls(r, "OK")),
+            all.last().and_then(|(_, r)| resolve_calls(r, "NotFound")),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (metadata, push) = &all[counted];
+
+    // Each push is a fresh reading of cumulative totals since one start.
+    let times: Vec<(u64, u64)> = all
+        .iter()
+        .filter_map(
+            |(_, request)| match data_of(request, "switchboard.cache.lookups") {
+                Some(Data::Sum(sum)) => sum
+                    .data_points
+                    .first()
+                    .map(|p| (p.start_time_unix_nano, p.time_unix_nano)),
+                _ => None,
+            },
+        )
+        .collect();
+    assert_eq!(times.len(), all.len());
+    assert!(times
+        .windows(2)
+        .all(|w| w[0].0 == w[1].0 && w[0].1 < w[1].1));
+    assert!(times.iter().all(|(start, time)| start < time));
+    let gaps: Vec<u64> = times
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1) / 1_000_000)
+        .collect();
+    assert!(
+        gaps.iter().all(|&ms| ms >= 100),
+        "pushes about 200 ms apart: {gaps:?}"
+    );
+
+    // The configured headers, and the service in the resource.
+    assert_eq!(
+        metadata
+            .get("x-collector-key")
+            .and_then(|v| v.to_str().ok()),
+        Some("test key")
+    );
+    let resource = push
+        .resource_metrics
+        .first()
+        .and_then(|r| r.resource.as_ref())
+        .map(|r| r.attributes.clone())
+        .unwrap_or_default();
+    assert!(matches!(
+        attribute(&resource, "service.name"),
+        Some(AnyValue::StringValue(name)) if name == "switchboard"
+    ));
+
+    // Latency by tier, counted as the calls were.
+    let count = |tier: &str| {
+        latency_point(push, &[("method", RESOLVE), ("tier", tier)])
+            .map(|p| p.count)
+            .unwrap_or_else(|| panic!("no latency point for tier {tier}"))
+    };
+    assert_eq!(count("db"), 1);
+    assert_eq!(count("memory"), 2);
+    assert_eq!(count("none"), 1, "NotFound carries no tier");
+    let memory_hits = counter_value(
+        push,
+        "switchboard.cache.lookups",
+        &[("tier", "memory"), ("entry", "route"), ("result", "hit")],
+    );
+    assert_eq!(memory_hits, Some(2));
+
+    // The pool's gauges.
+    assert_eq!(
+        gauge_value(push, "switchboard.db.pool.max_connections", &[]),
+        Some(4)
+    );
+    let in_use = gauge_value(
+        push,
+        "switchboard.db.pool.connections",
+        &[("state", "in_use")],
+    );
+    let idle = gauge_value(
+        push,
+        "switchboard.db.pool.connections",
+        &[("state", "idle")],
+    );
+    assert!(
+        matches!((in_use, idle), (Some(u), Some(i)) if u + i >= 1 && u + i <= 4),
+        "in use {in_use:?}, idle {idle:?}"
+    );
+    assert_eq!(
+        gauge_value(push, "switchboard.db.pool.waiting", &[]),
+        Some(0)
+    );
+
+    // The page has every pushed metric, under the name a Prometheus
+    // exporter derives from the OTLP one, and the same counts.
+    let page = scrape(&app).await;
+    for metric in metrics_of(push) {
+        let mut name = metric.name.replace('.', "_");
+        if metric.unit == "s" {
+            name.push_str("_seconds");
+        }
+        match &metric.data {
+            Some(Data::Sum(_)) => name.push_str("_total"),
+            Some(Data::Histogram(_)) => name.push_str("_count"),
+            _ => {}
+        }
+        assert!(
+            page.samples.iter().any(|s| s.name == name),
+            "{} pushed, no {name} on /metrics",
+            metric.name
+        );
+    }
+    assert_eq!(requests(&page, "OK"), 3.0);
+    assert_eq!(requests(&page, "NotFound"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_are_pushed_once_more_at_shutdown() {
+    let (collector, received) = metrics_collector().await;
+    // An interval no test reaches: only the push at shutdown happens.
+    let mut app = app_pushing_to(collector, 3_600_000).await;
+    let mut agents = app.agents().await;
+    agents
+        .resolve_agent(authed(&token(Who::Service), resolve_request()))
+        .await
+        .unwrap_or_else(|e| panic!("resolve: {e}"));
+    assert!(pushes(&received).is_empty(), "nothing before the interval");
+
+    app.stop().await;
+    let all = pushes(&received);
+    assert_eq!(all.len(), 1, "one push at shutdown");
+    assert_eq!(
+        all.first().and_then(|(_, r)| resolve_calls(r, "OK")),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_one_warning_a_minute_and_no_call() {
+    let harness = harness();
+    // A port nothing listens on any more.
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"))
+    };
+    let app = app_pushing_to(closed, 50).await;
+    let mut agents = app.agents().await;
+    let service = token(Who::Service);
+    let warnings = || {
+        harness
+            .logs
+            .lines()
+            .into_iter()
+            .filter(|line| {
+                line["level"] == "WARN"
+                    && line["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("OTLP metrics push failed"))
+                    && line["endpoint"]
+                        .as_str()
+                        .is_some_and(|e| e.contains(&closed.to_string()))
+            })
+            .count()
+    };
+    let started = Instant::now();
+    while warnings() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no warning about the push"
+        );
+        agents
+            .resolve_agent(authed(&service, resolve_request()))
+            .await
+            .unwrap_or_else(|e| panic!("resolve while pushes fail: {e}"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // About ten more failed pushes, and calls answered meanwhile.
+    for _ in 0..10 {
+        agents
+            .resolve_agent(authed(&service, resolve_request()))
+            .await
+            .unwrap_or_else(|e| panic!("resolve while pushes fail: {e}"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        warnings(),
+        1,
+        "one warning per minute, however many pushes fail"
+    );
 }

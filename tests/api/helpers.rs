@@ -21,6 +21,7 @@ use sqlx::{
 };
 use switchboard::{
     config::{ServeArgs, ServeConfig},
+    otlp_metrics::MetricsExport,
     pb::{
         agent_service_client::AgentServiceClient, customer_service_client::CustomerServiceClient,
     },
@@ -355,6 +356,8 @@ pub struct AppOptions {
     pub max_header_list_bytes: u32,
     /// Last word on the settings (e.g. a JWKS source), after the above.
     pub serve_args: Option<AdjustArgs>,
+    /// OTLP metrics push (off unless a test runs a collector).
+    pub metrics_export: MetricsExport,
 }
 
 impl Default for AppOptions {
@@ -373,6 +376,7 @@ impl Default for AppOptions {
             max_message_bytes: serve.max_message_bytes,
             max_header_list_bytes: serve.max_header_list_bytes,
             serve_args: None,
+            metrics_export: MetricsExport::Off,
         }
     }
 }
@@ -443,7 +447,8 @@ impl TestApp {
         let config = ServeConfig::from_args(args).unwrap_or_else(|e| panic!("config: {e}"));
         let app = Application::build(config)
             .await
-            .unwrap_or_else(|e| panic!("build: {e}"));
+            .unwrap_or_else(|e| panic!("build: {e}"))
+            .with_metrics_export(options.metrics_export.clone());
         let addr = app.local_addr();
         let admin_addr = app.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
