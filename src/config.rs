@@ -126,6 +126,12 @@ pub struct ServeArgs {
         default_value_t = 1000
     )]
     pub db_acquire_timeout_ms: u64,
+    /// Requests that may queue for a database connection when all are in
+    /// use; one more is answered RESOURCE_EXHAUSTED at once. 0 = never
+    /// queue: calls beyond the pool are shed, so admitted ones stay fast.
+    /// Cache hits never wait here.
+    #[arg(long, env = "SWITCHBOARD_DB_MAX_WAITING", default_value_t = 64)]
+    pub db_max_waiting: u32,
     /// The longest any request may take; a shorter client deadline wins.
     #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -230,6 +236,7 @@ impl ServeArgs {
             admin_listen: "0.0.0.0:9090".into(),
             db_max_connections: 16,
             db_acquire_timeout_ms: 1000,
+            db_max_waiting: 64,
             request_timeout_ms: 5000,
             shutdown_timeout_ms: 10000,
             listener_database_url: None,
@@ -473,6 +480,7 @@ impl ServeConfig {
             pool: PoolSettings {
                 max_connections: args.db_max_connections,
                 acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms.max(1)),
+                max_waiting: args.db_max_waiting,
                 statement_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
             },
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),

@@ -47,6 +47,9 @@ pub struct PoolSettings {
     /// How long a request waits for a connection before UNAVAILABLE. Short:
     /// a call must not hang on a database that is down.
     pub acquire_timeout: Duration,
+    /// Requests that may queue for a connection once every one is in use;
+    /// beyond, RESOURCE_EXHAUSTED at once (0 = never queue).
+    pub max_waiting: u32,
     /// Applied to every statement run for a caller.
     pub statement_timeout: Duration,
 }
@@ -56,6 +59,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(2),
+            max_waiting: 64,
             statement_timeout: Duration::from_secs(5),
         }
     }
@@ -70,6 +74,7 @@ pub struct PgStore {
     read_pool: PgPool,
     statement_timeout_ms: u128,
     max_connections: u32,
+    max_waiting: u64,
     /// Requests in `acquire` now; sqlx does not expose its wait queue.
     waiting: Arc<AtomicU64>,
 }
@@ -105,6 +110,7 @@ impl PgStore {
             pool,
             statement_timeout_ms: settings.statement_timeout.as_millis(),
             max_connections: settings.max_connections,
+            max_waiting: u64::from(settings.max_waiting),
             waiting: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -175,10 +181,24 @@ impl PgStore {
     /// timeout passes. Taking an idle connection is a moment of that, so
     /// the gauge stays at 0 unless requests queue. (`Pool::try_acquire`
     /// first would skip the pool's idle-connection checks.)
+    ///
+    /// Admission: when no connection is idle, none may be opened, and
+    /// `max_waiting` requests already wait, the request is shed at once
+    /// rather than queued: a queue in front of a saturated database only
+    /// adds its length to every call's latency.
     async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
-        let _waiting = Waiting::start(&self.waiting);
-        self.pool_for(access)
-            .acquire()
+        let pool = self.pool_for(access);
+        let waiting = Waiting::start(&self.waiting);
+        if waiting.ahead >= self.max_waiting
+            && pool.num_idle() == 0
+            && pool.size() >= self.max_connections
+        {
+            return Err(Error::ResourceExhausted(format!(
+                "the database is busy: all {} connections of this replica are in use and {} requests wait (SWITCHBOARD_DB_MAX_WAITING={}); retry",
+                self.max_connections, waiting.ahead, self.max_waiting
+            )));
+        }
+        pool.acquire()
             .instrument(tracing::debug_span!(
                 target: "switchboard::store",
                 "db.pool.acquire"
@@ -585,18 +605,22 @@ fn statement(operation: &'static str) -> tracing::Span {
 
 /// Counts a request as waiting for a connection until dropped (also when
 /// the acquire is cancelled by a deadline).
-struct Waiting<'a>(&'a AtomicU64);
+struct Waiting<'a> {
+    count: &'a AtomicU64,
+    /// How many were waiting already.
+    ahead: u64,
+}
 
 impl<'a> Waiting<'a> {
-    fn start(waiting: &'a AtomicU64) -> Self {
-        waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(waiting)
+    fn start(count: &'a AtomicU64) -> Self {
+        let ahead = count.fetch_add(1, Ordering::Relaxed);
+        Waiting { count, ahead }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

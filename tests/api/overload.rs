@@ -1,5 +1,6 @@
 //! Overload protection over real gRPC: the global cap sheds at once and
-//! spares health, one tenant's flood leaves others served, deadlines are
+//! spares health, a saturated database sheds its calls but not cache hits,
+//! one tenant's flood leaves others served, deadlines are
 //! min(server, client), oversized messages and metadata are refused with the
 //! limit named; and lookups read the replica while writes go to the primary.
 
@@ -157,6 +158,92 @@ async fn the_global_cap_sheds_at_once_and_health_still_answers() {
     // The permits came back.
     agents
         .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
+        .await
+        .unwrap_or_else(|s| panic!("after the load: {s:?}"));
+}
+
+#[tokio::test]
+async fn a_saturated_database_sheds_its_calls_while_cache_hits_still_answer() {
+    // One connection, no queue: while a held write owns the connection,
+    // every other call that needs Postgres is shed at once; a cached
+    // number is still answered from memory.
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            tenant_max_concurrent: 0,
+            serve_args: Some(std::sync::Arc::new(|args| {
+                args.db_max_connections = 1;
+                args.db_max_waiting = 0;
+            })),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let channel = app.channel().await;
+    let mut agents = app.agents().await;
+    agents
+        .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+
+    let blocker = lock_acme_customer(&app).await;
+    let held = held_upsert(&channel, Who::AcmeAdmin);
+    wait_for_lock_waiters(&app, 1).await;
+
+    let mut took = Vec::new();
+    for who in [Who::AcmeViewer, Who::BluebirdViewer, Who::AcmeViewer] {
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(2),
+            agents.resolve_agent(as_who(who, resolve(ACME_NUMBER))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the call was queued, not shed"));
+        took.push(started.elapsed());
+        let message = assert_code(result, Code::ResourceExhausted);
+        assert!(
+            message.contains("SWITCHBOARD_DB_MAX_WAITING=0")
+                && message.contains("all 1 connections"),
+            "{message}"
+        );
+    }
+    // An uncached number needs the database too.
+    assert_code(
+        agents
+            .resolve_agent(as_who(Who::Service, resolve(BLUEBIRD_NUMBER)))
+            .await,
+        Code::ResourceExhausted,
+    );
+    took.sort();
+    assert!(
+        took[took.len() / 2] < Duration::from_millis(50),
+        "shed at once: {took:?}"
+    );
+    // The hot path does not touch the database: answered.
+    for _ in 0..5 {
+        let answer = agents
+            .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
+            .await
+            .unwrap_or_else(|s| panic!("cache hit while the database is saturated: {s:?}"));
+        assert_eq!(
+            answer
+                .metadata()
+                .get("x-switchboard-cache")
+                .and_then(|v| v.to_str().ok()),
+            Some("memory")
+        );
+    }
+    assert_serving(&channel).await;
+
+    let _ = blocker.rollback().await;
+    let customer = held
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|s| panic!("held call: {s:?}"));
+    assert_eq!(customer.name, "Held");
+    // The connection is free again: tenants are served.
+    agents
+        .resolve_agent(as_who(Who::AcmeViewer, resolve(ACME_NUMBER)))
         .await
         .unwrap_or_else(|s| panic!("after the load: {s:?}"));
 }
