@@ -89,17 +89,34 @@ load pg-service  ${BASE_PORT}3 "$SERVICE" $RESOLVE "$CALL"
 load pg-tenant   ${BASE_PORT}1 "$TENANT"  $RESOLVE "$CALL"
 load health-end  ${BASE_PORT}1 ""         grpc.health.v1.Health.Check '{}'
 
-# Overload: twice the tenant path's measured capacity, open loop, against a
-# server that admits 4 calls at once and sheds the rest (RESOURCE_EXHAUSTED).
-# Latency of admitted calls counts from when each call was due.
+# Overload: twice the tenant path's measured capacity, open loop, 64
+# workers. Latency of admitted calls counts from when each call was due.
+# Case 1, database admission: 2 connections and no queue for them
+# (SWITCHBOARD_DB_MAX_WAITING=0), the global cap at its default; cache hits
+# (service_role, memory tier) run beside the flood. Case 2, the global cap:
+# 4 calls in flight, the pool at its default.
 CAPACITY=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(int(r["statusCodeDistribution"].get("OK",0)/(r["total"]/1e9)))' "$OUT/pg-tenant.json")
-serve ${BASE_PORT}4 SWITCHBOARD_MAX_CONCURRENT_REQUESTS=${OVERLOAD_LIMIT:-4}
-"$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 64 --connections "$CONNS" \
-  -r $((CAPACITY * 2)) -z "${SECS}s" -O json -o "$OUT/overload.json" 127.0.0.1:${BASE_PORT}4 &
-LOADPID=$!
-# Health checks beside the overload: probes must keep answering.
-"$BIN" bench --call grpc.health.v1.Health.Check -c 1 -r 20 -z "${SECS}s" -O json -o "$OUT/overload-health.json" 127.0.0.1:${BASE_PORT}4
-wait $LOADPID
+serve ${BASE_PORT}4 REDIS_URL=$REDIS SWITCHBOARD_DB_MAX_CONNECTIONS=2 SWITCHBOARD_DB_MAX_WAITING=0
+serve ${BASE_PORT}5 SWITCHBOARD_MAX_CONCURRENT_REQUESTS=${OVERLOAD_LIMIT:-4}
+"$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE" -n 100 -c 1 -O json 127.0.0.1:${BASE_PORT}4 >/dev/null
+# $1 case name, $2 port, then extra load running beside it (in the background)
+overload() {
+  local name=$1 port=$2
+  "$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 16 --connections "$CONNS" -z 1s -O json 127.0.0.1:$port >/dev/null
+  "$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 64 --connections "$CONNS" \
+    -r $((CAPACITY * 2)) -z "${SECS}s" -O json -o "$OUT/$name.json" 127.0.0.1:$port &
+  local pids=($!)
+  if [[ $name == overload-db ]]; then
+    "$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE" -c 4 -r 1000 -z "${SECS}s" \
+      -O json -o "$OUT/$name-hits.json" 127.0.0.1:$port &
+    pids+=($!)
+  fi
+  # Health checks beside the overload: probes must keep answering.
+  "$BIN" bench --call grpc.health.v1.Health.Check -c 1 -r 20 -z "${SECS}s" -O json -o "$OUT/$name-health.json" 127.0.0.1:$port
+  wait "${pids[@]}"
+}
+overload overload-db ${BASE_PORT}4
+overload overload-global ${BASE_PORT}5
 
 # Raw floors of the parts.
 redis-cli set "switchboard:v1:$DB:floor" "$(head -c 300 /dev/zero | tr '\0' x)" >/dev/null
@@ -181,15 +198,21 @@ print()
 print(f"Tenant ResolveAgent throughput / pgbench claims lookup: {tenant/claims_tps:.2f} "
       f"(target: within 2x, i.e. >= 0.50)")
 print(f"Memory tier throughput / health floor: {ok_rps('memory')/floor:.2f} (target >= 0.80)")
-o = rep("overload")
-h = rep("overload-health")
-shed = o["statusCodeDistribution"].get("ResourceExhausted", 0)
-ok = o["statusCodeDistribution"].get("OK", 0)
-other = o["count"] - ok - shed
 print()
-print(f"## overload: tenant ResolveAgent offered at {o['options']['rps']} calls/s (2x the {tenant:.0f}/s measured above), global limit 4\n")
-print("| offered | admitted (OK) | shed (RESOURCE_EXHAUSTED) | other errors | admitted p50 | admitted p99 | admitted p99.9 | health checks beside it |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-print(f"| {o['count']} | {ok} ({ok/(o['total']/1e9):.0f}/s) | {shed} ({100*shed/max(o['count'],1):.0f} %) | {other} | {pct(o,50):.3f} ms | {pct(o,99):.3f} ms | {pct(o,99.9):.3f} ms | "
-      f"{h['statusCodeDistribution'].get('OK',0)}/{h['count']} OK, p99 {pct(h,99):.3f} ms |")
+print(f"## overload: tenant ResolveAgent offered at 2x the {tenant:.0f}/s measured above\n")
+print("| limit | offered | admitted (OK) | shed (RESOURCE_EXHAUSTED) | other errors | admitted p50 | admitted p99 | admitted p99.9 | health checks beside it | cache hits beside it |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for name, label in [("overload-db", "database: 2 connections, `SWITCHBOARD_DB_MAX_WAITING=0`"),
+                    ("overload-global", "global: `SWITCHBOARD_MAX_CONCURRENT_REQUESTS=4`")]:
+    o = rep(name)
+    h = rep(name + "-health")
+    shed = o["statusCodeDistribution"].get("ResourceExhausted", 0)
+    ok = o["statusCodeDistribution"].get("OK", 0)
+    other = o["count"] - ok - shed
+    hits = "-"
+    if os.path.exists(os.path.join(out, name + "-hits.json")):
+        x = rep(name + "-hits")
+        hits = f"{x['statusCodeDistribution'].get('OK',0)}/{x['count']} OK, p99 {pct(x,99):.3f} ms"
+    print(f"| {label} | {o['count']} ({o['options']['rps']}/s) | {ok} ({ok/(o['total']/1e9):.0f}/s) | {shed} ({100*shed/max(o['count'],1):.0f} %) | {other} | {pct(o,50):.3f} ms | {pct(o,99):.3f} ms | {pct(o,99.9):.3f} ms | "
+          f"{h['statusCodeDistribution'].get('OK',0)}/{h['count']} OK, p99 {pct(h,99):.3f} ms | {hits} |")
 PY
