@@ -15,7 +15,7 @@ use tracing::{field::Empty, Instrument};
 
 use crate::{
     auth::Claims,
-    cache::{pack, unpack, Breaker, Cache, Route, Tier},
+    cache::{pack, unpack, Breaker, Cache, PackedRoute, Route, Tier},
     domain::{OrgId, PhoneNumber},
     error::Error,
     grpc::convert::{customer_to_pb, resolution_to_pb},
@@ -43,6 +43,18 @@ pub struct Resolver {
     /// Open while Postgres is unreachable: misses fail at once instead of
     /// each waiting out the pool's acquire timeout.
     database: Arc<Breaker>,
+}
+
+/// What the memory tier keeps for a number no agent answers: a flood of
+/// calls to unassigned numbers (common on a phone network) is answered from
+/// memory instead of each costing a statement. Kept like a route: evicted by
+/// the insert or move that assigns the number (its NOTIFY names it), and
+/// only while the listener is connected. A real route never encodes to
+/// nothing: it always has an agent.
+const NO_ROUTE: PackedRoute = PackedRoute::from_static(b"");
+
+fn is_no_route(packed: &PackedRoute) -> bool {
+    packed.is_empty()
 }
 
 fn no_agent() -> Error {
@@ -238,6 +250,9 @@ impl Resolver {
         )
         .await;
         if let Some((packed, _)) = cached {
+            if is_no_route(&packed) {
+                return Err(no_agent());
+            }
             let route = unpack(&packed).ok_or(Error::Internal)?;
             return Ok((Arc::new(route), Tier::Memory, None));
         }
@@ -246,13 +261,16 @@ impl Resolver {
         if !self.cache.memory.enabled {
             let (route, tier) = self
                 .fetch_route(claims, called, caller, generation, &mut fetched_caller)
-                .await?;
+                .await?
+                .ok_or_else(no_agent)?;
             return Ok((route, tier, fetched_caller));
         }
         let fetch = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
         let fill = async {
-            let (route, tier) = fetch.await?;
-            Ok::<_, Error>((pack(&route), tier))
+            Ok::<_, Error>(match fetch.await? {
+                Some((route, tier)) => (pack(&route), tier),
+                None => (NO_ROUTE, Tier::Db),
+            })
         };
         let entry = self
             .cache
@@ -263,6 +281,12 @@ impl Resolver {
             .await
             .map_err(|e| (*e).clone())?;
         let (packed, filled_from) = entry.into_value();
+        if is_no_route(&packed) {
+            if !self.cache.may_keep(generation) {
+                self.cache.memory.routes.invalidate(&key).await;
+            }
+            return Err(no_agent());
+        }
         let route: Route = Arc::new(unpack(&packed).ok_or(Error::Internal)?);
         let tier = if fetched_caller.is_some() || filled_from == Tier::Redis {
             filled_from
@@ -291,6 +315,7 @@ impl Resolver {
     /// A miss of the memory tier: Redis, else Postgres (then Redis is
     /// filled in the background). `fetched_caller` receives the caller
     /// record when Postgres answered, since the same statement fetched it.
+    /// `None`: no agent answers the number (kept in memory, not in Redis).
     async fn fetch_route(
         &self,
         claims: &Claims,
@@ -298,16 +323,18 @@ impl Resolver {
         caller: Option<&PhoneNumber>,
         generation: u64,
         fetched_caller: &mut Option<Option<Arc<pb::Customer>>>,
-    ) -> Result<(Route, Tier), Error> {
+    ) -> Result<Option<(Route, Tier)>, Error> {
         if let Some(redis) = &self.cache.redis {
             if let Some(route) = redis.get_route(called.as_str()).await {
-                return Ok((route, Tier::Redis));
+                return Ok(Some((route, Tier::Redis)));
             }
         }
-        let resolution = self
+        let Some(resolution) = self
             .guarded(self.fill_store.resolve_agent(claims, called, caller))
             .await?
-            .ok_or_else(no_agent)?;
+        else {
+            return Ok(None);
+        };
         let mut response = resolution_to_pb(&resolution);
         *fetched_caller = Some(response.caller.take().map(Arc::new));
         let route: Route = Arc::new(response);
@@ -328,7 +355,7 @@ impl Resolver {
                 }
             });
         }
-        Ok((route, Tier::Db))
+        Ok(Some((route, Tier::Db)))
     }
 
     /// The caller's record in the agent's org. If the database cannot say,

@@ -582,3 +582,71 @@ async fn postgres_down_keeps_cached_numbers_answering() {
     .await;
     eprintln!("recovered {took:?} after the pooler came back");
 }
+
+#[tokio::test]
+async fn an_unassigned_number_is_answered_from_memory_until_an_agent_takes_it() {
+    const UNASSIGNED: &str = "+18005550999";
+    let admin = std::str::FromStr::from_str(&admin_url())
+        .map(|o: sqlx::postgres::PgConnectOptions| (o.get_host().to_owned(), o.get_port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bouncer = crate::pgbouncer::PgBouncer::start(&admin.0, admin.1).await;
+    let port = bouncer.port;
+    let db = TestDb::seeded().await;
+    let through_bouncer = format!("postgres://postgres@127.0.0.1:{port}/{}", db.name);
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            database_url: Some(through_bouncer),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut agents = app.agents().await;
+    let message = assert_code(
+        service_resolve(&mut agents, UNASSIGNED).await,
+        Code::NotFound,
+    );
+    assert_eq!(message, "no agent answers this number");
+
+    // With the database gone, the answer is still NOT_FOUND, not
+    // UNAVAILABLE: it came from memory, not from a statement.
+    bouncer.stop();
+    for _ in 0..5 {
+        assert_code(
+            service_resolve(&mut agents, UNASSIGNED).await,
+            Code::NotFound,
+        );
+    }
+    // A number never asked for does need the database.
+    assert_code(
+        service_resolve(&mut agents, "+18005550998").await,
+        Code::Unavailable,
+    );
+
+    // Back, an agent takes the number (out of band, as Studio would): its
+    // NOTIFY evicts the remembered "no agent" and the next calls find it.
+    let _bouncer = crate::pgbouncer::PgBouncer::start_on(&admin.0, admin.1, port).await;
+    app.db
+        .exec(&format!(
+            "insert into public.agents (org_id, name, phone_number, voice_id) \
+             values ('{ACME}', 'Overflow', '{UNASSIGNED}', 'echo')"
+        ))
+        .await;
+    let took = within(Duration::from_secs(3), || {
+        let mut agents = agents.clone();
+        async move {
+            service_resolve(&mut agents, UNASSIGNED)
+                .await
+                .map(|(a, _)| voice(&a) == "echo")
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    eprintln!("the new agent answered {took:?} after its insert");
+    // Tenants never see the remembered answer: RLS decides, every time.
+    let (answer, tier) = resolve_as(&mut agents, Who::AcmeViewer, UNASSIGNED, "")
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(tier, "db");
+    assert_eq!(voice(&answer), "echo");
+}
