@@ -198,13 +198,30 @@ impl PgStore {
                 self.max_connections, waiting.ahead, self.max_waiting
             )));
         }
-        pool.acquire()
+        let acquired = pool
+            .acquire()
             .instrument(tracing::debug_span!(
                 target: "switchboard::store",
                 "db.pool.acquire"
             ))
-            .await
-            .map_err(|e| db_error(e, "acquire"))
+            .await;
+        match acquired {
+            Ok(connection) => Ok(connection),
+            // Every connection open and busy for the whole timeout: the
+            // database is slow or saturated, not gone. RESOURCE_EXHAUSTED,
+            // which the resolver's breaker does not count: one slow moment
+            // must not turn into a second of UNAVAILABLE for everyone.
+            Err(sqlx::Error::PoolTimedOut)
+                if pool.size() >= self.max_connections && pool.num_idle() == 0 =>
+            {
+                tracing::warn!("no database connection became free in time");
+                Err(Error::ResourceExhausted(format!(
+                    "the database is busy: none of this replica's {} connections became free in time (SWITCHBOARD_DB_ACQUIRE_TIMEOUT_MS); retry",
+                    self.max_connections
+                )))
+            }
+            Err(error) => Err(db_error(error, "acquire")),
+        }
     }
 
     /// Connections open, idle, waited for, and the limit: for `/metrics`.

@@ -263,6 +263,75 @@ async fn a_saturated_database_sheds_its_calls_while_cache_hits_still_answer() {
 }
 
 #[tokio::test]
+async fn a_busy_database_is_reported_busy_not_down() {
+    // One connection, held by a write waiting on a lock; the queue allowed.
+    // A call that waits out the acquire timeout is told the database is
+    // busy (RESOURCE_EXHAUSTED), and the breaker that answers UNAVAILABLE
+    // for a database that is down stays closed.
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            tenant_max_concurrent: 0,
+            serve_args: Some(std::sync::Arc::new(|args| {
+                args.db_max_connections = 1;
+                args.db_acquire_timeout_ms = 200;
+            })),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let channel = app.channel().await;
+    let mut agents = app.agents().await;
+    agents
+        .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    let blocker = lock_acme_customer(&app).await;
+    let held = held_upsert(&channel, Who::AcmeAdmin);
+    wait_for_lock_waiters(&app, 1).await;
+
+    for (who, number) in [
+        (Who::AcmeViewer, ACME_NUMBER),
+        (Who::Service, BLUEBIRD_NUMBER),
+        (Who::Service, BLUEBIRD_NUMBER),
+    ] {
+        let started = Instant::now();
+        let message = assert_code(
+            agents.resolve_agent(as_who(who, resolve(number))).await,
+            Code::ResourceExhausted,
+        );
+        assert!(
+            message.contains("SWITCHBOARD_DB_ACQUIRE_TIMEOUT_MS"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "it waited its turn"
+        );
+    }
+    let _ = blocker.rollback().await;
+    held.await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|s| panic!("held call: {s:?}"));
+    // No breaker was opened: the uncached number resolves as soon as the
+    // connection is back.
+    let started = Instant::now();
+    loop {
+        match agents
+            .resolve_agent(as_who(Who::Service, resolve(BLUEBIRD_NUMBER)))
+            .await
+        {
+            Ok(_) => break,
+            Err(status) => {
+                assert_ne!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(started.elapsed() < Duration::from_secs(1), "{status:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn one_tenant_flooding_does_not_starve_another() {
     let app = TestApp::spawn_with(
         TestDb::seeded().await,
