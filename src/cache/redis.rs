@@ -10,7 +10,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -25,7 +25,7 @@ use tracing::{field::Empty, Instrument};
 use super::{
     breaker::Breaker,
     memory::Route,
-    redis_link::{Link, LinkTimeouts, RedisTarget},
+    redis_link::{Link, LinkTimeouts, NewMaster, RedisTarget},
 };
 use crate::{metrics::Metrics, pb};
 
@@ -52,13 +52,22 @@ struct Inner {
     /// miss until a DEL of it succeeds. A `std` mutex: never held across an
     /// `.await`.
     unsettled: Mutex<HashSet<String>>,
-    /// A flush of every route failed: every read is a miss until one
-    /// succeeds.
-    unsettled_all: AtomicBool,
-    /// Fast path: false while `unsettled` is empty and `unsettled_all` is
-    /// not set, so a healthy call path takes no lock.
+    /// Every route is unsettled while `flushed < flush_wanted`: a flush of
+    /// all routes was asked for (an invalidation too large to name its
+    /// numbers, a new master after a failover) and has not yet succeeded.
+    /// Each reason bumps `flush_wanted`; a flush that succeeds raises
+    /// `flushed` to the value it started with, so a reason that arrives
+    /// during a flush is not lost.
+    flush_wanted: AtomicU64,
+    flushed: AtomicU64,
+    /// One read-triggered flush at a time; other reads just miss.
+    flushing: AtomicBool,
+    /// Fast path: false while `unsettled` is empty, so a healthy call path
+    /// takes no lock.
     any_unsettled: AtomicBool,
     metrics: Metrics,
+    /// Background tasks of the link stop once this is dropped.
+    alive: Arc<()>,
 }
 
 impl RedisTier {
@@ -84,9 +93,12 @@ impl RedisTier {
                 ttl_secs: ttl.as_secs().max(1),
                 prefix,
                 unsettled: Mutex::new(HashSet::new()),
-                unsettled_all: AtomicBool::new(false),
+                flush_wanted: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+                flushing: AtomicBool::new(false),
                 any_unsettled: AtomicBool::new(false),
                 metrics,
+                alive: Arc::new(()),
             }),
         };
         let connecting = tier.clone();
@@ -116,7 +128,16 @@ impl RedisTier {
                 connect: Duration::from_secs(1),
                 response: self.inner.timeout.max(Duration::from_millis(50)),
             };
-            match Link::connect(&self.inner.target, timeouts).await {
+            let tier = Arc::downgrade(&self.inner);
+            let new_master: NewMaster = Arc::new(move || {
+                if let Some(inner) = tier.upgrade() {
+                    // Every route is a miss until a flush of the new
+                    // master succeeds (see `get_route`).
+                    inner.flush_wanted.fetch_add(1, Ordering::AcqRel);
+                }
+            });
+            let alive = Arc::downgrade(&self.inner.alive);
+            match Link::connect(&self.inner.target, timeouts, new_master, alive).await {
                 Ok(connection) => {
                     let _ = self.inner.connection.set(connection);
                     tracing::info!(mode = self.inner.target.mode(), "redis tier connected");
@@ -168,18 +189,24 @@ impl RedisTier {
         }
     }
 
+    /// Whether a flush of every route is owed.
+    fn flush_pending(&self) -> bool {
+        self.inner.flushed.load(Ordering::Acquire) < self.inner.flush_wanted.load(Ordering::Acquire)
+    }
+
     /// Whether Redis may hold a stale route for `number`.
     fn is_unsettled(&self, number: &str) -> bool {
+        if self.flush_pending() {
+            return true;
+        }
         if !self.inner.any_unsettled.load(Ordering::Acquire) {
             return false;
         }
-        self.inner.unsettled_all.load(Ordering::Acquire)
-            || self
-                .inner
-                .unsettled
-                .lock()
-                .map(|set| set.contains(number))
-                .unwrap_or(true)
+        self.inner
+            .unsettled
+            .lock()
+            .map(|set| set.contains(number))
+            .unwrap_or(true)
     }
 
     fn settle(&self, numbers: &[String], deleted: bool) {
@@ -193,8 +220,9 @@ impl RedisTier {
         } else {
             set.extend(numbers.iter().cloned());
         }
-        let any = !set.is_empty() || self.inner.unsettled_all.load(Ordering::Acquire);
-        self.inner.any_unsettled.store(any, Ordering::Release);
+        self.inner
+            .any_unsettled
+            .store(!set.is_empty(), Ordering::Release);
     }
 
     /// The route cached for `number`, counted as a hit, a miss, or an error
@@ -210,8 +238,8 @@ impl RedisTier {
         let lookups = &self.inner.metrics.redis_routes;
         if self.is_unsettled(number) {
             // Try the eviction again; either way this read is a miss.
-            if self.inner.unsettled_all.load(Ordering::Acquire) {
-                self.delete_all_routes().await;
+            if self.flush_pending() {
+                self.retry_flush().await;
             } else {
                 self.delete_routes(&[number.to_owned()]).await;
             }
@@ -281,9 +309,30 @@ impl RedisTier {
     /// Deletes every route key (after an invalidation was too large to name
     /// its numbers). SCAN, never KEYS, so Redis is not blocked.
     pub async fn delete_all_routes(&self) {
-        let done = self.try_delete_all_routes().await;
-        self.inner.unsettled_all.store(!done, Ordering::Release);
-        self.settle(&[], true);
+        let wanted = self.inner.flush_wanted.fetch_add(1, Ordering::AcqRel) + 1;
+        self.flush(wanted).await;
+    }
+
+    /// A read found a flush owed: one reader at a time tries it again.
+    async fn retry_flush(&self) {
+        if self.inner.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _release = Release(&self.inner.flushing);
+        let wanted = self.inner.flush_wanted.load(Ordering::Acquire);
+        self.flush(wanted).await;
+    }
+
+    async fn flush(&self, wanted: u64) {
+        if self.try_delete_all_routes().await {
+            self.inner.flushed.fetch_max(wanted, Ordering::AcqRel);
+        }
     }
 
     async fn try_delete_all_routes(&self) -> bool {

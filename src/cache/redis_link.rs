@@ -15,6 +15,13 @@
 //! every second and at once after a connection error or a READONLY answer
 //! (an old master demoted to replica), and moves its connection when the
 //! answer changes.
+//!
+//! Failover: Redis replicates asynchronously, so a promoted replica may
+//! lack a DEL the old master acknowledged, and would serve a route older
+//! than a write until its TTL. So a new master is reported (`NewMaster`)
+//! before the link uses it: the Sentinel link on the spot, a cluster link
+//! when `CLUSTER NODES` (read every second) names other masters. The tier
+//! then treats every route as unsettled until a flush succeeds.
 
 use std::{
     sync::{
@@ -138,6 +145,13 @@ impl RedisTarget {
     }
 }
 
+/// Called when a master the link had not used before takes over: what it
+/// holds may predate writes the old one acknowledged.
+pub type NewMaster = Arc<dyn Fn() + Send + Sync>;
+
+/// How often a link checks who the masters are, when nothing failed.
+const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
+
 /// Per-connection settings.
 #[derive(Clone, Copy, Debug)]
 pub struct LinkTimeouts {
@@ -161,7 +175,14 @@ pub enum ScanTarget {
 }
 
 impl Link {
-    pub async fn connect(target: &RedisTarget, timeouts: LinkTimeouts) -> RedisResult<Link> {
+    /// Connects; `new_master` is called on every failover seen afterwards,
+    /// until `alive` can no longer be upgraded (the tier is gone).
+    pub async fn connect(
+        target: &RedisTarget,
+        timeouts: LinkTimeouts,
+        new_master: NewMaster,
+        alive: Weak<()>,
+    ) -> RedisResult<Link> {
         match target {
             RedisTarget::Standalone(url) => {
                 let config = redis::aio::ConnectionManagerConfig::new()
@@ -180,10 +201,18 @@ impl Link {
                     .response_timeout(timeouts.response)
                     .retries(1)
                     .build()?;
-                Ok(Link::Cluster(client.get_async_connection().await?))
+                let mut link = Link::Cluster(client.get_async_connection().await?);
+                let masters = link.scan_targets().await?;
+                tokio::spawn(watch_cluster_masters(
+                    link.clone(),
+                    masters,
+                    new_master,
+                    alive,
+                ));
+                Ok(link)
             }
             RedisTarget::Sentinel { .. } => Ok(Link::Sentinel(
-                SentinelLink::connect(target.sentinel_client()?, timeouts).await?,
+                SentinelLink::connect(target.sentinel_client()?, timeouts, new_master).await?,
             )),
         }
     }
@@ -243,6 +272,37 @@ impl Link {
                 "a cluster is scanned master by master",
             ))),
             (link, _) => command.query_async(link).await,
+        }
+    }
+}
+
+/// Reads the cluster's masters every `TOPOLOGY_POLL`; another set than
+/// before is a failover (or a reshard, which is as safe to treat as one).
+async fn watch_cluster_masters(
+    mut link: Link,
+    mut known: Vec<ScanTarget>,
+    new_master: NewMaster,
+    alive: Weak<()>,
+) {
+    known.sort_by_key(|t| format!("{t:?}"));
+    loop {
+        tokio::time::sleep(TOPOLOGY_POLL).await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let Ok(Ok(mut masters)) = tokio::time::timeout(TOPOLOGY_POLL, link.scan_targets()).await
+        else {
+            continue;
+        };
+        masters.sort_by_key(|t| format!("{t:?}"));
+        if masters != known {
+            tracing::warn!(
+                before = known.len(),
+                now = masters.len(),
+                "redis cluster: the masters changed; flushing routes"
+            );
+            new_master();
+            known = masters;
         }
     }
 }
@@ -309,9 +369,6 @@ impl ConnectionLike for Link {
     }
 }
 
-/// How often a Sentinel link asks who the master is, when nothing failed.
-const SENTINEL_POLL: Duration = Duration::from_secs(1);
-
 /// The connection to the master Sentinel names, moved when it changes.
 #[derive(Clone)]
 pub struct SentinelLink {
@@ -327,16 +384,22 @@ struct SentinelShared {
     broken: AtomicBool,
     wake: Notify,
     timeouts: LinkTimeouts,
+    new_master: NewMaster,
 }
 
 impl SentinelLink {
-    async fn connect(sentinel: SentinelClient, timeouts: LinkTimeouts) -> RedisResult<Self> {
+    async fn connect(
+        sentinel: SentinelClient,
+        timeouts: LinkTimeouts,
+        new_master: NewMaster,
+    ) -> RedisResult<Self> {
         let shared = Arc::new(SentinelShared {
             sentinel: tokio::sync::Mutex::new(sentinel),
             master: RwLock::new(None),
             broken: AtomicBool::new(false),
             wake: Notify::new(),
             timeouts,
+            new_master,
         });
         shared.refresh().await?;
         tokio::spawn(watch_master(Arc::downgrade(&shared)));
@@ -435,18 +498,25 @@ impl SentinelShared {
         let connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        let moved = current.as_deref().is_some_and(|c| c != address);
+        if moved {
+            // Before the first command reaches the new master.
+            (self.new_master)();
+        }
         if let Ok(mut master) = self.master.write() {
             *master = Some((address.clone(), connection));
         }
         self.broken.store(false, Ordering::Release);
-        if current.as_deref() != Some(address.as_str()) {
+        if moved {
+            tracing::warn!(master = %address, "redis sentinel: a new master; flushing routes");
+        } else if current.is_none() {
             tracing::info!(master = %address, "redis sentinel: using this master");
         }
         Ok(())
     }
 }
 
-/// Re-asks the sentinels every `SENTINEL_POLL` and at once when a call
+/// Re-asks the sentinels every `TOPOLOGY_POLL` and at once when a call
 /// failed; ends when the link is dropped.
 async fn watch_master(shared: Weak<SentinelShared>) {
     loop {
@@ -458,7 +528,7 @@ async fn watch_master(shared: Weak<SentinelShared>) {
             let woken = async {
                 tokio::select! {
                     _ = strong.wake.notified() => {}
-                    _ = tokio::time::sleep(SENTINEL_POLL) => {}
+                    _ = tokio::time::sleep(TOPOLOGY_POLL) => {}
                 }
             };
             woken.await;

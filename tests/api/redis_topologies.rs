@@ -45,6 +45,16 @@ impl Node {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// SIGSTOP / SIGCONT: frozen, it answers nothing and replicates nothing.
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -620,4 +630,74 @@ async fn a_sentinel_failover_is_followed_without_errors_or_a_restart() {
     .await;
     eprintln!("new master serving the new voice {took:?} after the failover");
     assert!(sentinels.replica.exists(&key).await);
+}
+
+#[tokio::test]
+async fn a_failover_cannot_bring_back_a_route_the_old_master_had_evicted() {
+    // Redis replicates asynchronously: a DEL the master acknowledged can be
+    // missing on the replica that takes over. Made certain here: the
+    // replica is frozen (so it cannot reconnect) and the master drops its
+    // link, the eviction happens, and the master dies before the replica
+    // thaws.
+    let mut sentinels = Sentinels::start().await;
+    let db = TestDb::seeded().await;
+    let app = TestApp::spawn_with(db, sentinel_options(&sentinels)).await;
+    let agents = app.agents().await;
+    let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
+    within(
+        "route on master and replica",
+        Duration::from_secs(3),
+        || async {
+            let _ = service_resolve(&mut agents.clone(), ACME_NUMBER).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sentinels.master.exists(&key).await && sentinels.replica.exists(&key).await
+        },
+    )
+    .await;
+
+    sentinels.replica.signal("-STOP");
+    let mut master = sentinels.master.connection().await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut master)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'nova' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    within("evicted on the master", Duration::from_secs(2), || async {
+        !sentinels.master.exists(&key).await
+    })
+    .await;
+    let old = sentinels.master.port;
+    sentinels.master.kill();
+    sentinels.replica.signal("-CONT");
+    within("failover", Duration::from_secs(20), || async {
+        sentinels.master_port().await == Some(sentinels.replica.port)
+    })
+    .await;
+    assert_ne!(old, sentinels.replica.port);
+    assert!(
+        sentinels.replica.exists(&key).await,
+        "the new master holds the route the old one had evicted"
+    );
+
+    // Every answer from now on has the new voice: the stale route is never
+    // served, and once flushed the tier fills again from Postgres.
+    let took = within("redis serving again", Duration::from_secs(5), || {
+        let mut agents = agents.clone();
+        async move {
+            let (answer, tier) = service_resolve(&mut agents, ACME_NUMBER)
+                .await
+                .unwrap_or_else(|s| panic!("{s:?}"));
+            assert_eq!(voice(&answer), "nova", "a stale route from {tier}");
+            tier == "redis"
+        }
+    })
+    .await;
+    eprintln!("the tier served again {took:?} after the failover");
 }
