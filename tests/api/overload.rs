@@ -464,6 +464,12 @@ async fn the_shorter_of_server_and_client_deadline_applies() {
         "client deadline: {took:?}"
     );
 
+    // The client gave up; the server's own 100 ms may end a moment later.
+    // Released inside that moment, the lock would let the write finish and
+    // commit, which a client's DEADLINE_EXCEEDED never rules out (README,
+    // Errors). Wait out the server's deadline and the statement timeout
+    // (400 ms) first: then nothing may have been written.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let _ = blocker.rollback().await;
     let name: String = sqlx::query_scalar("select name from public.customers where id = $1::uuid")
         .bind(ACME_CUSTOMER)
