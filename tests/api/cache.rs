@@ -5,54 +5,10 @@
 use std::time::{Duration, Instant};
 
 use prost_types::FieldMask;
-use tonic::{transport::Channel, Code, Status};
+use tonic::{transport::Channel, Code};
 
 use crate::helpers::*;
-use switchboard::pb::{
-    agent_service_client::AgentServiceClient, Agent, ResolveAgentRequest, ResolveAgentResponse,
-    UpdateAgentRequest,
-};
-
-fn resolve_req(called: &str, caller: &str) -> ResolveAgentRequest {
-    ResolveAgentRequest {
-        called_number: called.into(),
-        caller_number: caller.into(),
-    }
-}
-
-/// Resolves and returns the answer with the tier that served it.
-async fn resolve_as(
-    client: &mut AgentServiceClient<Channel>,
-    who: Who,
-    called: &str,
-    caller: &str,
-) -> Result<(ResolveAgentResponse, String), Status> {
-    let response = client
-        .resolve_agent(as_who(who, resolve_req(called, caller)))
-        .await?;
-    let tier = response
-        .metadata()
-        .get("x-switchboard-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    Ok((response.into_inner(), tier))
-}
-
-async fn service_resolve(
-    client: &mut AgentServiceClient<Channel>,
-    called: &str,
-) -> Result<(ResolveAgentResponse, String), Status> {
-    resolve_as(client, Who::Service, called, "").await
-}
-
-fn voice(answer: &ResolveAgentResponse) -> String {
-    answer
-        .agent
-        .as_ref()
-        .map(|a| a.voice_id.clone())
-        .unwrap_or_default()
-}
+use switchboard::pb::{agent_service_client::AgentServiceClient, Agent, UpdateAgentRequest};
 
 /// Changes Acme's voice with plain SQL (as Studio would) and waits, at
 /// most a second, until `client` resolves the new voice.
@@ -89,22 +45,6 @@ async fn key_exists(client: &redis::Client, key: &str) -> bool {
         .await
         .unwrap_or(0);
     exists == 1
-}
-
-/// Polls until `check` holds, for at most `limit`; returns how long it took.
-async fn within<F, Fut>(limit: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -526,12 +466,34 @@ async fn redis_down_costs_nothing_and_comes_back_by_itself() {
     .await;
 }
 
-#[tokio::test]
-async fn postgres_down_keeps_cached_numbers_answering() {
-    let admin = std::str::FromStr::from_str(&admin_url())
+/// The service's database behind a PgBouncer of the test's own, so the test
+/// can take the database away (`stop`) and bring it back (`start`).
+struct Pooler {
+    bouncer: Option<crate::pgbouncer::PgBouncer>,
+    host: String,
+    postgres_port: u16,
+    port: u16,
+}
+
+impl Pooler {
+    fn stop(&mut self) {
+        if let Some(mut bouncer) = self.bouncer.take() {
+            bouncer.stop();
+        }
+    }
+
+    async fn start(&mut self) {
+        self.bouncer = Some(
+            crate::pgbouncer::PgBouncer::start_on(&self.host, self.postgres_port, self.port).await,
+        );
+    }
+}
+
+async fn behind_a_pooler() -> (TestApp, Pooler) {
+    let (host, postgres_port) = std::str::FromStr::from_str(&admin_url())
         .map(|o: sqlx::postgres::PgConnectOptions| (o.get_host().to_owned(), o.get_port()))
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut bouncer = crate::pgbouncer::PgBouncer::start(&admin.0, admin.1).await;
+    let bouncer = crate::pgbouncer::PgBouncer::start(&host, postgres_port).await;
     let port = bouncer.port;
     let db = TestDb::seeded().await;
     let through_bouncer = format!("postgres://postgres@127.0.0.1:{port}/{}", db.name);
@@ -543,12 +505,24 @@ async fn postgres_down_keeps_cached_numbers_answering() {
         },
     )
     .await;
+    let pooler = Pooler {
+        bouncer: Some(bouncer),
+        host,
+        postgres_port,
+        port,
+    };
+    (app, pooler)
+}
+
+#[tokio::test]
+async fn postgres_down_keeps_cached_numbers_answering() {
+    let (app, mut database) = behind_a_pooler().await;
     let mut agents = app.agents().await;
     let (warm, _) = resolve_as(&mut agents, Who::Service, ACME_NUMBER, SHARED_CALLER)
         .await
         .unwrap_or_else(|s| panic!("{s:?}"));
 
-    bouncer.stop();
+    database.stop();
     // The database "blinked": cached numbers keep resolving, caller included.
     for _ in 0..20 {
         let (answer, tier) = resolve_as(&mut agents, Who::Service, ACME_NUMBER, SHARED_CALLER)
@@ -574,7 +548,7 @@ async fn postgres_down_keeps_cached_numbers_answering() {
     }
 
     // Back: the pool reconnects by itself.
-    let _bouncer = crate::pgbouncer::PgBouncer::start_on(&admin.0, admin.1, port).await;
+    database.start().await;
     let took = within(Duration::from_secs(5), || {
         let mut agents = agents.clone();
         async move { service_resolve(&mut agents, BLUEBIRD_NUMBER).await.is_ok() }
@@ -586,21 +560,7 @@ async fn postgres_down_keeps_cached_numbers_answering() {
 #[tokio::test]
 async fn an_unassigned_number_is_answered_from_memory_until_an_agent_takes_it() {
     const UNASSIGNED: &str = "+18005550999";
-    let admin = std::str::FromStr::from_str(&admin_url())
-        .map(|o: sqlx::postgres::PgConnectOptions| (o.get_host().to_owned(), o.get_port()))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut bouncer = crate::pgbouncer::PgBouncer::start(&admin.0, admin.1).await;
-    let port = bouncer.port;
-    let db = TestDb::seeded().await;
-    let through_bouncer = format!("postgres://postgres@127.0.0.1:{port}/{}", db.name);
-    let app = TestApp::spawn_with(
-        db,
-        AppOptions {
-            database_url: Some(through_bouncer),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let (app, mut database) = behind_a_pooler().await;
     let mut agents = app.agents().await;
     let message = assert_code(
         service_resolve(&mut agents, UNASSIGNED).await,
@@ -610,7 +570,7 @@ async fn an_unassigned_number_is_answered_from_memory_until_an_agent_takes_it() 
 
     // With the database gone, the answer is still NOT_FOUND, not
     // UNAVAILABLE: it came from memory, not from a statement.
-    bouncer.stop();
+    database.stop();
     for _ in 0..5 {
         assert_code(
             service_resolve(&mut agents, UNASSIGNED).await,
@@ -625,7 +585,7 @@ async fn an_unassigned_number_is_answered_from_memory_until_an_agent_takes_it() 
 
     // Back, an agent takes the number (out of band, as Studio would): its
     // NOTIFY evicts the remembered "no agent" and the next calls find it.
-    let _bouncer = crate::pgbouncer::PgBouncer::start_on(&admin.0, admin.1, port).await;
+    database.start().await;
     app.db
         .exec(&format!(
             "insert into public.agents (org_id, name, phone_number, voice_id) \

@@ -575,3 +575,72 @@ pub fn set_voice(agent_id: &str, voice_id: &str) -> switchboard::pb::UpdateAgent
         }),
     }
 }
+
+// Resolving as the media servers do, and waiting for a condition: shared by
+// the cache and Redis topology tests.
+
+pub fn resolve_req(called: &str, caller: &str) -> switchboard::pb::ResolveAgentRequest {
+    switchboard::pb::ResolveAgentRequest {
+        called_number: called.into(),
+        caller_number: caller.into(),
+    }
+}
+
+/// Resolves and returns the answer with the tier that served it.
+pub async fn resolve_as(
+    client: &mut AgentServiceClient<Channel>,
+    who: Who,
+    called: &str,
+    caller: &str,
+) -> Result<(switchboard::pb::ResolveAgentResponse, String), tonic::Status> {
+    let response = client
+        .resolve_agent(as_who(who, resolve_req(called, caller)))
+        .await?;
+    let tier = response
+        .metadata()
+        .get("x-switchboard-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok((response.into_inner(), tier))
+}
+
+pub async fn service_resolve(
+    client: &mut AgentServiceClient<Channel>,
+    called: &str,
+) -> Result<(switchboard::pb::ResolveAgentResponse, String), tonic::Status> {
+    resolve_as(client, Who::Service, called, "").await
+}
+
+pub fn voice(answer: &switchboard::pb::ResolveAgentResponse) -> String {
+    answer
+        .agent
+        .as_ref()
+        .map(|a| a.voice_id.clone())
+        .unwrap_or_default()
+}
+
+/// Polls until `check` holds, for at most `limit`; returns how long it took.
+pub async fn within<F, Fut>(limit: Duration, check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within_named("the condition", limit, check).await
+}
+
+/// `within`, naming what was awaited when it fails.
+pub async fn within_named<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

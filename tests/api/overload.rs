@@ -162,34 +162,83 @@ async fn the_global_cap_sheds_at_once_and_health_still_answers() {
         .unwrap_or_else(|s| panic!("after the load: {s:?}"));
 }
 
+/// A server with one database connection (`adjust` sets the rest), Acme's
+/// number warm in its memory tier, and that connection held by an upsert
+/// waiting on a row lock until `release`.
+struct OneConnectionHeld {
+    app: TestApp,
+    agents: switchboard::pb::agent_service_client::AgentServiceClient<Channel>,
+    blocker: sqlx::Transaction<'static, sqlx::Postgres>,
+    held: tokio::task::JoinHandle<Result<switchboard::pb::Customer, tonic::Status>>,
+}
+
+impl OneConnectionHeld {
+    async fn start(adjust: fn(&mut switchboard::config::ServeArgs)) -> OneConnectionHeld {
+        let app = TestApp::spawn_with(
+            TestDb::seeded().await,
+            AppOptions {
+                tenant_max_concurrent: 0,
+                serve_args: Some(std::sync::Arc::new(move |args| {
+                    args.db_max_connections = 1;
+                    adjust(args);
+                })),
+                ..AppOptions::default()
+            },
+        )
+        .await;
+        let mut agents = app.agents().await;
+        agents
+            .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        let blocker = lock_acme_customer(&app).await;
+        let held = held_upsert(&app.channel().await, Who::AcmeAdmin);
+        wait_for_lock_waiters(&app, 1).await;
+        OneConnectionHeld {
+            app,
+            agents,
+            blocker,
+            held,
+        }
+    }
+
+    /// Frees the lock; the held write completes.
+    async fn release(self) -> TestApp {
+        let _ = self.blocker.rollback().await;
+        let customer = self
+            .held
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|s| panic!("held call: {s:?}"));
+        assert_eq!(customer.name, "Held");
+        self.app
+    }
+}
+
+/// Resolves until answered, for at most a second (sqlx hands a connection
+/// back to the pool just after the answer); no failure may be `forbidden`.
+async fn served_again(app: &TestApp, who: Who, number: &str, forbidden: Code) {
+    let mut agents = app.agents().await;
+    let started = Instant::now();
+    loop {
+        match agents.resolve_agent(as_who(who, resolve(number))).await {
+            Ok(_) => return,
+            Err(status) => {
+                assert_ne!(status.code(), forbidden, "{status:?}");
+                assert!(started.elapsed() < Duration::from_secs(1), "{status:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_saturated_database_sheds_its_calls_while_cache_hits_still_answer() {
-    // One connection, no queue: while a held write owns the connection,
-    // every other call that needs Postgres is shed at once; a cached
-    // number is still answered from memory.
-    let app = TestApp::spawn_with(
-        TestDb::seeded().await,
-        AppOptions {
-            tenant_max_concurrent: 0,
-            serve_args: Some(std::sync::Arc::new(|args| {
-                args.db_max_connections = 1;
-                args.db_max_waiting = 0;
-            })),
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    let channel = app.channel().await;
-    let mut agents = app.agents().await;
-    agents
-        .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
-        .await
-        .unwrap_or_else(|s| panic!("{s:?}"));
-
-    let blocker = lock_acme_customer(&app).await;
-    let held = held_upsert(&channel, Who::AcmeAdmin);
-    wait_for_lock_waiters(&app, 1).await;
-
+    // No queue: while the held write owns the only connection, every other
+    // call that needs Postgres is shed at once; a cached number is still
+    // answered from memory.
+    let mut held = OneConnectionHeld::start(|args| args.db_max_waiting = 0).await;
+    let agents = &mut held.agents;
     let mut took = Vec::new();
     for who in [Who::AcmeViewer, Who::BluebirdViewer, Who::AcmeViewer] {
         let started = Instant::now();
@@ -233,63 +282,18 @@ async fn a_saturated_database_sheds_its_calls_while_cache_hits_still_answer() {
             Some("memory")
         );
     }
-    assert_serving(&channel).await;
+    assert_serving(&held.app.channel().await).await;
 
-    let _ = blocker.rollback().await;
-    let customer = held
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|s| panic!("held call: {s:?}"));
-    assert_eq!(customer.name, "Held");
-    // The connection is free again (sqlx hands it back to the pool just
-    // after the answer, so allow a moment): tenants are served.
-    let started = Instant::now();
-    loop {
-        match agents
-            .resolve_agent(as_who(Who::AcmeViewer, resolve(ACME_NUMBER)))
-            .await
-        {
-            Ok(_) => break,
-            Err(status) => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                assert!(
-                    started.elapsed() < Duration::from_secs(1),
-                    "the connection did not come back: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let app = held.release().await;
+    served_again(&app, Who::AcmeViewer, ACME_NUMBER, Code::Unavailable).await;
 }
 
 #[tokio::test]
 async fn a_busy_database_is_reported_busy_not_down() {
-    // One connection, held by a write waiting on a lock; the queue allowed.
-    // A call that waits out the acquire timeout is told the database is
-    // busy (RESOURCE_EXHAUSTED), and the breaker that answers UNAVAILABLE
-    // for a database that is down stays closed.
-    let app = TestApp::spawn_with(
-        TestDb::seeded().await,
-        AppOptions {
-            tenant_max_concurrent: 0,
-            serve_args: Some(std::sync::Arc::new(|args| {
-                args.db_max_connections = 1;
-                args.db_acquire_timeout_ms = 200;
-            })),
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    let channel = app.channel().await;
-    let mut agents = app.agents().await;
-    agents
-        .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
-        .await
-        .unwrap_or_else(|s| panic!("{s:?}"));
-    let blocker = lock_acme_customer(&app).await;
-    let held = held_upsert(&channel, Who::AcmeAdmin);
-    wait_for_lock_waiters(&app, 1).await;
-
+    // The queue allowed: a call that waits out the acquire timeout is told
+    // the database is busy (RESOURCE_EXHAUSTED), and the breaker that
+    // answers UNAVAILABLE for a database that is down stays closed.
+    let mut held = OneConnectionHeld::start(|args| args.db_acquire_timeout_ms = 200).await;
     for (who, number) in [
         (Who::AcmeViewer, ACME_NUMBER),
         (Who::Service, BLUEBIRD_NUMBER),
@@ -297,7 +301,9 @@ async fn a_busy_database_is_reported_busy_not_down() {
     ] {
         let started = Instant::now();
         let message = assert_code(
-            agents.resolve_agent(as_who(who, resolve(number))).await,
+            held.agents
+                .resolve_agent(as_who(who, resolve(number)))
+                .await,
             Code::ResourceExhausted,
         );
         assert!(
@@ -309,26 +315,10 @@ async fn a_busy_database_is_reported_busy_not_down() {
             "it waited its turn"
         );
     }
-    let _ = blocker.rollback().await;
-    held.await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|s| panic!("held call: {s:?}"));
     // No breaker was opened: the uncached number resolves as soon as the
     // connection is back.
-    let started = Instant::now();
-    loop {
-        match agents
-            .resolve_agent(as_who(Who::Service, resolve(BLUEBIRD_NUMBER)))
-            .await
-        {
-            Ok(_) => break,
-            Err(status) => {
-                assert_ne!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(started.elapsed() < Duration::from_secs(1), "{status:?}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let app = held.release().await;
+    served_again(&app, Who::Service, BLUEBIRD_NUMBER, Code::Unavailable).await;
 }
 
 #[tokio::test]

@@ -13,12 +13,8 @@ use std::{
 };
 
 use redis::AsyncCommands;
-use tonic::{transport::Channel, Status};
 
 use crate::helpers::*;
-use switchboard::pb::{
-    agent_service_client::AgentServiceClient, ResolveAgentRequest, ResolveAgentResponse,
-};
 
 /// One `redis-server` of a test's own, with a scratch directory.
 struct Node {
@@ -256,7 +252,7 @@ impl Sentinels {
             &[&["--port", &r, "--replicaof", "127.0.0.1", &m][..], &BASE].concat(),
         );
         replica.wait_up().await;
-        within("replica linked", Duration::from_secs(10), || async {
+        within_named("replica linked", Duration::from_secs(10), || async {
             replica
                 .info("replication")
                 .await
@@ -285,7 +281,7 @@ impl Sentinels {
             _dir: dir,
         };
         // The sentinel must know the replica before it can promote it.
-        within(
+        within_named(
             "sentinel knows the replica",
             Duration::from_secs(15),
             || async {
@@ -313,52 +309,6 @@ impl Sentinels {
             .ok()?;
         address.and_then(|(_, port)| port.parse().ok())
     }
-}
-
-/// Polls until `check` holds, for at most `limit`; returns how long it took.
-async fn within<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn service_resolve(
-    client: &mut AgentServiceClient<Channel>,
-    called: &str,
-) -> Result<(ResolveAgentResponse, String), Status> {
-    let response = client
-        .resolve_agent(as_who(
-            Who::Service,
-            ResolveAgentRequest {
-                called_number: called.into(),
-                caller_number: String::new(),
-            },
-        ))
-        .await?;
-    let tier = response
-        .metadata()
-        .get("x-switchboard-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    Ok((response.into_inner(), tier))
-}
-
-fn voice(answer: &ResolveAgentResponse) -> String {
-    answer
-        .agent
-        .as_ref()
-        .map(|a| a.voice_id.clone())
-        .unwrap_or_default()
 }
 
 fn cluster_options(urls: Vec<String>, memory_tier: bool) -> AppOptions {
@@ -389,7 +339,7 @@ async fn a_cluster_holds_routes_flushes_every_master_and_fans_out_invalidations(
     let mut client = cluster.client().await;
     // The tier connects in the background: until it has, a fill is skipped,
     // so ask again until one lands.
-    within(
+    within_named(
         "route filled into the cluster",
         Duration::from_secs(3),
         || {
@@ -428,7 +378,7 @@ async fn a_cluster_holds_routes_flushes_every_master_and_fans_out_invalidations(
     app.db
         .exec(r#"select pg_notify('switchboard_invalidate', '{"kind":"all"}')"#)
         .await;
-    let took = within("every master flushed", Duration::from_secs(2), || async {
+    let took = within_named("every master flushed", Duration::from_secs(2), || async {
         cluster
             .keys_per_node(&format!("{prefix}route:*"))
             .await
@@ -454,7 +404,7 @@ async fn a_cluster_holds_routes_flushes_every_master_and_fans_out_invalidations(
     assert_eq!(tier, "memory");
     let last = cluster.nodes[2].connection().await;
     let payload = format!(r#"{{"kind":"numbers","numbers":["{BLUEBIRD_NUMBER}"]}}"#);
-    within(
+    within_named(
         "replica evicted by a publish on another node",
         Duration::from_secs(2),
         || {
@@ -479,7 +429,7 @@ async fn a_cluster_holds_routes_flushes_every_master_and_fans_out_invalidations(
         ))
         .await;
     for client in [&mut agents, &mut second] {
-        within("write seen by each replica", Duration::from_secs(1), || {
+        within_named("write seen by each replica", Duration::from_secs(1), || {
             let mut client = client.clone();
             async move {
                 service_resolve(&mut client, ACME_NUMBER)
@@ -506,7 +456,7 @@ async fn a_dead_cluster_master_is_a_miss_not_an_error() {
     }
     // Kill the master that holds Acme's route.
     let acme_key = format!("{prefix}route:{ACME_NUMBER}");
-    within(
+    within_named(
         "route filled on some node",
         Duration::from_secs(3),
         || async {
@@ -574,7 +524,7 @@ async fn a_sentinel_failover_is_followed_without_errors_or_a_restart() {
         .await
         .unwrap_or_else(|s| panic!("{s:?}"));
     assert_eq!(tier, "db");
-    within(
+    within_named(
         "route filled on the master",
         Duration::from_secs(3),
         || async {
@@ -616,7 +566,7 @@ async fn a_sentinel_failover_is_followed_without_errors_or_a_restart() {
             "update public.agents set voice_id = 'nova' where id = '{ACME_AGENT}'"
         ))
         .await;
-    let took = within(
+    let took = within_named(
         "new voice from the new master",
         Duration::from_secs(5),
         || {
@@ -644,7 +594,7 @@ async fn a_failover_cannot_bring_back_a_route_the_old_master_had_evicted() {
     let app = TestApp::spawn_with(db, sentinel_options(&sentinels)).await;
     let agents = app.agents().await;
     let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
-    within(
+    within_named(
         "route on master and replica",
         Duration::from_secs(3),
         || async {
@@ -669,14 +619,14 @@ async fn a_failover_cannot_bring_back_a_route_the_old_master_had_evicted() {
             "update public.agents set voice_id = 'nova' where id = '{ACME_AGENT}'"
         ))
         .await;
-    within("evicted on the master", Duration::from_secs(2), || async {
+    within_named("evicted on the master", Duration::from_secs(2), || async {
         !sentinels.master.exists(&key).await
     })
     .await;
     let old = sentinels.master.port;
     sentinels.master.kill();
     sentinels.replica.signal("-CONT");
-    within("failover", Duration::from_secs(20), || async {
+    within_named("failover", Duration::from_secs(20), || async {
         sentinels.master_port().await == Some(sentinels.replica.port)
     })
     .await;
@@ -688,7 +638,7 @@ async fn a_failover_cannot_bring_back_a_route_the_old_master_had_evicted() {
 
     // Every answer from now on has the new voice: the stale route is never
     // served, and once flushed the tier fills again from Postgres.
-    let took = within("redis serving again", Duration::from_secs(5), || {
+    let took = within_named("redis serving again", Duration::from_secs(5), || {
         let mut agents = agents.clone();
         async move {
             let (answer, tier) = service_resolve(&mut agents, ACME_NUMBER)
