@@ -39,16 +39,7 @@ impl RedisServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
         self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not start on {}", self.port);
+        wait_until_listening(self.port, Duration::from_secs(2)).await;
     }
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing is
@@ -63,10 +54,7 @@ impl RedisServer {
 
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(signal)
-                .arg(child.id().to_string())
-                .status();
+            send_signal(child, signal);
         }
     }
 
@@ -82,4 +70,27 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `kill -<signal>` to a server of the test's own (`-STOP`, `-CONT`).
+pub fn send_signal(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// Waits until something accepts connections on `port`; panics after `limit`.
+pub async fn wait_until_listening(port: u16, limit: Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on {port} after {limit:?}");
 }

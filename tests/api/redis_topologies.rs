@@ -44,10 +44,7 @@ impl Node {
     /// SIGSTOP / SIGCONT: frozen, it answers nothing and replicates nothing.
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(signal)
-                .arg(child.id().to_string())
-                .status();
+            crate::redis_server::send_signal(child, signal);
         }
     }
 
@@ -59,16 +56,7 @@ impl Node {
     }
 
     async fn wait_up(&self) {
-        for _ in 0..250 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not start on {}", self.port);
+        crate::redis_server::wait_until_listening(self.port, Duration::from_secs(5)).await;
     }
 
     async fn connection(&self) -> redis::aio::MultiplexedConnection {
