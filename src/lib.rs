@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod grpc;

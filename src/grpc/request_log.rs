@@ -92,7 +92,8 @@ where
         let request_span = span.clone();
         let call = async move {
             let started = Instant::now();
-            let call = inner.call(request);
+            // The store reads it to bound each statement (`deadline`).
+            let call = crate::deadline::scope(deadline.map(|d| started + d), inner.call(request));
             let mut result = match deadline {
                 Some(deadline) => match tokio::time::timeout(deadline, call).await {
                     Ok(result) => result,

@@ -160,13 +160,22 @@ impl PgStore {
             Access::Read => "READ ONLY",
             Access::Write => "READ WRITE",
         };
+        // No statement may outlive its call: Postgres stops it when the
+        // call's deadline passes, lock waits included.
+        let timeout_ms = match crate::deadline::remaining() {
+            Some(left) if left.is_zero() => {
+                return Err(Error::DeadlineExceeded("deadline exceeded".into()));
+            }
+            Some(left) => left.as_millis().clamp(1, self.statement_timeout_ms.max(1)),
+            None => self.statement_timeout_ms,
+        };
         let begin = format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED {mode}; \
              SELECT set_config('request.jwt.claims', {claims_literal}, true), \
                     set_config('role', '{role}', true), \
                     set_config('statement_timeout', '{timeout}ms', true)",
             role = claims.role.as_str(),
-            timeout = self.statement_timeout_ms,
+            timeout = timeout_ms,
         );
         let connection = self.acquire(access).await?;
         // `Pool::begin_with` is exactly this, minus the acquire we count.

@@ -75,6 +75,27 @@ async fn the_clients_deadline_is_honoured() {
         "{code:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
+    // Postgres stops waiting too: the transaction's statement_timeout is the
+    // time the call had left, not the server's 5 s, so the write does not
+    // hold a pooled connection in a lock wait after its call is over.
+    let waited = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_millis(1500),
+            "the timed-out write still waits in Postgres"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The client's timer can fire a moment before the server's (which starts
     // when the request arrives): release the lock only once the server's
     // deadline has certainly passed, so the write had nothing to wait for
