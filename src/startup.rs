@@ -201,10 +201,15 @@ impl Application {
             verifier = verifier.with_jwks(jwks);
         }
         // Serve once invalidation is live, so nothing cached in the first
-        // moments can miss a change; with the database down, start anyway
-        // (nothing is kept in memory until the listener connects).
+        // moments can miss a change, and once the Redis tier is connected,
+        // so the first calls read and fill it; with the database or Redis
+        // down, start anyway after the same short wait (nothing is kept in
+        // memory until the listener connects; Redis is a miss until it is).
         let started = std::time::Instant::now();
-        while !cache.is_listening() && started.elapsed() < LISTENER_START_WAIT {
+        let ready = |cache: &Cache| {
+            cache.is_listening() && cache.redis.as_ref().is_none_or(|r| r.is_connected())
+        };
+        while !ready(&cache) && started.elapsed() < LISTENER_START_WAIT {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let resolver = Resolver::new(self.store.clone(), cache.clone());

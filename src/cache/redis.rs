@@ -5,7 +5,7 @@
 //! failure is a miss, never an error: Redis down costs the call path nothing
 //! but the trip to Postgres. The connection is made in the background and
 //! reconnects by itself (one node, a cluster or Sentinel's master: see
-//! `redis_link`), so start-up never waits on Redis.
+//! `redis_link`); start-up waits at most 2 s for it, then serves anyway.
 
 use std::{
     collections::HashSet,
@@ -157,6 +157,12 @@ impl RedisTier {
             return None;
         }
         self.inner.connection.get().cloned()
+    }
+
+    /// Whether the first connection has been made (until then every call
+    /// is a miss).
+    pub fn is_connected(&self) -> bool {
+        self.inner.connection.get().is_some()
     }
 
     pub fn is_open(&self) -> bool {
