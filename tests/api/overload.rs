@@ -241,11 +241,25 @@ async fn a_saturated_database_sheds_its_calls_while_cache_hits_still_answer() {
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|s| panic!("held call: {s:?}"));
     assert_eq!(customer.name, "Held");
-    // The connection is free again: tenants are served.
-    agents
-        .resolve_agent(as_who(Who::AcmeViewer, resolve(ACME_NUMBER)))
-        .await
-        .unwrap_or_else(|s| panic!("after the load: {s:?}"));
+    // The connection is free again: tenants are served. sqlx puts a
+    // released connection back in the pool from a task of its own, which
+    // may run just after the held answer reached us; with no queue allowed,
+    // a call in that moment is shed. So allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match agents
+            .resolve_agent(as_who(Who::AcmeViewer, resolve(ACME_NUMBER)))
+            .await
+        {
+            Ok(_) => break,
+            Err(status)
+                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(status) => panic!("after the load: {status:?}"),
+        }
+    }
 }
 
 #[tokio::test]
