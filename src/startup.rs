@@ -3,6 +3,7 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use futures_util::TryStreamExt;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{server::TcpIncoming, Server};
 use tonic_health::{server::HealthReporter, ServingStatus};
@@ -13,7 +14,10 @@ use crate::{
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{invalidation, Cache, MemoryTier, RedisTier},
     config::ServeConfig,
-    grpc::{AgentApi, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer, TenantLimitLayer},
+    grpc::{
+        AgentApi, Connection, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer,
+        TenantLimitLayer,
+    },
     metrics::Metrics,
     otlp_metrics::{MetricsExport, MetricsPusher},
     pb::{
@@ -260,7 +264,8 @@ impl Application {
         // TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to each.
         let incoming = TcpIncoming::from(self.listener)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(TCP_KEEPALIVE));
+            .with_keepalive(Some(TCP_KEEPALIVE))
+            .map_ok(Connection::new);
         let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));

@@ -3,12 +3,14 @@
 //! caching decisions, no tenant filtering here.
 
 mod agents;
+mod connection;
 pub(crate) mod convert;
 mod customers;
 mod limits;
 mod request_log;
 
 pub use agents::AgentApi;
+pub use connection::Connection;
 pub use customers::CustomerApi;
 pub use limits::{GlobalLimitLayer, Limits, TenantLimitLayer};
 pub use request_log::{LoggedOrg, RequestLogLayer};
