@@ -226,6 +226,8 @@ impl Resolver {
         let result = call.await;
         match &result {
             Err(Error::Unavailable(_)) => self.database.record_failure(),
+            // Shed (busy): says nothing about whether the database is up.
+            Err(Error::ResourceExhausted(_) | Error::DeadlineExceeded(_)) => {}
             _ => self.database.record_success(),
         }
         result

@@ -245,7 +245,7 @@ impl RedisTier {
         if self.is_unsettled(number) {
             // Try the eviction again; either way this read is a miss.
             if self.flush_pending() {
-                self.retry_flush().await;
+                self.retry_flush();
             } else {
                 self.delete_routes(&[number.to_owned()]).await;
             }
@@ -319,20 +319,20 @@ impl RedisTier {
         self.flush(wanted).await;
     }
 
-    /// A read found a flush owed: one reader at a time tries it again.
-    async fn retry_flush(&self) {
+    /// A read found a flush owed: start one in the background, unless one
+    /// runs. Never in the call: a flush walks every key (thousands of round
+    /// trips for a million routes), and a call's deadline would cut it off
+    /// partway, again and again.
+    fn retry_flush(&self) {
         if self.inner.flushing.swap(true, Ordering::AcqRel) {
             return;
         }
-        struct Release<'a>(&'a AtomicBool);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _release = Release(&self.inner.flushing);
-        let wanted = self.inner.flush_wanted.load(Ordering::Acquire);
-        self.flush(wanted).await;
+        let tier = self.clone();
+        tokio::spawn(async move {
+            let wanted = tier.inner.flush_wanted.load(Ordering::Acquire);
+            tier.flush(wanted).await;
+            tier.inner.flushing.store(false, Ordering::Release);
+        });
     }
 
     async fn flush(&self, wanted: u64) {

@@ -68,15 +68,61 @@ impl Default for PoolSettings {
 #[derive(Clone)]
 pub struct PgStore {
     /// The primary: every write, and reads that must see them.
-    pool: PgPool,
+    pool: Pool,
     /// Lookups (`Access::Read`): a replica's pool when one is configured,
     /// else the same pool as `pool`. A replica may lag the primary.
-    read_pool: PgPool,
+    read_pool: Pool,
     statement_timeout_ms: u128,
     max_connections: u32,
     max_waiting: u64,
+    acquire_timeout: Duration,
+}
+
+/// A sqlx pool and what sqlx does not tell about it.
+#[derive(Clone)]
+struct Pool {
+    pool: PgPool,
+    gate: Arc<Gate>,
+}
+
+struct Gate {
     /// Requests in `acquire` now; sqlx does not expose its wait queue.
-    waiting: Arc<AtomicU64>,
+    waiting: AtomicU64,
+    /// When a connection was last handed out (ms after `since`): a pool
+    /// that hands out none for a whole acquire timeout is not busy but
+    /// stuck (a database gone without a reset keeps its connections open).
+    last_acquired_ms: AtomicU64,
+    since: std::time::Instant,
+}
+
+impl Pool {
+    fn new(pool: PgPool) -> Self {
+        Pool {
+            pool,
+            gate: Arc::new(Gate {
+                waiting: AtomicU64::new(0),
+                last_acquired_ms: AtomicU64::new(0),
+                since: std::time::Instant::now(),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.gate.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn acquired(&self) {
+        self.gate
+            .last_acquired_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a connection was handed out within `window`.
+    fn moving(&self, window: Duration) -> bool {
+        let last = self.gate.last_acquired_ms.load(Ordering::Relaxed);
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        last > 0 && self.now_ms().saturating_sub(last) <= window
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,14 +150,14 @@ impl PgStore {
     /// Parses the URL now (a bad one stops start-up); connects lazily, so the
     /// service starts, and answers from cache, while the database is down.
     pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
-        let pool = lazy_pool(database_url, settings)?;
+        let pool = Pool::new(lazy_pool(database_url, settings)?);
         Ok(PgStore {
             read_pool: pool.clone(),
             pool,
             statement_timeout_ms: settings.statement_timeout.as_millis(),
             max_connections: settings.max_connections,
             max_waiting: u64::from(settings.max_waiting),
-            waiting: Arc::new(AtomicU64::new(0)),
+            acquire_timeout: settings.acquire_timeout,
         })
     }
 
@@ -123,7 +169,7 @@ impl PgStore {
         settings: &PoolSettings,
     ) -> Result<Self, sqlx::Error> {
         Ok(PgStore {
-            read_pool: lazy_pool(read_url, settings)?,
+            read_pool: Pool::new(lazy_pool(read_url, settings)?),
             ..self
         })
     }
@@ -140,10 +186,10 @@ impl PgStore {
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.pool.pool
     }
 
-    fn pool_for(&self, access: Access) -> &PgPool {
+    fn pool_for(&self, access: Access) -> &Pool {
         match access {
             Access::Read => &self.read_pool,
             Access::Write => &self.pool,
@@ -160,15 +206,8 @@ impl PgStore {
             Access::Read => "READ ONLY",
             Access::Write => "READ WRITE",
         };
-        // No statement may outlive its call: Postgres stops it when the
-        // call's deadline passes, lock waits included.
-        let timeout_ms = match crate::deadline::remaining() {
-            Some(left) if left.is_zero() => {
-                return Err(Error::DeadlineExceeded("deadline exceeded".into()));
-            }
-            Some(left) => left.as_millis().clamp(1, self.statement_timeout_ms.max(1)),
-            None => self.statement_timeout_ms,
-        };
+        let connection = self.acquire(access).await?;
+        let timeout_ms = self.statement_timeout_ms()?;
         let begin = format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED {mode}; \
              SELECT set_config('request.jwt.claims', {claims_literal}, true), \
@@ -177,12 +216,32 @@ impl PgStore {
             role = claims.role.as_str(),
             timeout = timeout_ms,
         );
-        let connection = self.acquire(access).await?;
         // `Pool::begin_with` is exactly this, minus the acquire we count.
         Transaction::begin(connection, Some(begin.into()))
             .instrument(statement("begin"))
             .await
             .map_err(|e| db_error(e, "begin"))
+    }
+
+    /// How long a pool may hand out no connection before it counts as
+    /// stuck rather than busy: longer than any call may run.
+    fn stuck_after(&self) -> Duration {
+        let longest_call =
+            Duration::from_millis(u64::try_from(self.statement_timeout_ms).unwrap_or(u64::MAX));
+        longest_call.max(self.acquire_timeout.saturating_mul(2))
+    }
+
+    /// No statement may outlive its call: Postgres stops it when the call's
+    /// deadline passes, lock waits included. Read after the connection is
+    /// acquired, so a wait for one is not counted twice.
+    fn statement_timeout_ms(&self) -> Result<u128, Error> {
+        match crate::deadline::remaining() {
+            Some(left) if left.is_zero() => {
+                Err(Error::DeadlineExceeded("deadline exceeded".into()))
+            }
+            Some(left) => Ok(left.as_millis().clamp(1, self.statement_timeout_ms.max(1))),
+            None => Ok(self.statement_timeout_ms),
+        }
     }
 
     /// A connection from the pool; the request counts as waiting
@@ -196,12 +255,10 @@ impl PgStore {
     /// rather than queued: a queue in front of a saturated database only
     /// adds its length to every call's latency.
     async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
-        let pool = self.pool_for(access);
-        let waiting = Waiting::start(&self.waiting);
-        if waiting.ahead >= self.max_waiting
-            && pool.num_idle() == 0
-            && pool.size() >= self.max_connections
-        {
+        let Pool { pool, gate } = self.pool_for(access);
+        let saturated = || pool.num_idle() == 0 && pool.size() >= self.max_connections;
+        let waiting = Waiting::start(&gate.waiting);
+        if waiting.ahead >= self.max_waiting && saturated() {
             return Err(Error::ResourceExhausted(format!(
                 "the database is busy: all {} connections of this replica are in use and {} requests wait (SWITCHBOARD_DB_MAX_WAITING={}); retry",
                 self.max_connections, waiting.ahead, self.max_waiting
@@ -215,13 +272,19 @@ impl PgStore {
             ))
             .await;
         match acquired {
-            Ok(connection) => Ok(connection),
-            // Every connection open and busy for the whole timeout: the
-            // database is slow or saturated, not gone. RESOURCE_EXHAUSTED,
-            // which the resolver's breaker does not count: one slow moment
-            // must not turn into a second of UNAVAILABLE for everyone.
+            Ok(connection) => {
+                self.pool_for(access).acquired();
+                Ok(connection)
+            }
+            // Every connection open and busy for the whole timeout, while
+            // others were handed out: the database is slow or saturated,
+            // not gone. RESOURCE_EXHAUSTED, which the resolver's breaker
+            // does not count: one slow moment must not turn into a second
+            // of UNAVAILABLE for everyone. No connection handed out for
+            // longer than any call may take is a database gone, even if
+            // its connections look open (UNAVAILABLE, below).
             Err(sqlx::Error::PoolTimedOut)
-                if pool.size() >= self.max_connections && pool.num_idle() == 0 =>
+                if saturated() && self.pool_for(access).moving(self.stuck_after()) =>
             {
                 tracing::warn!("no database connection became free in time");
                 Err(Error::ResourceExhausted(format!(
@@ -237,9 +300,9 @@ impl PgStore {
     pub fn pool_stats(&self) -> PoolStats {
         PoolStats {
             max: self.max_connections,
-            size: self.pool.size(),
-            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            size: self.pool.pool.size(),
+            idle: u32::try_from(self.pool.pool.num_idle()).unwrap_or(u32::MAX),
+            waiting: self.pool.gate.waiting.load(Ordering::Relaxed),
         }
     }
 
