@@ -319,13 +319,18 @@ impl PgStore {
             Some(caller) => sql_literal(caller.as_str()).ok_or(Error::Internal)?,
             None => "NULL".to_owned(),
         };
+        let mut connection = self.acquire(Access::Read).await?;
+        // One simple query, so one implicit transaction and one round trip:
+        // `SET LOCAL` bounds the lookup by the call's deadline and ends with
+        // it (transaction poolers included).
         let sql = format!(
-            "select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
+            "SET LOCAL statement_timeout = '{timeout}ms'; \
+             select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
+            timeout = self.statement_timeout_ms()?,
             role = claims.role.as_str()
         );
         // `RawSql::fetch_optional` in sqlx 0.8 errors on zero rows (it calls
         // `fetch_one`), so fetch all: the number is unique, at most one row.
-        let mut connection = self.acquire(Access::Read).await?;
         // Through `Executor` (a boxed future): `RawSql::fetch_all` on a
         // connection is not `Send` for every lifetime, which tonic needs.
         let rows = Executor::fetch_all(&mut *connection, sqlx::raw_sql(&sql))

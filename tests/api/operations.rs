@@ -133,3 +133,47 @@ async fn shutdown_goes_not_serving_and_stops() {
     let after = tokio::net::TcpStream::connect(app.addr).await;
     assert!(after.is_err(), "the listener is closed after shutdown");
 }
+
+#[tokio::test]
+async fn a_lookup_past_its_deadline_stops_in_postgres_too() {
+    // A tenant's ResolveAgent is one statement on a bare connection; held
+    // up by a lock (DDL, TRUNCATE), it must not outlive its call either.
+    let app = TestApp::spawn().await;
+    let mut blocker = app.db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("lock table public.agents in access exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut agents = app.agents().await;
+    let mut request = as_who(Who::AcmeViewer, resolve_req(ACME_NUMBER, ""));
+    request.set_timeout(Duration::from_millis(300));
+    let code = agents.resolve_agent(request).await.err().map(|s| s.code());
+    assert!(
+        matches!(code, Some(Code::DeadlineExceeded | Code::Cancelled)),
+        "{code:?}"
+    );
+    let waited = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_millis(1500),
+            "the timed-out lookup still waits in Postgres"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = blocker.rollback().await;
+    // And the next call is served as usual.
+    agents
+        .resolve_agent(as_who(Who::AcmeViewer, resolve_req(ACME_NUMBER, "")))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+}
