@@ -35,7 +35,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, MultiplexedConnection},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
-    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
     AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
     RedisResult, Value,
@@ -167,11 +167,24 @@ pub enum Link {
     Sentinel(SentinelLink),
 }
 
-/// Where one SCAN runs: the link's own node, or one master of a cluster.
+/// Where one SCAN runs: the link's own node, or the master of a cluster
+/// shard, named by a slot it owns, so the cluster client routes it by its
+/// own slot map (a node it has no connection for cannot be asked).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanTarget {
     Link,
-    Node { host: String, port: u16 },
+    Shard { slot: u16 },
+}
+
+/// Slots in a Redis Cluster.
+const CLUSTER_SLOTS: u32 = 16_384;
+
+/// One master of a cluster as `CLUSTER NODES` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMaster {
+    pub id: String,
+    /// Inclusive slot ranges it owns.
+    pub slots: Vec<(u16, u16)>,
 }
 
 impl Link {
@@ -202,7 +215,7 @@ impl Link {
                     .retries(1)
                     .build()?;
                 let mut link = Link::Cluster(client.get_async_connection().await?);
-                let masters = link.scan_targets().await?;
+                let masters = link.cluster_masters().await?;
                 tokio::spawn(watch_cluster_masters(
                     link.clone(),
                     masters,
@@ -217,11 +230,11 @@ impl Link {
         }
     }
 
-    /// The nodes a full SCAN must visit: every master of a cluster, else
-    /// the one node.
-    pub async fn scan_targets(&mut self) -> RedisResult<Vec<ScanTarget>> {
+    /// The masters of a cluster that own slots, sorted by id; an error
+    /// unless together they own every slot.
+    async fn cluster_masters(&mut self) -> RedisResult<Vec<ClusterMaster>> {
         let Link::Cluster(cluster) = self else {
-            return Ok(vec![ScanTarget::Link]);
+            return Ok(Vec::new());
         };
         let nodes = cluster
             .route_command(
@@ -231,13 +244,37 @@ impl Link {
             .await?;
         let nodes: String = redis::from_redis_value(&nodes)?;
         let masters = cluster_masters(&nodes);
-        if masters.is_empty() {
+        let covered: u32 = masters
+            .iter()
+            .flat_map(|m| &m.slots)
+            .map(|(from, to)| u32::from(to.saturating_sub(*from)) + 1)
+            .sum();
+        if covered != CLUSTER_SLOTS {
             return Err(RedisError::from((
                 ErrorKind::ClusterDown,
-                "CLUSTER NODES names no master",
+                "the cluster's masters do not own every slot",
             )));
         }
         Ok(masters)
+    }
+
+    /// Where a full SCAN must go: one slot of every master of a cluster
+    /// (together they own all slots, else an error: a flush that left a
+    /// shard out must not count as done), else the one node.
+    pub async fn scan_targets(&mut self) -> RedisResult<Vec<ScanTarget>> {
+        if !matches!(self, Link::Cluster(_)) {
+            return Ok(vec![ScanTarget::Link]);
+        }
+        Ok(self
+            .cluster_masters()
+            .await?
+            .iter()
+            .filter_map(|m| {
+                m.slots
+                    .first()
+                    .map(|(slot, _)| ScanTarget::Shard { slot: *slot })
+            })
+            .collect())
     }
 
     /// One SCAN step on `target`: the next cursor and the keys found.
@@ -255,14 +292,14 @@ impl Link {
             .arg("COUNT")
             .arg(500);
         match (self, target) {
-            (Link::Cluster(cluster), ScanTarget::Node { host, port }) => {
+            (Link::Cluster(cluster), ScanTarget::Shard { slot }) => {
                 let value = cluster
                     .route_command(
                         &command,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port: *port,
-                        }),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                            *slot,
+                            SlotAddr::Master,
+                        ))),
                     )
                     .await?;
                 redis::from_redis_value(&value)
@@ -276,25 +313,27 @@ impl Link {
     }
 }
 
-/// Reads the cluster's masters every `TOPOLOGY_POLL`; another set than
-/// before is a failover (or a reshard, which is as safe to treat as one).
+/// Reads the cluster's masters every `TOPOLOGY_POLL`; other masters than
+/// before (by node id) is a failover (or a reshard, as safe to treat as
+/// one).
 async fn watch_cluster_masters(
     mut link: Link,
-    mut known: Vec<ScanTarget>,
+    known: Vec<ClusterMaster>,
     new_master: NewMaster,
     alive: Weak<()>,
 ) {
-    known.sort_by_key(|t| format!("{t:?}"));
+    let ids = |masters: &[ClusterMaster]| masters.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+    let mut known = ids(&known);
     loop {
         tokio::time::sleep(TOPOLOGY_POLL).await;
         if alive.upgrade().is_none() {
             return;
         }
-        let Ok(Ok(mut masters)) = tokio::time::timeout(TOPOLOGY_POLL, link.scan_targets()).await
+        let Ok(Ok(masters)) = tokio::time::timeout(TOPOLOGY_POLL, link.cluster_masters()).await
         else {
             continue;
         };
-        masters.sort_by_key(|t| format!("{t:?}"));
+        let masters = ids(&masters);
         if masters != known {
             tracing::warn!(
                 before = known.len(),
@@ -307,35 +346,38 @@ async fn watch_cluster_masters(
     }
 }
 
-/// The masters in `CLUSTER NODES` output that are up:
-/// `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slots>...`
-pub fn cluster_masters(nodes: &str) -> Vec<ScanTarget> {
-    nodes
+/// The masters in `CLUSTER NODES` output that own slots, sorted by id:
+/// `<id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <state> <slot>...`
+/// where a slot field is `n`, `n-m`, or `[n->-id]` / `[n-<-id]` (a slot
+/// being migrated, still owned here). A master marked failing is kept: if
+/// it is down, the SCAN routed to its slots fails, and so does the flush.
+pub fn cluster_masters(nodes: &str) -> Vec<ClusterMaster> {
+    let mut masters: Vec<ClusterMaster> = nodes
         .lines()
         .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let address = fields.nth(1)?;
-            let flags = fields.next()?;
-            let flags: Vec<&str> = flags.split(',').collect();
-            if !flags.contains(&"master")
-                || flags
-                    .iter()
-                    .any(|f| matches!(*f, "fail" | "fail?" | "noaddr" | "handshake"))
-            {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (id, flags) = (fields.first()?, fields.get(2)?);
+            if !flags.split(',').any(|f| f == "master") {
                 return None;
             }
-            let address = address.split(['@', ',']).next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            let port = port.parse().ok()?;
-            if host.is_empty() {
-                return None;
-            }
-            Some(ScanTarget::Node {
-                host: host.trim_matches(['[', ']']).to_owned(),
-                port,
+            let slots: Vec<(u16, u16)> = fields
+                .iter()
+                .skip(8)
+                .filter(|f| !f.starts_with('['))
+                .filter_map(|f| match f.split_once('-') {
+                    Some((from, to)) => Some((from.parse().ok()?, to.parse().ok()?)),
+                    None => f.parse().ok().map(|n| (n, n)),
+                })
+                .filter(|(from, to)| from <= to && u32::from(*to) < CLUSTER_SLOTS)
+                .collect();
+            (!slots.is_empty()).then(|| ClusterMaster {
+                id: (*id).to_owned(),
+                slots,
             })
         })
-        .collect()
+        .collect();
+    masters.sort_by(|a, b| a.id.cmp(&b.id));
+    masters
 }
 
 impl ConnectionLike for Link {
@@ -552,20 +594,25 @@ mod tests {
         let nodes = "\
 07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host-4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
 67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
-292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
-6ec23923021cf3ffec47632106199cb7f496ce01 127.0.0.1:30005@31005 master,fail - 0 1426238316232 5 connected
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master,fail? - 0 1426238318243 3 connected 10923-16382 16383 [16383->-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1]
+6ec23923021cf3ffec47632106199cb7f496ce01 127.0.0.1:30005@31005 master - 0 1426238316232 5 connected
 e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa :0@0 master,noaddr - 0 0 0 disconnected
 ";
         let masters = cluster_masters(nodes);
-        let ports: Vec<u16> = masters
+        let summary: Vec<(&str, Vec<(u16, u16)>)> = masters
             .iter()
-            .filter_map(|m| match m {
-                ScanTarget::Node { host, port } if host == "127.0.0.1" => Some(*port),
-                _ => None,
-            })
+            .map(|m| (&m.id[..4], m.slots.clone()))
             .collect();
-        assert_eq!(ports, vec![30002, 30003, 30001]);
+        // Sorted by id; the slotless master and the replica left out; a
+        // master marked failing kept (its shard must still be scanned).
+        assert_eq!(
+            summary,
+            vec![
+                ("292f", vec![(10923, 16382), (16383, 16383)]),
+                ("67ed", vec![(5461, 10922)]),
+                ("e7d1", vec![(0, 5460)]),
+            ]
+        );
     }
 
     #[test]
