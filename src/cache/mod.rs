@@ -45,13 +45,26 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(memory: MemoryTier, redis: Option<RedisTier>, metrics: Metrics) -> Self {
-        Cache {
+        let cache = Cache {
             memory,
             redis,
             metrics,
             generation: Arc::new(AtomicU64::new(0)),
             listening: Arc::new(AtomicBool::new(false)),
+        };
+        if let Some(redis) = &cache.redis {
+            // A Redis failover may have lost evictions: what this replica
+            // filled from Redis just before it was seen may be stale.
+            let generation = Arc::downgrade(&cache.generation);
+            let memory = cache.memory.clone();
+            redis.on_new_master(move || {
+                if let Some(generation) = generation.upgrade() {
+                    generation.fetch_add(1, Ordering::AcqRel);
+                    memory.clear();
+                }
+            });
         }
+        cache
     }
 
     pub fn is_listening(&self) -> bool {

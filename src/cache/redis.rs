@@ -68,6 +68,10 @@ struct Inner {
     metrics: Metrics,
     /// Background tasks of the link stop once this is dropped.
     alive: Arc<()>,
+    /// Told of every new master, after the flush is owed (`Cache` drops
+    /// the memory tier: an entry filled from Redis in the moment before
+    /// the failover was seen may be stale).
+    on_new_master: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl RedisTier {
@@ -99,6 +103,7 @@ impl RedisTier {
                 any_unsettled: AtomicBool::new(false),
                 metrics,
                 alive: Arc::new(()),
+                on_new_master: std::sync::OnceLock::new(),
             }),
         };
         let connecting = tier.clone();
@@ -134,6 +139,9 @@ impl RedisTier {
                     // Every route is a miss until a flush of the new
                     // master succeeds (see `get_route`).
                     inner.flush_wanted.fetch_add(1, Ordering::AcqRel);
+                    if let Some(tell) = inner.on_new_master.get() {
+                        tell();
+                    }
                 }
             });
             let alive = Arc::downgrade(&self.inner.alive);
@@ -157,6 +165,11 @@ impl RedisTier {
             return None;
         }
         self.inner.connection.get().cloned()
+    }
+
+    /// Runs `tell` on every new master from now on (set once).
+    pub fn on_new_master(&self, tell: impl Fn() + Send + Sync + 'static) {
+        let _ = self.inner.on_new_master.set(Box::new(tell));
     }
 
     /// Whether the first connection has been made (until then every call
@@ -242,6 +255,9 @@ impl RedisTier {
             cache.hit = Empty,
         );
         let lookups = &self.inner.metrics.redis_routes;
+        // Read before the check: a failover reported while the GET is in
+        // flight (the link may already use the new master) makes it a miss.
+        let epoch = self.inner.flush_wanted.load(Ordering::Acquire);
         if self.is_unsettled(number) {
             // Try the eviction again; either way this read is a miss.
             if self.flush_pending() {
@@ -262,6 +278,10 @@ impl RedisTier {
                 lookups.error.inc();
                 return None;
             };
+            if self.inner.flush_wanted.load(Ordering::Acquire) != epoch {
+                lookups.miss.inc();
+                return None;
+            }
             let route =
                 bytes.and_then(
                     |bytes| match pb::ResolveAgentResponse::decode(bytes.as_slice()) {
