@@ -90,6 +90,11 @@ pub enum MetricsExportError {
          built in: send to a collector agent beside switchboard)"
     )]
     Endpoint { var: &'static str, value: String },
+    // The value is never echoed: it holds a password.
+    #[error(
+        "{var} carries credentials (user:password@); put them in OTEL_EXPORTER_OTLP_HEADERS instead, so they never reach a log line"
+    )]
+    EndpointCredentials { var: &'static str },
     #[error("{var} {value:?} is not a whole number of milliseconds above 0")]
     Millis { var: &'static str, value: String },
     // The value is never echoed: headers carry API keys.
@@ -236,6 +241,14 @@ impl MetricsExport {
 }
 
 fn endpoint_of(var: &'static str, value: String) -> Result<Endpoint, MetricsExportError> {
+    // The endpoint is named in warnings when a push fails.
+    if http::Uri::try_from(value.trim())
+        .ok()
+        .and_then(|uri| uri.authority().map(|a| a.as_str().contains('@')))
+        .unwrap_or(value.contains('@'))
+    {
+        return Err(MetricsExportError::EndpointCredentials { var });
+    }
     let usable = http::Uri::try_from(value.trim()).ok().filter(|uri| {
         uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty())
     });
@@ -689,6 +702,15 @@ mod tests {
                 "{endpoint}"
             );
         }
+        let with_password = refused(&[(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "http://user:hunter2@collector:4317",
+        )]);
+        assert!(
+            with_password.starts_with("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT carries credentials")
+                && !with_password.contains("hunter2"),
+            "{with_password}"
+        );
         for interval in ["0", "-1", "1s"] {
             assert!(
                 refused(&[ENDPOINT, ("OTEL_METRIC_EXPORT_INTERVAL", interval)])
