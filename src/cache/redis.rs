@@ -142,6 +142,8 @@ impl RedisTier {
                     if let Some(tell) = inner.on_new_master.get() {
                         tell();
                     }
+                    // Start the flush now, not at the next read.
+                    RedisTier { inner }.retry_flush();
                 }
             });
             let alive = Arc::downgrade(&self.inner.alive);
@@ -365,6 +367,9 @@ impl RedisTier {
         let Some(mut connection) = self.connection() else {
             return false;
         };
+        // A flush counts for the master it started on only: one that a
+        // failover overtook (Sentinel) must run again on the new master.
+        let master = connection.master_address();
         let Some(targets) = self.run(connection.scan_targets()).await else {
             return false;
         };
@@ -388,7 +393,7 @@ impl RedisTier {
                 cursor = next;
             }
         }
-        true
+        connection.master_address() == master
     }
 
     pub async fn publish(&self, payload: &str) {

@@ -204,9 +204,11 @@ impl Link {
                     .set_number_of_retries(1)
                     .set_max_delay(1000);
                 let client = redis::Client::open(url.as_str())?;
-                Ok(Link::Standalone(
-                    ConnectionManager::new_with_config(client, config).await?,
-                ))
+                let mut link =
+                    Link::Standalone(ConnectionManager::new_with_config(client, config).await?);
+                let run_id = link.run_id().await?;
+                tokio::spawn(watch_run_id(link.clone(), run_id, new_master, alive));
+                Ok(link)
             }
             RedisTarget::Cluster(seeds) => {
                 let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
@@ -309,6 +311,46 @@ impl Link {
                 "a cluster is scanned master by master",
             ))),
             (link, _) => command.query_async(link).await,
+        }
+    }
+}
+
+impl Link {
+    /// The master a Sentinel link uses now (`None` for the others).
+    pub fn master_address(&self) -> Option<String> {
+        match self {
+            Link::Sentinel(sentinel) => sentinel.master_address(),
+            Link::Standalone(_) | Link::Cluster(_) => None,
+        }
+    }
+
+    /// The server's `run_id` (`INFO server`): new on every start of it.
+    async fn run_id(&mut self) -> RedisResult<String> {
+        let info: String = redis::cmd("INFO").arg("server").query_async(self).await?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .ok_or_else(|| RedisError::from((ErrorKind::ResponseError, "INFO names no run_id")))
+    }
+}
+
+/// One node: reads its `run_id` every `TOPOLOGY_POLL`. Another one is
+/// another server behind the same address: a restart (which may have
+/// reloaded data older than evictions it acknowledged) or a managed Redis
+/// failing over behind one DNS name.
+async fn watch_run_id(mut link: Link, mut known: String, new_master: NewMaster, alive: Weak<()>) {
+    loop {
+        tokio::time::sleep(TOPOLOGY_POLL).await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let Ok(Ok(run_id)) = tokio::time::timeout(TOPOLOGY_POLL, link.run_id()).await else {
+            continue;
+        };
+        if run_id != known {
+            tracing::warn!("redis: another server behind the address (a restart or a failover); flushing routes");
+            new_master();
+            known = run_id;
         }
     }
 }

@@ -639,3 +639,81 @@ async fn a_failover_cannot_bring_back_a_route_the_old_master_had_evicted() {
     .await;
     eprintln!("the tier served again {took:?} after the failover");
 }
+
+#[tokio::test]
+async fn a_restarted_redis_is_flushed_before_it_is_trusted() {
+    // One node restarted with data older than an eviction it acknowledged
+    // (a snapshot reloaded; or a managed Redis failing over behind one DNS
+    // name): its new run_id makes the tier flush before reading it.
+    let mut redis = crate::redis_server::RedisServer::start().await;
+    let db = TestDb::seeded().await;
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            redis_url: Some(redis.url()),
+            memory_tier: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let agents = app.agents().await;
+    let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
+    let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    let old_route: Vec<u8> = loop {
+        let _ = service_resolve(&mut agents.clone(), ACME_NUMBER).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+            if let Ok(Some(bytes)) = connection.get::<_, Option<Vec<u8>>>(&key).await {
+                break bytes;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "route not filled"
+        );
+    };
+
+    // The write's eviction succeeds on the running server...
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'nova' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    within_named("evicted", Duration::from_secs(2), || async {
+        let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        !connection.exists::<_, bool>(&key).await.unwrap_or(true)
+    })
+    .await;
+    // ...then it restarts with the route from before the write.
+    redis.stop();
+    redis.restart().await;
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _: () = connection
+        .set(&key, old_route.as_slice())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let took = within_named(
+        "the restored route flushed",
+        Duration::from_secs(3),
+        || async {
+            let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            let now: Option<Vec<u8>> = connection.get(&key).await.unwrap_or(None);
+            now.as_deref() != Some(old_route.as_slice())
+        },
+    )
+    .await;
+    eprintln!("a restarted Redis was flushed {took:?} after the stale route appeared");
+    let (answer, _) = service_resolve(&mut agents.clone(), ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(voice(&answer), "nova");
+}
