@@ -644,3 +644,16 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+impl TestDb {
+    /// Statements of this database waiting on a lock now.
+    pub async fn lock_waiters(&self) -> i64 {
+        sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}

@@ -78,24 +78,12 @@ async fn the_clients_deadline_is_honoured() {
     // Postgres stops waiting too: the transaction's statement_timeout is the
     // time the call had left, not the server's 5 s, so the write does not
     // hold a pooled connection in a lock wait after its call is over.
-    let waited = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        if waiting == 0 {
-            break;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_millis(1500),
-            "the timed-out write still waits in Postgres"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_named(
+        "the timed-out write stops waiting in Postgres",
+        Duration::from_millis(1500),
+        || async { app.db.lock_waiters().await == 0 },
+    )
+    .await;
     // The client's timer can fire a moment before the server's (which starts
     // when the request arrives): release the lock only once the server's
     // deadline has certainly passed, so the write had nothing to wait for
@@ -152,24 +140,12 @@ async fn a_lookup_past_its_deadline_stops_in_postgres_too() {
         matches!(code, Some(Code::DeadlineExceeded | Code::Cancelled)),
         "{code:?}"
     );
-    let waited = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        if waiting == 0 {
-            break;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_millis(1500),
-            "the timed-out lookup still waits in Postgres"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within_named(
+        "the timed-out lookup stops waiting in Postgres",
+        Duration::from_millis(1500),
+        || async { app.db.lock_waiters().await == 0 },
+    )
+    .await;
     let _ = blocker.rollback().await;
     // And the next call is served as usual.
     agents

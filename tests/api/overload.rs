@@ -51,13 +51,7 @@ fn held_upsert(
 async fn wait_for_lock_waiters(app: &TestApp, count: i64) {
     let started = Instant::now();
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where datname = current_database() and wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let waiting = app.db.lock_waiters().await;
         if waiting >= count {
             return;
         }
