@@ -646,6 +646,19 @@ where
 }
 
 impl TestDb {
+    /// Holds the lock on Acme's customer for `SHARED_CALLER`, so every
+    /// upsert of that (org, phone) waits in Postgres until the returned
+    /// transaction rolls back.
+    pub async fn lock_acme_customer(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut blocker = self.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query("select 1 from public.customers where id = $1::uuid for update")
+            .bind(ACME_CUSTOMER)
+            .execute(&mut *blocker)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        blocker
+    }
+
     /// Statements of this database waiting on a lock now.
     pub async fn lock_waiters(&self) -> i64 {
         sqlx::query_scalar(

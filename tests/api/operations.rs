@@ -53,12 +53,7 @@ async fn the_clients_deadline_is_honoured() {
     let app = TestApp::spawn().await;
     // Hold a lock on the row so the write waits; the client gives up after
     // 300 ms and the server stops too.
-    let mut blocker = app.db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
-    sqlx::query("select 1 from public.customers where id = $1::uuid for update")
-        .bind(ACME_CUSTOMER)
-        .execute(&mut *blocker)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let blocker = app.db.lock_acme_customer().await;
     let mut customers = app.customers().await;
     let mut request = as_who(
         Who::AcmeAdmin,

@@ -15,18 +15,6 @@ use switchboard::pb::{
     GetCustomerRequest, ListAgentsRequest, ResolveAgentRequest, UpsertCustomerRequest,
 };
 
-/// Holds the lock on Acme's customer for `SHARED_CALLER`, so every upsert of
-/// that (org, phone) waits in Postgres until the blocker rolls back.
-async fn lock_acme_customer(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut blocker = app.db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
-    sqlx::query("select 1 from public.customers where id = $1::uuid for update")
-        .bind(ACME_CUSTOMER)
-        .execute(&mut *blocker)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    blocker
-}
-
 /// Starts an upsert that will wait on the lock, as `who`.
 fn held_upsert(
     channel: &Channel,
@@ -105,7 +93,7 @@ async fn the_global_cap_sheds_at_once_and_health_still_answers() {
         .await
         .unwrap_or_else(|s| panic!("{s:?}"));
 
-    let blocker = lock_acme_customer(&app).await;
+    let blocker = app.db.lock_acme_customer().await;
     let held = [
         held_upsert(&channel, Who::AcmeAdmin),
         held_upsert(&channel, Who::AcmeManager),
@@ -185,7 +173,7 @@ impl OneConnectionHeld {
             .resolve_agent(as_who(Who::Service, resolve(ACME_NUMBER)))
             .await
             .unwrap_or_else(|s| panic!("{s:?}"));
-        let blocker = lock_acme_customer(&app).await;
+        let blocker = app.db.lock_acme_customer().await;
         let held = held_upsert(&app.channel().await, Who::AcmeAdmin);
         wait_for_lock_waiters(&app, 1).await;
         OneConnectionHeld {
@@ -337,7 +325,7 @@ async fn one_tenant_flooding_does_not_starve_another() {
             .unwrap_or_else(|s| panic!("{s:?}"));
     }
 
-    let blocker = lock_acme_customer(&app).await;
+    let blocker = app.db.lock_acme_customer().await;
     let held = [
         held_upsert(&channel, Who::AcmeAdmin),
         held_upsert(&channel, Who::AcmeAdmin),
@@ -403,7 +391,7 @@ async fn the_shorter_of_server_and_client_deadline_applies() {
     )
     .await;
     let mut customers = app.customers().await;
-    let blocker = lock_acme_customer(&app).await;
+    let blocker = app.db.lock_acme_customer().await;
     let upsert = |timeout: Option<Duration>| {
         let mut request = as_who(
             Who::AcmeAdmin,
