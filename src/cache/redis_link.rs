@@ -18,10 +18,11 @@
 //!
 //! Failover: Redis replicates asynchronously, so a promoted replica may
 //! lack a DEL the old master acknowledged, and would serve a route older
-//! than a write until its TTL. So a new master is reported (`NewMaster`)
-//! before the link uses it: the Sentinel link on the spot, a cluster link
-//! when `CLUSTER NODES` (read every second) names other masters. The tier
-//! then treats every route as unsettled until a flush succeeds.
+//! than a write until its TTL. So a new master is reported (`NewMaster`):
+//! by the Sentinel link before it uses it; by the others when `masters`
+//! (read every second) answers otherwise: a cluster's master ids in
+//! `CLUSTER NODES`, one node's `run_id`. The tier then treats every route
+//! as unsettled until a flush succeeds.
 
 use std::{
     sync::{
@@ -204,11 +205,9 @@ impl Link {
                     .set_number_of_retries(1)
                     .set_max_delay(1000);
                 let client = redis::Client::open(url.as_str())?;
-                let mut link =
+                let link =
                     Link::Standalone(ConnectionManager::new_with_config(client, config).await?);
-                let run_id = link.run_id().await?;
-                tokio::spawn(watch_run_id(link.clone(), run_id, new_master, alive));
-                Ok(link)
+                link.watch_masters(new_master, alive).await
             }
             RedisTarget::Cluster(seeds) => {
                 let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
@@ -216,15 +215,8 @@ impl Link {
                     .response_timeout(timeouts.response)
                     .retries(1)
                     .build()?;
-                let mut link = Link::Cluster(client.get_async_connection().await?);
-                let masters = link.cluster_masters().await?;
-                tokio::spawn(watch_cluster_masters(
-                    link.clone(),
-                    masters,
-                    new_master,
-                    alive,
-                ));
-                Ok(link)
+                let link = Link::Cluster(client.get_async_connection().await?);
+                link.watch_masters(new_master, alive).await
             }
             RedisTarget::Sentinel { .. } => Ok(Link::Sentinel(
                 SentinelLink::connect(target.sentinel_client()?, timeouts, new_master).await?,
@@ -324,6 +316,25 @@ impl Link {
         }
     }
 
+    /// Who serves the tier: the master ids of a cluster that own slots, or
+    /// one node's `run_id` (new on every start of the server, and on a
+    /// managed Redis failing over behind one DNS name).
+    async fn masters(&mut self) -> RedisResult<Vec<String>> {
+        if matches!(self, Link::Cluster(_)) {
+            let masters = self.cluster_masters().await?;
+            return Ok(masters.into_iter().map(|m| m.id).collect());
+        }
+        Ok(vec![self.run_id().await?])
+    }
+
+    /// Reads who the masters are now, then watches for a change in the
+    /// background (Sentinel follows its master itself).
+    async fn watch_masters(mut self, new_master: NewMaster, alive: Weak<()>) -> RedisResult<Link> {
+        let known = self.masters().await?;
+        tokio::spawn(poll_masters(self.clone(), known, new_master, alive));
+        Ok(self)
+    }
+
     /// The server's `run_id` (`INFO server`): new on every start of it.
     async fn run_id(&mut self) -> RedisResult<String> {
         let info: String = redis::cmd("INFO").arg("server").query_async(self).await?;
@@ -334,53 +345,28 @@ impl Link {
     }
 }
 
-/// One node: reads its `run_id` every `TOPOLOGY_POLL`. Another one is
-/// another server behind the same address: a restart (which may have
-/// reloaded data older than evictions it acknowledged) or a managed Redis
-/// failing over behind one DNS name.
-async fn watch_run_id(mut link: Link, mut known: String, new_master: NewMaster, alive: Weak<()>) {
-    loop {
-        tokio::time::sleep(TOPOLOGY_POLL).await;
-        if alive.upgrade().is_none() {
-            return;
-        }
-        let Ok(Ok(run_id)) = tokio::time::timeout(TOPOLOGY_POLL, link.run_id()).await else {
-            continue;
-        };
-        if run_id != known {
-            tracing::warn!("redis: another server behind the address (a restart or a failover); flushing routes");
-            new_master();
-            known = run_id;
-        }
-    }
-}
-
-/// Reads the cluster's masters every `TOPOLOGY_POLL`; other masters than
-/// before (by node id) is a failover (or a reshard, as safe to treat as
-/// one).
-async fn watch_cluster_masters(
+/// Reads who the masters are every `TOPOLOGY_POLL` (`Link::masters`);
+/// another answer than before is a failover, a restart, or a reshard, all
+/// as safe to treat as one.
+async fn poll_masters(
     mut link: Link,
-    known: Vec<ClusterMaster>,
+    mut known: Vec<String>,
     new_master: NewMaster,
     alive: Weak<()>,
 ) {
-    let ids = |masters: &[ClusterMaster]| masters.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
-    let mut known = ids(&known);
     loop {
         tokio::time::sleep(TOPOLOGY_POLL).await;
         if alive.upgrade().is_none() {
             return;
         }
-        let Ok(Ok(masters)) = tokio::time::timeout(TOPOLOGY_POLL, link.cluster_masters()).await
-        else {
+        let Ok(Ok(masters)) = tokio::time::timeout(TOPOLOGY_POLL, link.masters()).await else {
             continue;
         };
-        let masters = ids(&masters);
         if masters != known {
             tracing::warn!(
                 before = known.len(),
                 now = masters.len(),
-                "redis cluster: the masters changed; flushing routes"
+                "redis: other masters than before (a failover or a restart); flushing routes"
             );
             new_master();
             known = masters;
