@@ -255,9 +255,9 @@ impl PgStore {
     /// rather than queued: a queue in front of a saturated database only
     /// adds its length to every call's latency.
     async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
-        let Pool { pool, gate } = self.pool_for(access);
-        let saturated = || pool.num_idle() == 0 && pool.size() >= self.max_connections;
-        let waiting = Waiting::start(&gate.waiting);
+        let pool = self.pool_for(access);
+        let saturated = || pool.pool.num_idle() == 0 && pool.pool.size() >= self.max_connections;
+        let waiting = Waiting::start(&pool.gate.waiting);
         if waiting.ahead >= self.max_waiting && saturated() {
             return Err(Error::ResourceExhausted(format!(
                 "the database is busy: all {} connections of this replica are in use and {} requests wait (SWITCHBOARD_DB_MAX_WAITING={}); retry",
@@ -265,6 +265,7 @@ impl PgStore {
             )));
         }
         let acquired = pool
+            .pool
             .acquire()
             .instrument(tracing::debug_span!(
                 target: "switchboard::store",
@@ -273,7 +274,7 @@ impl PgStore {
             .await;
         match acquired {
             Ok(connection) => {
-                self.pool_for(access).acquired();
+                pool.acquired();
                 Ok(connection)
             }
             // Every connection open and busy for the whole timeout, while
@@ -283,9 +284,7 @@ impl PgStore {
             // of UNAVAILABLE for everyone. No connection handed out for
             // longer than any call may take is a database gone, even if
             // its connections look open (UNAVAILABLE, below).
-            Err(sqlx::Error::PoolTimedOut)
-                if saturated() && self.pool_for(access).moving(self.stuck_after()) =>
-            {
+            Err(sqlx::Error::PoolTimedOut) if saturated() && pool.moving(self.stuck_after()) => {
                 tracing::warn!("no database connection became free in time");
                 Err(Error::ResourceExhausted(format!(
                     "the database is busy: none of this replica's {} connections became free in time (SWITCHBOARD_DB_ACQUIRE_TIMEOUT_MS); retry",
