@@ -283,10 +283,12 @@ impl Resolver {
             .await
             .map_err(|e| (*e).clone())?;
         let (packed, filled_from) = entry.into_value();
+        if !self.cache.may_keep(generation) {
+            // Evicted while we fetched, or nothing would evict it: answer
+            // this call, keep nothing (a route or "no agent" alike).
+            self.cache.memory.routes.invalidate(&key).await;
+        }
         if is_no_route(&packed) {
-            if !self.cache.may_keep(generation) {
-                self.cache.memory.routes.invalidate(&key).await;
-            }
             return Err(no_agent());
         }
         let route: Route = Arc::new(unpack(&packed).ok_or(Error::Internal)?);
@@ -295,11 +297,6 @@ impl Resolver {
         } else {
             Tier::Memory
         };
-        if !self.cache.may_keep(generation) {
-            // Evicted while we fetched, or nothing would evict it: answer
-            // this call, keep nothing.
-            self.cache.memory.routes.invalidate(&key).await;
-        }
         if let (Some(caller), Some(org_id), Some(fetched)) =
             (caller, org_of(&route), fetched_caller.as_ref())
         {
