@@ -204,6 +204,22 @@ async fn spans_of(trace_id: &[u8], done: impl Fn(&[Span]) -> bool) -> Vec<Span> 
     }
 }
 
+/// The spans of a trace once every name in `expected` is among them;
+/// fails naming the first one missing.
+async fn spans_named(trace_id: &[u8], expected: &[&str]) -> Vec<Span> {
+    let spans = spans_of(trace_id, |spans| {
+        expected
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name))
+    })
+    .await;
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    for name in expected {
+        assert!(names.contains(name), "no {name} span in {names:?}");
+    }
+    spans
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -322,16 +338,7 @@ async fn resolve_agent_spans_reach_the_collector_in_the_callers_trace() {
         "cache.redis",
         "resolve_agent",
     ];
-    let spans = spans_of(&trace, |spans| {
-        expected
-            .iter()
-            .all(|name| spans.iter().any(|s| s.name == *name))
-    })
-    .await;
-    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    for name in expected {
-        assert!(names.contains(&name), "no {name} span in {names:?}");
-    }
+    let spans = spans_named(&trace, &expected).await;
 
     // The request span continues the caller's span and is the server side.
     let request_span = spans
@@ -523,16 +530,7 @@ async fn without_a_traceparent_the_call_starts_a_trace_and_logs_its_id() {
         "get_agent",
         "commit",
     ];
-    let spans = spans_of(&from_hex(&trace_id), |spans| {
-        expected
-            .iter()
-            .all(|name| spans.iter().any(|s| s.name == *name))
-    })
-    .await;
-    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    for name in expected {
-        assert!(names.contains(&name), "no {name} span in {names:?}");
-    }
+    let spans = spans_named(&from_hex(&trace_id), &expected).await;
     let request_span = spans
         .iter()
         .find(|s| s.name.ends_with("/GetAgent"))
