@@ -1163,15 +1163,13 @@ async fn tenant_keys(db: &TestDb) -> Vec<TenantKey> {
     .await
     .unwrap_or_else(|e| panic!("pg_constraint: {e}"));
     rows.into_iter()
-        .map(
-            |(name, table, columns, target, target_columns)| TenantKey {
-                name,
-                table,
-                columns,
-                target,
-                target_columns,
-            },
-        )
+        .map(|(name, table, columns, target, target_columns)| TenantKey {
+            name,
+            table,
+            columns,
+            target,
+            target_columns,
+        })
         .collect()
 }
 
@@ -1314,8 +1312,7 @@ async fn references_into_another_org_fail_as_references_to_nothing() {
                         .unwrap_or_else(|e| panic!("{sql}: {e}"))
                 }
             };
-            let (Some(theirs), Some(ours)) = (target_in(other).await, target_in(home).await)
-            else {
+            let (Some(theirs), Some(ours)) = (target_in(other).await, target_in(home).await) else {
                 failures.push(format!("{} has no row in each org to aim at", key.target));
                 continue;
             };
