@@ -1136,7 +1136,9 @@ impl TenantKey {
 /// Every foreign key, in every schema, from a table with `org_id` to a
 /// table with `org_id`: the references between tenant rows.
 async fn tenant_keys(db: &TestDb) -> Vec<TenantKey> {
-    let rows: Vec<(String, String, Vec<String>, String, Vec<String>)> = sqlx::query_as(
+    // (constraint, table, columns, target, target columns)
+    type KeyRow = (String, String, Vec<String>, String, Vec<String>);
+    let rows: Vec<KeyRow> = sqlx::query_as(
         "with has_org as ( \
            select a.attrelid from pg_catalog.pg_attribute a \
            where a.attname = 'org_id' and a.attnum > 0 and not a.attisdropped) \
