@@ -42,72 +42,13 @@ create table if not exists switchboard_private.cross_org_references (
   referenced_org_id uuid not null
 );
 revoke all on switchboard_private.cross_org_references from public, anon, authenticated, service_role;
-
--- ---------------------------------------------------------------- detach what crosses
-
-do $detach$
-declare
-  found bigint;
-  total bigint := 0;
-begin
-  with detached as (
-    update public.calls c set agent_id = null
-    from public.agents a
-    where a.id = c.agent_id and a.org_id <> c.org_id
-    returning c.id, c.org_id, a.id as ref_id, a.org_id as ref_org
-  )
-  insert into switchboard_private.cross_org_references
-    (table_name, column_name, row_id, org_id, referenced_id, referenced_org_id)
-  select 'calls', 'agent_id', id, org_id, ref_id, ref_org from detached;
-  get diagnostics found = row_count;
-  if found > 0 then
-    raise warning 'detached % row(s) of public.calls whose agent_id named an agent of another org (listed in switchboard_private.cross_org_references)', found;
-  end if;
-  total := total + found;
-
-  with detached as (
-    update public.calls c set customer_id = null
-    from public.customers cu
-    where cu.id = c.customer_id and cu.org_id <> c.org_id
-    returning c.id, c.org_id, cu.id as ref_id, cu.org_id as ref_org
-  )
-  insert into switchboard_private.cross_org_references
-    (table_name, column_name, row_id, org_id, referenced_id, referenced_org_id)
-  select 'calls', 'customer_id', id, org_id, ref_id, ref_org from detached;
-  get diagnostics found = row_count;
-  if found > 0 then
-    raise warning 'detached % row(s) of public.calls whose customer_id named a customer of another org (listed in switchboard_private.cross_org_references)', found;
-  end if;
-  total := total + found;
-
-  -- Detached, not deleted: the text belongs to the org that wrote it; it is
-  -- kept for that org to review (agent_id null), never fed to the other org.
-  with detached as (
-    update public.knowledge_base k set agent_id = null
-    from public.agents a
-    where a.id = k.agent_id and a.org_id <> k.org_id
-    returning k.id, k.org_id, a.id as ref_id, a.org_id as ref_org
-  )
-  insert into switchboard_private.cross_org_references
-    (table_name, column_name, row_id, org_id, referenced_id, referenced_org_id)
-  select 'knowledge_base', 'agent_id', id, org_id, ref_id, ref_org from detached;
-  get diagnostics found = row_count;
-  if found > 0 then
-    raise warning 'detached % row(s) of public.knowledge_base whose agent_id named an agent of another org (listed in switchboard_private.cross_org_references)', found;
-  end if;
-  total := total + found;
-
-  raise notice 'same-org references: % cross-org reference(s) detached', total;
-end
-$detach$;
+revoke all on sequence switchboard_private.cross_org_references_id_seq from public, anon, authenticated, service_role;
 
 -- ---------------------------------------------------------------- the keys
 
-do $keys$
-declare
-  old_key record;
+-- The targets: (id, org_id) unique, so a composite key can point at it.
+do $targets$
 begin
-  -- The targets: (id, org_id) unique, so a composite key can point at it.
   if not exists (select 1 from pg_catalog.pg_constraint
                  where conrelid = 'public.agents'::regclass and conname = 'agents_id_org_id_key') then
     alter table public.agents add constraint agents_id_org_id_key unique (id, org_id);
@@ -116,42 +57,69 @@ begin
                  where conrelid = 'public.customers'::regclass and conname = 'customers_id_org_id_key') then
     alter table public.customers add constraint customers_id_org_id_key unique (id, org_id);
   end if;
-
-  -- The single-column keys 0002 made, whatever they are named.
-  for old_key in
-    select c.conrelid::regclass as tbl, c.conname
-    from pg_catalog.pg_constraint c
-    where c.contype = 'f'
-      and (c.conrelid, c.confrelid) in (('public.calls'::regclass, 'public.agents'::regclass),
-                                        ('public.calls'::regclass, 'public.customers'::regclass),
-                                        ('public.knowledge_base'::regclass, 'public.agents'::regclass))
-      and cardinality(c.conkey) = 1
-  loop
-    execute format('alter table %s drop constraint %I', old_key.tbl, old_key.conname);
-  end loop;
-
-  -- Named without "org_id_fkey" at the end: the service maps that suffix to
-  -- "org_id does not name an organization".
-  if not exists (select 1 from pg_catalog.pg_constraint
-                 where conrelid = 'public.calls'::regclass and conname = 'calls_agent_same_org_fkey') then
-    alter table public.calls add constraint calls_agent_same_org_fkey
-      foreign key (agent_id, org_id) references public.agents (id, org_id)
-      on update no action on delete set null (agent_id);
-  end if;
-  if not exists (select 1 from pg_catalog.pg_constraint
-                 where conrelid = 'public.calls'::regclass and conname = 'calls_customer_same_org_fkey') then
-    alter table public.calls add constraint calls_customer_same_org_fkey
-      foreign key (customer_id, org_id) references public.customers (id, org_id)
-      on update no action on delete set null (customer_id);
-  end if;
-  if not exists (select 1 from pg_catalog.pg_constraint
-                 where conrelid = 'public.knowledge_base'::regclass and conname = 'knowledge_base_agent_same_org_fkey') then
-    alter table public.knowledge_base add constraint knowledge_base_agent_same_org_fkey
-      foreign key (agent_id, org_id) references public.agents (id, org_id)
-      on update no action on delete cascade;
-  end if;
 end
-$keys$;
+$targets$;
+
+-- Per reference: detach and record the rows that cross orgs, drop the
+-- single-column key 0002 made (whatever it is named), add the composite one.
+-- Its name does not end in "org_id_fkey": the service maps that suffix to
+-- "org_id does not name an organization".
+do $references$
+declare
+  ref record;
+  old_key record;
+  found bigint;
+  total bigint := 0;
+begin
+  for ref in
+    select * from (values
+      ('calls', 'agent_id', 'agents', 'calls_agent_same_org_fkey', 'set null (agent_id)'),
+      ('calls', 'customer_id', 'customers', 'calls_customer_same_org_fkey', 'set null (customer_id)'),
+      -- Detached here, not deleted: the text belongs to the org that wrote
+      -- it and stays for it to review (agent_id null), never fed to the other.
+      ('knowledge_base', 'agent_id', 'agents', 'knowledge_base_agent_same_org_fkey', 'cascade')
+    ) as r(tbl, col, target, key_name, on_delete)
+  loop
+    execute format(
+      $sql$
+        with detached as (
+          update public.%1$I r set %2$I = null
+          from public.%3$I t
+          where t.id = r.%2$I and t.org_id <> r.org_id
+          returning r.id, r.org_id, t.id as ref_id, t.org_id as ref_org
+        )
+        insert into switchboard_private.cross_org_references
+          (table_name, column_name, row_id, org_id, referenced_id, referenced_org_id)
+        select %1$L, %2$L, id, org_id, ref_id, ref_org from detached
+      $sql$, ref.tbl, ref.col, ref.target);
+    get diagnostics found = row_count;
+    if found > 0 then
+      raise warning 'detached % row(s) of public.% whose % named a row of public.% in another org (listed in switchboard_private.cross_org_references)',
+        found, ref.tbl, ref.col, ref.target;
+    end if;
+    total := total + found;
+
+    for old_key in
+      select c.conname from pg_catalog.pg_constraint c
+      where c.contype = 'f' and cardinality(c.conkey) = 1
+        and c.conrelid = pg_catalog.format('public.%I', ref.tbl)::regclass
+        and c.confrelid = pg_catalog.format('public.%I', ref.target)::regclass
+    loop
+      execute format('alter table public.%I drop constraint %I', ref.tbl, old_key.conname);
+    end loop;
+
+    if not exists (select 1 from pg_catalog.pg_constraint
+                   where conrelid = pg_catalog.format('public.%I', ref.tbl)::regclass
+                     and conname = ref.key_name) then
+      execute format(
+        'alter table public.%I add constraint %I foreign key (%I, org_id) references public.%I (id, org_id) '
+        'on update no action on delete %s',
+        ref.tbl, ref.key_name, ref.col, ref.target, ref.on_delete);
+    end if;
+  end loop;
+  raise notice 'same-org references: % cross-org reference(s) detached', total;
+end
+$references$;
 
 -- The referencing side, so a delete or move of one agent or customer finds
 -- its rows without reading every call.

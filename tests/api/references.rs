@@ -67,12 +67,23 @@ async fn run_as(db: &TestDb, claims: serde_json::Value, sql: &str) -> Result<u64
     Ok(done.rows_affected())
 }
 
-/// The SQLSTATE of a failed statement.
-fn sqlstate(result: &Result<u64, sqlx::Error>) -> Option<String> {
-    match result {
+/// Deletes an agent over gRPC as `who`, which must succeed.
+async fn delete_agent(app: &TestApp, who: Who, id: &str) {
+    app.agents()
+        .await
+        .delete_agent(as_who(who, DeleteAgentRequest { id: id.into() }))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+}
+
+/// `sql` under `claims` fails with a foreign-key violation (23503).
+async fn assert_refused_by_a_key(db: &TestDb, claims: &serde_json::Value, sql: &str) {
+    let result = run_as(db, claims.clone(), sql).await;
+    let code = match &result {
         Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
         _ => None,
-    }
+    };
+    assert_eq!(code.as_deref(), Some("23503"), "{sql}: {result:?}");
 }
 
 /// Deleting an agent or customer over gRPC: the calls that named it stay in
@@ -84,15 +95,7 @@ async fn a_deleted_agent_or_customer_leaves_its_calls_in_their_org() {
     let app = TestApp::spawn().await;
     add_acme_history(&app.db).await;
     let mut agents = app.agents().await;
-    agents
-        .delete_agent(as_who(
-            Who::AcmeManager,
-            DeleteAgentRequest {
-                id: ACME_AGENT.into(),
-            },
-        ))
-        .await
-        .unwrap_or_else(|s| panic!("{s:?}"));
+    delete_agent(&app, Who::AcmeManager, ACME_AGENT).await;
     assert_eq!(
         calls(&app.db).await,
         [(ACME.into(), None, Some(ACME_CUSTOMER.into()))]
@@ -137,12 +140,7 @@ async fn a_tenant_cannot_attach_its_rows_to_another_orgs_agent() {
         format!("update public.knowledge_base set agent_id = '{BLUEBIRD_AGENT}'"),
         format!("update public.calls set customer_id = '{BLUEBIRD_CUSTOMER}'"),
     ] {
-        let result = run_as(&app.db, manager.clone(), &sql).await;
-        assert_eq!(
-            sqlstate(&result).as_deref(),
-            Some("23503"),
-            "{sql}: {result:?}"
-        );
+        assert_refused_by_a_key(&app.db, &manager, &sql).await;
     }
     let joined: i64 = sqlx::query_scalar(&format!(
         "select count(*) from public.knowledge_base k join public.agents a on a.id = k.agent_id \
@@ -154,16 +152,7 @@ async fn a_tenant_cannot_attach_its_rows_to_another_orgs_agent() {
     assert_eq!(joined, 0, "Bluebird's agent has no knowledge of Acme's");
 
     let before = knowledge(&app.db).await;
-    app.agents()
-        .await
-        .delete_agent(as_who(
-            Who::BluebirdManager,
-            DeleteAgentRequest {
-                id: BLUEBIRD_AGENT.into(),
-            },
-        ))
-        .await
-        .unwrap_or_else(|s| panic!("{s:?}"));
+    delete_agent(&app, Who::BluebirdManager, BLUEBIRD_AGENT).await;
     assert_eq!(knowledge(&app.db).await, before);
     assert_eq!(
         calls(&app.db).await,
@@ -250,15 +239,7 @@ async fn a_moved_agent_or_customer_leaves_its_calls_and_knowledge_behind() {
     assert_eq!(customer.org_id, BLUEBIRD);
     // Bluebird may now delete it like any of its agents: nothing in Acme
     // still holds on to it.
-    agents
-        .delete_agent(as_who(
-            Who::BluebirdManager,
-            DeleteAgentRequest {
-                id: ACME_AGENT.into(),
-            },
-        ))
-        .await
-        .unwrap_or_else(|s| panic!("{s:?}"));
+    delete_agent(&app, Who::BluebirdManager, ACME_AGENT).await;
     assert_eq!(calls(&app.db).await, [(ACME.into(), None, None)]);
 }
 
@@ -275,12 +256,7 @@ async fn a_row_cannot_move_away_from_what_it_names() {
             "update public.knowledge_base set org_id = '{BLUEBIRD}' where id = '{ACME_AGENT_KNOWLEDGE}'"
         ),
     ] {
-        let result = run_as(&db, service.clone(), &sql).await;
-        assert_eq!(
-            sqlstate(&result).as_deref(),
-            Some("23503"),
-            "{sql}: {result:?}"
-        );
+        assert_refused_by_a_key(&db, &service, &sql).await;
     }
     let cleared = run_as(
         &db,
