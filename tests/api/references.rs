@@ -94,7 +94,6 @@ async fn assert_refused_by_a_key(db: &TestDb, claims: &serde_json::Value, sql: &
 async fn a_deleted_agent_or_customer_leaves_its_calls_in_their_org() {
     let app = TestApp::spawn().await;
     add_acme_history(&app.db).await;
-    let mut agents = app.agents().await;
     delete_agent(&app, Who::AcmeManager, ACME_AGENT).await;
     assert_eq!(
         calls(&app.db).await,
