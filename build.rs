@@ -6,6 +6,9 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build records rerun-if-changed but never prints it.
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds `migrations/` but does not tell cargo on stable
+    // Rust: without this, a new migration file is not in the next build.
+    println!("cargo:rerun-if-changed=migrations");
 
     let file_descriptors = protox::compile(["switchboard/v1/switchboard.proto"], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

@@ -25,6 +25,8 @@ mod pgbouncer;
 mod property;
 #[path = "api/redis_server.rs"]
 mod redis_server;
+#[path = "api/references.rs"]
+mod references;
 #[path = "api/resolve.rs"]
 mod resolve;
 

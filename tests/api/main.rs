@@ -17,6 +17,7 @@ mod policy_matrix;
 mod property;
 mod redis_server;
 mod redis_topologies;
+mod references;
 mod resolve;
 
 /// This binary talks to Postgres directly; `tests/pooled.rs` runs the same

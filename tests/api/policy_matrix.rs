@@ -953,11 +953,13 @@ async fn rows_stay_in_their_org_and_nobody_edits_their_own_profile() {
     for home in [ACME, BLUEBIRD] {
         let other = if home == ACME { BLUEBIRD } else { ACME };
         for table in moves {
-            // The shared caller's phone is taken in the other org.
-            let also = if table == "customers" {
-                ", phone = '+15550007777'"
-            } else {
-                ""
+            // The shared caller's phone is taken in the other org; a call or
+            // knowledge entry moves without the agent it names, which stays.
+            let also = match table {
+                "customers" => ", phone = '+15550007777'",
+                "calls" => ", agent_id = null, customer_id = null",
+                "knowledge_base" => ", agent_id = null",
+                _ => "",
             };
             // The highest id: for profiles, the staff member, not a caller.
             let sql = format!(
@@ -1094,4 +1096,290 @@ async fn the_catalog_passes_the_linter_rules_and_the_lint_can_fail() {
         );
     }
     assert_eq!(findings.len(), 5, "{findings:#?}");
+}
+
+// ---------------------------------------------------------------- references across orgs
+
+/// A foreign key between two tables that both have an `org_id` column, as
+/// `pg_catalog` describes it.
+#[derive(Debug)]
+struct TenantKey {
+    name: String,
+    /// Schema-qualified, quoted as needed.
+    table: String,
+    columns: Vec<String>,
+    target: String,
+    target_columns: Vec<String>,
+}
+
+impl TenantKey {
+    /// `org_id` maps to `org_id`: the row and what it names share an org.
+    fn carries_org_id(&self) -> bool {
+        self.columns
+            .iter()
+            .zip(&self.target_columns)
+            .any(|(from, to)| from == "org_id" && to == "org_id")
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} on {} ({}) → {} ({})",
+            self.name,
+            self.table,
+            self.columns.join(", "),
+            self.target,
+            self.target_columns.join(", ")
+        )
+    }
+}
+
+/// Every foreign key, in every schema, from a table with `org_id` to a
+/// table with `org_id`: the references between tenant rows.
+async fn tenant_keys(db: &TestDb) -> Vec<TenantKey> {
+    // (constraint, table, columns, target, target columns)
+    type KeyRow = (String, String, Vec<String>, String, Vec<String>);
+    let rows: Vec<KeyRow> = sqlx::query_as(
+        "with has_org as ( \
+           select a.attrelid from pg_catalog.pg_attribute a \
+           where a.attname = 'org_id' and a.attnum > 0 and not a.attisdropped) \
+         select c.conname::text, \
+                format('%I.%I', fn.nspname, fc.relname), \
+                array(select a.attname::text from unnest(c.conkey) with ordinality k(attnum, n) \
+                      join pg_catalog.pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.attnum \
+                      order by k.n), \
+                format('%I.%I', tn.nspname, tc.relname), \
+                array(select a.attname::text from unnest(c.confkey) with ordinality k(attnum, n) \
+                      join pg_catalog.pg_attribute a on a.attrelid = c.confrelid and a.attnum = k.attnum \
+                      order by k.n) \
+         from pg_catalog.pg_constraint c \
+         join pg_catalog.pg_class fc on fc.oid = c.conrelid \
+         join pg_catalog.pg_namespace fn on fn.oid = fc.relnamespace \
+         join pg_catalog.pg_class tc on tc.oid = c.confrelid \
+         join pg_catalog.pg_namespace tn on tn.oid = tc.relnamespace \
+         where c.contype = 'f' \
+           and c.conrelid in (select attrelid from has_org) \
+           and c.confrelid in (select attrelid from has_org) \
+         order by 2, 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("pg_constraint: {e}"));
+    rows.into_iter()
+        .map(|(name, table, columns, target, target_columns)| TenantKey {
+            name,
+            table,
+            columns,
+            target,
+            target_columns,
+        })
+        .collect()
+}
+
+async fn keys_without_org_id(db: &TestDb) -> Vec<String> {
+    tenant_keys(db)
+        .await
+        .iter()
+        .filter(|key| !key.carries_org_id())
+        .map(|key| format!("{} does not carry org_id", key.describe()))
+        .collect()
+}
+
+/// A reference from one tenant row to another points into the same org:
+/// every such foreign key pairs `org_id` with `org_id`. Discovered from
+/// `pg_catalog`, so a new key that does not fails here.
+#[tokio::test]
+async fn every_foreign_key_between_tenant_tables_carries_org_id() {
+    let db = TestDb::seeded().await;
+    let keys = tenant_keys(&db).await;
+    for key in &keys {
+        println!("{}", key.describe());
+    }
+    let names: BTreeSet<&str> = keys.iter().map(|k| k.table.as_str()).collect();
+    assert!(
+        names.contains("public.calls") && names.contains("public.knowledge_base"),
+        "calls and knowledge_base reference agents and customers: {keys:#?}"
+    );
+    let failures = keys_without_org_id(&db).await;
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // The check can fail: a key on id alone, and one that pairs org_id with
+    // the wrong column.
+    db.exec(
+        "create table public.rogue_notes (
+           id uuid primary key default gen_random_uuid(),
+           org_id uuid not null,
+           agent_id uuid references public.agents (id),
+           customer_id uuid,
+           foreign key (org_id, customer_id) references public.customers (id, org_id));",
+    )
+    .await;
+    let failures = keys_without_org_id(&db).await;
+    assert_eq!(failures.len(), 2, "{failures:#?}");
+    assert!(
+        failures.iter().all(|f| f.contains("public.rogue_notes")),
+        "{failures:#?}"
+    );
+}
+
+/// What one statement did, with the value the caller gave replaced by
+/// `<target>`, so a refusal for another org's row and one for a row that
+/// does not exist compare equal when nothing tells them apart.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Rows(u64),
+    Refused {
+        code: String,
+        message: String,
+        detail: String,
+    },
+}
+
+async fn run_seen(db: &TestDb, case: &Case, sql: &str, target: &str) -> Seen {
+    let mut tx = begin_as(db, case).await;
+    let result = sqlx::raw_sql(sql).execute(&mut *tx).await;
+    let _ = tx.rollback().await;
+    let blank = |text: &str| text.replace(target, "<target>");
+    match result {
+        Result::Ok(done) => Seen::Rows(done.rows_affected()),
+        Err(sqlx::Error::Database(e)) => {
+            let detail = e
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.detail())
+                .unwrap_or_default();
+            Seen::Refused {
+                code: e.code().unwrap_or_default().into_owned(),
+                message: blank(e.message()),
+                detail: blank(detail),
+            }
+        }
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+/// Every foreign key between tenant tables, tried across orgs by every kind
+/// of caller, inserting a row that names the other org's row and updating
+/// an own row to name it: refused, and refused exactly as a reference to a
+/// row that does not exist (same SQLSTATE, message and detail shape), so
+/// the answer says nothing about the other org. For the roles that may
+/// write, a reference to their own org's row works, so the refusal comes
+/// from the key, not from RLS.
+#[tokio::test]
+async fn references_into_another_org_fail_as_references_to_nothing() {
+    let db = TestDb::seeded().await;
+    add_fixtures(&db).await;
+    let keys = tenant_keys(&db).await;
+    assert!(keys.len() >= 3, "{keys:#?}");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for key in &keys {
+        let pairs: Vec<(&String, &String)> = key
+            .columns
+            .iter()
+            .zip(&key.target_columns)
+            .filter(|(from, _)| *from != "org_id")
+            .collect();
+        let [(column, target_column)] = pairs[..] else {
+            failures.push(format!(
+                "{}: expected one column besides org_id",
+                key.describe()
+            ));
+            continue;
+        };
+        for home in [ACME, BLUEBIRD] {
+            let other = if home == ACME { BLUEBIRD } else { ACME };
+            let source: Option<serde_json::Value> = sqlx::query_scalar(&format!(
+                "select to_jsonb(t) from {} t where org_id = $1 order by id limit 1",
+                key.table
+            ))
+            .bind(uuid::Uuid::parse_str(home).unwrap_or_default())
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("source row of {}: {e}", key.table));
+            let Some(source) = source else {
+                failures.push(format!("{} has no row in {home} to try", key.table));
+                continue;
+            };
+            let source_id = source["id"].as_str().unwrap_or_default().to_owned();
+            let target_in = |org: &'static str| {
+                let sql = format!(
+                    "select {target_column}::text from {} where org_id = $1 limit 1",
+                    key.target
+                );
+                let pool = db.pool.clone();
+                async move {
+                    sqlx::query_scalar::<_, String>(&sql)
+                        .bind(uuid::Uuid::parse_str(org).unwrap_or_default())
+                        .fetch_optional(&pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                }
+            };
+            let (Some(theirs), Some(ours)) = (target_in(other).await, target_in(home).await) else {
+                failures.push(format!("{} has no row in each org to aim at", key.target));
+                continue;
+            };
+            let nothing = uuid::Uuid::new_v4().to_string();
+            let insert = |target: &str| {
+                let mut row = source.clone();
+                row["id"] = uuid::Uuid::new_v4().to_string().into();
+                row[column.as_str()] = target.into();
+                let literal = switchboard::store::sql_literal(&row.to_string())
+                    .unwrap_or_else(|| panic!("row literal"));
+                format!(
+                    "insert into {table} select * from jsonb_populate_record(null::{table}, {literal}::jsonb)",
+                    table = key.table
+                )
+            };
+            let update = |target: &str| {
+                format!(
+                    "update {} set {column} = '{target}' where id = '{source_id}'",
+                    key.table
+                )
+            };
+            for caller in [Anon, AdminOwn, ManagerOwn, ViewerOwn, Service, NoProfile] {
+                let case = case_for(caller, home);
+                for (op, statement) in [
+                    ("insert", &insert as &dyn Fn(&str) -> String),
+                    ("update", &update),
+                ] {
+                    let what = format!("{} {op} as {caller:?} from {home}", key.describe());
+                    let across = run_seen(&db, &case, &statement(&theirs), &theirs).await;
+                    let missing = run_seen(&db, &case, &statement(&nothing), &nothing).await;
+                    let own = run_seen(&db, &case, &statement(&ours), &ours).await;
+                    checked += 1;
+                    if across != missing {
+                        failures.push(format!(
+                            "{what}: another org's row gave {across:?}, a missing row {missing:?}"
+                        ));
+                    }
+                    if let Seen::Rows(n) = across {
+                        if n > 0 {
+                            failures.push(format!("{what}: another org's row was accepted"));
+                        }
+                    }
+                    if matches!(caller, AdminOwn | ManagerOwn | Service) {
+                        if own != Seen::Rows(1) {
+                            failures.push(format!("{what}: its own org's row gave {own:?}"));
+                        }
+                        if !matches!(&across, Seen::Refused { code, .. } if code == "23503") {
+                            failures.push(format!(
+                                "{what}: expected a foreign-key violation, got {across:?}"
+                            ));
+                        }
+                    }
+                    if checked <= 12 {
+                        println!("{what}: {across:?}");
+                    }
+                }
+            }
+        }
+    }
+    println!("cross-org references tried: {checked} (× other org, missing, own)");
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(checked, keys.len() * 2 * 6 * 2);
 }
