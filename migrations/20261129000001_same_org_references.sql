@@ -44,6 +44,14 @@ create table if not exists switchboard_private.cross_org_references (
 revoke all on switchboard_private.cross_org_references from public, anon, authenticated, service_role;
 revoke all on sequence switchboard_private.cross_org_references_id_seq from public, anon, authenticated, service_role;
 
+-- The referencing side, so a delete or move of one agent or customer finds
+-- its rows without reading every call. Built before the keys change: from
+-- the first key change to the commit, agents and customers are locked
+-- (ACCESS EXCLUSIVE), so the slow steps go first.
+create index if not exists calls_agent_id_idx on public.calls (agent_id);
+create index if not exists calls_customer_id_idx on public.calls (customer_id);
+create index if not exists knowledge_base_agent_id_idx on public.knowledge_base (agent_id);
+
 -- ---------------------------------------------------------------- the keys
 
 -- The targets: (id, org_id) unique, so a composite key can point at it.
@@ -120,12 +128,6 @@ begin
   raise notice 'same-org references: % cross-org reference(s) detached', total;
 end
 $references$;
-
--- The referencing side, so a delete or move of one agent or customer finds
--- its rows without reading every call.
-create index if not exists calls_agent_id_idx on public.calls (agent_id);
-create index if not exists calls_customer_id_idx on public.calls (customer_id);
-create index if not exists knowledge_base_agent_id_idx on public.knowledge_base (agent_id);
 
 -- ---------------------------------------------------------------- moves
 

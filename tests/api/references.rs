@@ -242,6 +242,51 @@ async fn a_moved_agent_or_customer_leaves_its_calls_and_knowledge_behind() {
     assert_eq!(calls(&app.db).await, [(ACME.into(), None, None)]);
 }
 
+/// Deleting an organization (service_role, by SQL) takes its calls and
+/// knowledge with it although its agents' deletion also clears references
+/// to them in the same statement; the other org keeps its rows, and its
+/// agent still answers over gRPC.
+#[tokio::test]
+async fn deleting_an_org_takes_its_rows_and_leaves_the_other_orgs() {
+    let app = TestApp::spawn().await;
+    add_acme_history(&app.db).await;
+    app.db
+        .exec(&format!(
+            "insert into public.calls (org_id, agent_id, customer_id, called_number) values
+               ('{BLUEBIRD}', '{BLUEBIRD_AGENT}', '{BLUEBIRD_CUSTOMER}', '{BLUEBIRD_NUMBER}')"
+        ))
+        .await;
+    let deleted = run_as(
+        &app.db,
+        claims_for(Who::Service, serde_json::Value::Null),
+        &format!("delete from public.organizations where id = '{ACME}'"),
+    )
+    .await;
+    assert_eq!(deleted.ok(), Some(1));
+    assert_eq!(
+        calls(&app.db).await,
+        [(
+            BLUEBIRD.into(),
+            Some(BLUEBIRD_AGENT.into()),
+            Some(BLUEBIRD_CUSTOMER.into())
+        )]
+    );
+    assert!(knowledge(&app.db).await.is_empty());
+    let seen = app
+        .agents()
+        .await
+        .get_agent(as_who(
+            Who::BluebirdViewer,
+            GetAgentRequest {
+                id: BLUEBIRD_AGENT.into(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(seen.org_id, BLUEBIRD);
+}
+
 /// A call moved by service_role without clearing its agent would name an
 /// agent of another org: refused by the key, not silently kept.
 #[tokio::test]
