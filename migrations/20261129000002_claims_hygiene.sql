@@ -2,9 +2,9 @@
 --
 -- * `resolve_agent` blanks the legacy per-claim settings that auth.uid(),
 --   auth.role(), auth.email() and auth.jwt() read before
---   `request.jwt.claims`, and restores role and claims on return, as its
---   comment always said. (The store's other transactions blank them in
---   their first batch: src/store/postgres.rs `begin_as`.)
+--   `request.jwt.claims`, and its comment now says what its SET clause
+--   restores (search_path only). (The store's other transactions blank
+--   them in their first batch: src/store/postgres.rs `begin_as`.)
 -- * `agent_history.actor_sql_role`: the SQL role that made a change, beside
 --   `actor_role` (the claimed role), whose meaning does not change.
 -- * Secret redaction in the trail matches key names without case or
@@ -18,13 +18,19 @@
 
 -- ResolveAgent in one statement, so one round trip, through any pooler:
 -- applies the caller's claims and role transaction-locally (as PostgREST
--- does), then looks the number up under RLS.
--- The SET clause does the rest. On entry it blanks the legacy settings
--- `request.jwt.claim.sub`, `.role`, `.email` and `request.jwt.claim`: a
+-- does), then looks the number up under RLS. First it blanks, also
+-- transaction-locally, the legacy settings `request.jwt.claim.sub`, `.role`,
+-- `.email` and `request.jwt.claim`, which auth.uid(), auth.role(),
+-- auth.email() and auth.jwt() read before `request.jwt.claims`: a
 -- session-level value that another client of a transaction pooler left on
--- the connection would otherwise answer auth.uid() for the caller. On
--- return Postgres restores search_path, role, the claims and those settings
--- to what they were before the call, so nothing of the caller's outlives it.
+-- the connection would otherwise answer auth.uid() for the caller.
+-- The SET clause fixes search_path only, and Postgres restores it on
+-- return. The claims, the blanked settings and the role last until the end
+-- of the caller's transaction: the store calls this as one statement in an
+-- implicit transaction of its own, so they end with the call. (Not in the
+-- SET clause: Postgres 15 lets only a superuser, or a role granted SET on
+-- the parameter, put a custom setting such as `request.jwt.claims` there,
+-- and Supabase's `postgres` is neither.)
 -- Only switchboard's own login role may call it: it switches role on the
 -- caller's say-so.
 create or replace function switchboard_private.resolve_agent(
@@ -39,15 +45,13 @@ returns table (
 )
 language plpgsql volatile
 set search_path = ''
-set role = 'none'
-set "request.jwt.claims" = ''
-set "request.jwt.claim" = ''
-set "request.jwt.claim.sub" = ''
-set "request.jwt.claim.role" = ''
-set "request.jwt.claim.email" = ''
 as $$
 begin
-  perform pg_catalog.set_config('request.jwt.claims', jwt_claims, true);
+  perform pg_catalog.set_config('request.jwt.claim', '', true),
+          pg_catalog.set_config('request.jwt.claim.sub', '', true),
+          pg_catalog.set_config('request.jwt.claim.role', '', true),
+          pg_catalog.set_config('request.jwt.claim.email', '', true),
+          pg_catalog.set_config('request.jwt.claims', jwt_claims, true);
   perform pg_catalog.set_config('role', jwt_role, true);
   return query
     select a.id, a.org_id, a.name, a.phone_number, a.voice_id,
@@ -238,8 +242,8 @@ revoke all on function switchboard_private.redact_secrets(jsonb) from public;
 -- What gRPC refuses, the database refuses too, whoever writes. Bounds:
 -- * agents.llm_config: at most 512 KiB as stored jsonb (binary, before
 --   compression). gRPC allows 64 KiB of compact JSON; jsonb takes at most
---   about 3.9 times that (the worst shape measured, arrays nested 15 deep
---   around 0.0, is 254 KB), so the database never refuses what gRPC
+--   about 3.9 times that (the worst shape measured, arrays nested to gRPC's
+--   depth limit around 0.0, is 254 KB), so the database never refuses what gRPC
 --   accepts. The binary size, not the text: `1e300` is 5 bytes of JSON and
 --   301 of jsonb text, while its binary stays small. `|| '{}'` detoasts
 --   the value first: pg_column_size of a value copied from another table
