@@ -573,7 +573,10 @@ async fn the_sql_role_is_recorded_whatever_the_claims_say() {
         .await;
     let latest = &list_history(&app, Who::AcmeViewer, ACME_AGENT).await[0];
     assert_eq!(field(latest, "voice_id").new_value, string("claimed"));
-    assert_eq!(latest.actor_role, "service_role", "actor_role keeps its meaning");
+    assert_eq!(
+        latest.actor_role, "service_role",
+        "actor_role keeps its meaning"
+    );
     assert_eq!(latest.actor_sql_role, "authenticated");
 
     // Through the service, for each kind of caller, and plain SQL.

@@ -282,7 +282,11 @@ async fn the_largest_llm_config_grpc_accepts_is_stored() {
         ("nested", nested_config(deep), nested_config(deep + 1)),
         ("1e300", exponents(big_numbers), exponents(big_numbers + 1)),
     ] {
-        assert!(compact(&config) > limit - 64, "{shape}: {}", compact(&config));
+        assert!(
+            compact(&config) > limit - 64,
+            "{shape}: {}",
+            compact(&config)
+        );
         let update = |config: Json| UpdateAgentRequest {
             agent: Some(Agent {
                 id: ACME_AGENT.into(),
@@ -304,7 +308,9 @@ async fn the_largest_llm_config_grpc_accepts_is_stored() {
         .fetch_one(&app.db.pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-        println!("{shape}: {limit} bytes of JSON stored as {stored} bytes of jsonb ({text} as text)");
+        println!(
+            "{shape}: {limit} bytes of JSON stored as {stored} bytes of jsonb ({text} as text)"
+        );
         // gRPC's own bound is what stops the next size.
         assert_code(
             agents

@@ -225,10 +225,13 @@ async fn migrations_apply_where_auth_belongs_to_another_role() {
         .fetch_one(&db.pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!can_create, "the fixture must not let the migrator create in auth");
+    assert!(
+        !can_create,
+        "the fixture must not let the migrator create in auth"
+    );
 
-    let admin = sqlx::postgres::PgConnectOptions::from_str(&admin_url())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let admin =
+        sqlx::postgres::PgConnectOptions::from_str(&admin_url()).unwrap_or_else(|e| panic!("{e}"));
     let migrator_url = format!(
         "postgres://{migrator}@{}:{}/{}",
         admin.get_host(),
