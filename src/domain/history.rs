@@ -47,6 +47,9 @@ pub struct AgentChange {
     pub changed_by: Option<Uuid>,
     /// The token's role, or the SQL role for a change made without claims.
     pub actor_role: String,
+    /// The SQL role the session acted as (claims do not change it); `None`
+    /// for changes recorded before the column existed.
+    pub actor_sql_role: Option<String>,
     pub operation: ChangeOperation,
     /// Sorted by field name.
     pub fields: Vec<FieldChange>,

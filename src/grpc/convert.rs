@@ -62,6 +62,7 @@ pub fn agent_change_to_pb(change: &AgentChange) -> pb::AgentChange {
             .map(|user| user.to_string())
             .unwrap_or_default(),
         actor_role: change.actor_role.clone(),
+        actor_sql_role: change.actor_sql_role.clone().unwrap_or_default(),
         operation: operation as i32,
         fields: change
             .fields

@@ -208,11 +208,19 @@ impl PgStore {
         };
         let connection = self.acquire(access).await?;
         let timeout_ms = self.statement_timeout_ms()?;
+        // The legacy per-claim settings are blanked: auth.uid(), auth.role(),
+        // auth.email() and auth.jwt() read them before `request.jwt.claims`,
+        // and through a transaction pooler another client may have left one
+        // set for the session on this server connection. Same round trip.
         let begin = format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED {mode}; \
-             SELECT set_config('request.jwt.claims', {claims_literal}, true), \
-                    set_config('role', '{role}', true), \
-                    set_config('statement_timeout', '{timeout}ms', true)",
+             SELECT pg_catalog.set_config('request.jwt.claims', {claims_literal}, true), \
+                    pg_catalog.set_config('request.jwt.claim', '', true), \
+                    pg_catalog.set_config('request.jwt.claim.sub', '', true), \
+                    pg_catalog.set_config('request.jwt.claim.role', '', true), \
+                    pg_catalog.set_config('request.jwt.claim.email', '', true), \
+                    pg_catalog.set_config('role', '{role}', true), \
+                    pg_catalog.set_config('statement_timeout', '{timeout}ms', true)",
             role = claims.role.as_str(),
             timeout = timeout_ms,
         );
@@ -508,7 +516,7 @@ impl PgStore {
     ) -> Result<Page<AgentChange>, Error> {
         let mut tx = self.begin_as(claims, Access::Read).await?;
         let rows = sqlx::query(
-            "select id, org_id, agent_id, changed_at, changed_by, actor_role, operation, changes \
+            "select id, org_id, agent_id, changed_at, changed_by, actor_role, actor_sql_role, operation, changes \
              from public.agent_history \
              where agent_id = $1 and ($2::bigint is null or id < $2) order by id desc limit $3",
         )
@@ -851,6 +859,7 @@ fn agent_change_from_row(row: &PgRow) -> Result<AgentChange, Error> {
         changed_at: get(row, "changed_at")?,
         changed_by: get(row, "changed_by")?,
         actor_role: get(row, "actor_role")?,
+        actor_sql_role: get(row, "actor_sql_role")?,
         operation,
         fields: field_changes(operation, get(row, "changes")?),
     })

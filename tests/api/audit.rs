@@ -554,3 +554,157 @@ async fn truncating_agents_records_a_delete_for_each() {
         assert_eq!(field(&changes[0], "voice_id").new_value, None);
     }
 }
+
+/// `actor_role` is what the claims say; `actor_sql_role` is the role the
+/// session really had. A session of `authenticated` whose claims say
+/// `service_role` cannot pass itself off as the platform.
+#[tokio::test]
+async fn the_sql_role_is_recorded_whatever_the_claims_say() {
+    let app = TestApp::spawn().await;
+    let admin = user(Who::AcmeAdmin);
+    app.db
+        .exec(&format!(
+            "begin;
+             select set_config('request.jwt.claims', '{{\"role\":\"service_role\",\"sub\":\"{admin}\"}}', true),
+                    set_config('role', 'authenticated', true);
+             update public.agents set voice_id = 'claimed' where id = '{ACME_AGENT}';
+             commit;"
+        ))
+        .await;
+    let latest = &list_history(&app, Who::AcmeViewer, ACME_AGENT).await[0];
+    assert_eq!(field(latest, "voice_id").new_value, string("claimed"));
+    assert_eq!(
+        latest.actor_role, "service_role",
+        "actor_role keeps its meaning"
+    );
+    assert_eq!(latest.actor_sql_role, "authenticated");
+
+    // Through the service, for each kind of caller, and plain SQL.
+    update_voice(&app, Who::AcmeManager, "nova").await;
+    update_voice(&app, Who::Service, "echo").await;
+    app.db
+        .exec(&format!(
+            "update public.agents set voice_id = 'sage' where id = '{ACME_AGENT}'"
+        ))
+        .await;
+    let changes = list_history(&app, Who::AcmeViewer, ACME_AGENT).await;
+    let roles: Vec<(&str, &str)> = changes[..3]
+        .iter()
+        .map(|c| (c.actor_role.as_str(), c.actor_sql_role.as_str()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("postgres", "postgres"),
+            ("service_role", "service_role"),
+            ("authenticated", "authenticated")
+        ]
+    );
+}
+
+/// Every key name the issue found unredacted, under any spelling of case
+/// and separators, at any depth, and credentials inside URLs in any string.
+#[tokio::test]
+async fn secret_key_spellings_and_url_credentials_are_redacted() {
+    let app = TestApp::spawn().await;
+    let secret_keys = [
+        "X-Api-Key",
+        "x-auth-token",
+        "access-token",
+        "sessionToken",
+        "idToken",
+        "pwd",
+        "signing_key",
+        "hmacKey",
+        "API.KEY",
+        "Client Secret",
+    ];
+    let mut headers = serde_json::Map::new();
+    for (i, key) in secret_keys.iter().enumerate() {
+        headers.insert((*key).into(), json!(format!("leak-{i:02}-value")));
+    }
+    let config = json!({
+        "model": "gpt-4o",
+        "max_tokens": 256,
+        "tools": [{
+            "name": "crm",
+            "headers": headers,
+            "url": "https://svc-user:leak-url-password@crm.example.com/v1?region=eu",
+            "webhook": "https://hooks.example.com/in?token=leak-query-token&ref=7",
+            "feed": "https://feed.example.com/x?page=2&api_key=leak-query-key#top",
+            "note": "mirror at ftp://leak-url-user@files.example.com/pub"
+        }]
+    });
+    app.agents()
+        .await
+        .update_agent(as_who(
+            Who::AcmeAdmin,
+            UpdateAgentRequest {
+                agent: Some(Agent {
+                    id: ACME_AGENT.into(),
+                    llm_config: Some(to_struct(config)),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["llm_config".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+
+    let recorded: serde_json::Value = sqlx::query_scalar(
+        "select changes -> 'llm_config' -> 'new' -> 'tools' -> 0 from public.agent_history \
+         where agent_id = $1::uuid order by id desc limit 1",
+    )
+    .bind(ACME_AGENT)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    for key in secret_keys {
+        assert_eq!(
+            recorded["headers"][key],
+            json!("[redacted]"),
+            "{key}: {recorded:#}"
+        );
+    }
+    assert_eq!(
+        recorded["url"],
+        json!("https://[redacted]@crm.example.com/v1?region=eu")
+    );
+    assert_eq!(
+        recorded["webhook"],
+        json!("https://hooks.example.com/in?token=[redacted]&ref=7")
+    );
+    assert_eq!(
+        recorded["feed"],
+        json!("https://feed.example.com/x?page=2&api_key=[redacted]#top")
+    );
+    assert_eq!(
+        recorded["note"],
+        json!("mirror at ftp://[redacted]@files.example.com/pub")
+    );
+    assert_eq!(recorded["name"], json!("crm"));
+    let leaked: i64 = sqlx::query_scalar(
+        "select count(*) from public.agent_history where changes::text like '%leak-%'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(leaked, 0);
+
+    // Over gRPC too, and what is not a secret stays.
+    let changes = list_history(&app, Who::AcmeAdmin, ACME_AGENT).await;
+    let Some(Kind::StructValue(config)) = field(&changes[0], "llm_config")
+        .new_value
+        .clone()
+        .and_then(|v| v.kind)
+    else {
+        panic!("llm_config is not an object: {changes:?}");
+    };
+    assert_eq!(
+        config.fields.get("max_tokens").and_then(|v| v.kind.clone()),
+        Some(Kind::NumberValue(256.0))
+    );
+    assert_eq!(config.fields.get("model").cloned(), string("gpt-4o"));
+}

@@ -1,3 +1,7 @@
+use std::str::FromStr;
+
+use sqlx::Connection;
+
 use crate::helpers::*;
 
 async fn migration_count(db: &TestDb) -> i64 {
@@ -190,6 +194,134 @@ async fn the_migration_detaches_and_reports_rows_that_cross_orgs() {
 
     let calls: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         "select id::text, org_id::text, agent_id::text, customer_id::text from public.calls order by id",
+/// Login roles made for one test, dropped (with what they own in other
+/// databases, which is nothing once the test database is gone) at its end.
+/// Declared before the `TestDb`, so it is dropped after it.
+struct TestRoles(Vec<String>);
+
+impl Drop for TestRoles {
+    fn drop(&mut self) {
+        let roles = std::mem::take(&mut self.0);
+        let admin = admin_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
+                    return;
+                };
+                for role in roles {
+                    let _ = sqlx::Executor::execute(
+                        &mut conn,
+                        format!("drop role if exists {role}").as_str(),
+                    )
+                    .await;
+                }
+                let _ = conn.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A current Supabase project: `auth` and everything in it belong to the
+/// auth server's role, and the migrating role (`postgres`, demoted: no
+/// superuser) has USAGE on `auth` but no CREATE. Migrations work, twice,
+/// and leave Supabase's objects as they were.
+#[tokio::test]
+async fn migrations_apply_where_auth_belongs_to_another_role() {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let auth_owner = format!("auth_admin_{suffix}");
+    let migrator = format!("migrator_{suffix}");
+    let _roles = TestRoles(vec![migrator.clone(), auth_owner.clone()]);
+    let db = TestDb::empty().await;
+    db.exec(&format!(
+        r#"
+        do $$ begin
+          create role anon nologin noinherit;
+        exception when duplicate_object or unique_violation then null; end $$;
+        do $$ begin
+          create role authenticated nologin noinherit;
+        exception when duplicate_object or unique_violation then null; end $$;
+        do $$ begin
+          create role service_role nologin noinherit bypassrls;
+        exception when duplicate_object or unique_violation then null; end $$;
+        create role {auth_owner} nologin;
+        create role {migrator} login createrole;
+        grant anon, authenticated, service_role to {migrator};
+        grant create on database {name} to {migrator};
+        grant create on schema public to {migrator};
+
+        create schema auth authorization {auth_owner};
+        grant usage on schema auth to {migrator}, anon, authenticated, service_role;
+        set role {auth_owner};
+        create table auth.users (id uuid primary key, email text, instance_id uuid);
+        create function auth.uid() returns uuid language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim.sub', true), ''),
+            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+          )::uuid
+        $f$;
+        create function auth.role() returns text language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim.role', true), ''),
+            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
+          )::text
+        $f$;
+        create function auth.email() returns text language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim.email', true), ''),
+            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'email')
+          )::text
+        $f$;
+        create function auth.jwt() returns jsonb language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim', true), ''),
+            nullif(current_setting('request.jwt.claims', true), '')
+          )::jsonb
+        $f$;
+        grant select, references on auth.users to {migrator};
+        reset role;
+        "#,
+        name = db.name
+    ))
+    .await;
+    let can_create: bool = sqlx::query_scalar("select has_schema_privilege($1, 'auth', 'create')")
+        .bind(&migrator)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !can_create,
+        "the fixture must not let the migrator create in auth"
+    );
+
+    let admin =
+        sqlx::postgres::PgConnectOptions::from_str(&admin_url()).unwrap_or_else(|e| panic!("{e}"));
+    let migrator_url = format!(
+        "postgres://{migrator}@{}:{}/{}",
+        admin.get_host(),
+        admin.get_port(),
+        db.name
+    );
+    switchboard::migrate::run(&migrator_url)
+        .await
+        .unwrap_or_else(|e| panic!("first: {e}"));
+    let applied = migration_count(&db).await;
+    switchboard::migrate::run(&migrator_url)
+        .await
+        .unwrap_or_else(|e| panic!("second: {e}"));
+    assert_eq!(migration_count(&db).await, applied);
+
+    let owners: Vec<String> = sqlx::query_scalar(
+        "select pg_get_userbyid(p.proowner)::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace \
+         where n.nspname = 'auth' \
+         union all select pg_get_userbyid(c.relowner)::text from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+         where n.nspname = 'auth' and c.relkind = 'r'",
     )
     .fetch_all(&db.pool)
     .await
@@ -327,4 +459,98 @@ async fn the_migration_detaches_and_reports_rows_that_cross_orgs() {
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(!readable, "{role} can read the report");
     }
+    assert_eq!(owners.len(), 5, "{owners:?}: auth gained or lost objects");
+    assert!(owners.iter().all(|o| *o == auth_owner), "{owners:?}");
+    let tables_owner: String =
+        sqlx::query_scalar("select pg_get_userbyid(relowner)::text from pg_class where oid = 'public.agents'::regclass")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tables_owner, migrator);
+
+    // And the service works on top of it.
+    switchboard::migrate::seed(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::spawn_with(db, AppOptions::default()).await;
+    let listed = app
+        .agents()
+        .await
+        .list_agents(as_who(
+            Who::AcmeViewer,
+            switchboard::pb::ListAgentsRequest::default(),
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(listed.agents.len(), 1);
+    assert_eq!(listed.agents[0].org_id, ACME);
+}
+
+/// A database migrated when the bootstrap had its first text (kept in
+/// tests/fixtures/) migrates with today's code: sqlx would refuse it as
+/// "previously applied but has been modified". Any other checksum still
+/// is refused.
+#[tokio::test]
+async fn a_database_migrated_with_the_first_bootstrap_migrates_now() {
+    let db = TestDb::empty().await;
+    let dir = std::env::temp_dir().join(format!("switchboard-first-bootstrap-{}", db.name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(
+        "tests/fixtures/20261125000001_supabase_compat.first.sql",
+        dir.join("20261125000001_supabase_compat.sql"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "20261125000002_tenant_schema.sql",
+        "20261125000003_cache_invalidation.sql",
+        "20261125000004_agent_history.sql",
+    ] {
+        std::fs::copy(format!("migrations/{name}"), dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let first = sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = sqlx::postgres::PgConnectOptions::from_str(&db.direct_url)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .options([("search_path", "switchboard_private")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("create schema switchboard_private")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    first
+        .run(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("with the first bootstrap: {e}"));
+    pool.close().await;
+
+    switchboard::migrate::run(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("after the first bootstrap: {e}"));
+    let all = std::fs::read_dir("migrations")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .count();
+    assert_eq!(migration_count(&db).await, all as i64);
+
+    // A bootstrap changed in some other way is still refused.
+    db.exec(
+        "update switchboard_private._sqlx_migrations set checksum = '\\x00' \
+         where version = 20261125000001",
+    )
+    .await;
+    let refused = switchboard::migrate::run(&db.direct_url).await;
+    assert!(
+        matches!(
+            refused,
+            Err(sqlx::Error::Migrate(ref e)) if matches!(**e, sqlx::migrate::MigrateError::VersionMismatch(20261125000001))
+        ),
+        "{refused:?}"
+    );
 }

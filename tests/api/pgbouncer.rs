@@ -16,7 +16,7 @@ pub struct PgBouncer {
     watchdog: Option<Child>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -38,6 +38,18 @@ impl PgBouncer {
     }
 
     pub async fn start_on(postgres_host: &str, postgres_port: u16, port: u16) -> PgBouncer {
+        PgBouncer::start_with_pool_size(postgres_host, postgres_port, port, 10).await
+    }
+
+    /// `pool_size` server connections per database and user: with 1, every
+    /// client's transactions share one server connection, as the clients of
+    /// a busy pooler eventually do.
+    pub async fn start_with_pool_size(
+        postgres_host: &str,
+        postgres_port: u16,
+        port: u16,
+        pool_size: u32,
+    ) -> PgBouncer {
         if Command::new("pgbouncer").arg("--version").output().is_err() {
             panic!(
                 "pgbouncer is not installed: `apt-get install pgbouncer` (the suite runs \
@@ -50,7 +62,7 @@ impl PgBouncer {
             "[databases]\n* = host={postgres_host} port={postgres_port}\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = trust\nauth_file = {dir}/users.txt\npool_mode = transaction\n\
-             max_client_conn = 1000\ndefault_pool_size = 10\n\
+             max_client_conn = 1000\ndefault_pool_size = {pool_size}\n\
              server_login_retry = 1\n\
              ignore_startup_parameters = extra_float_digits,options,search_path,application_name\n\
              logfile = {dir}/pgbouncer.log\n",

@@ -1,0 +1,322 @@
+//! Claims hygiene (migration 20261129000002 and the store's transactions):
+//! a legacy claim setting left on a pooled connection by another client
+//! does not speak for our caller, and the schema bounds what gRPC bounds
+//! for every writer (SQL, Studio, PostgREST).
+
+use std::{str::FromStr, time::Duration};
+
+use prost_types::FieldMask;
+use serde_json::{json, Value as Json};
+use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection};
+use tonic::Code;
+
+use crate::{helpers::*, pgbouncer::PgBouncer};
+use switchboard::pb::{Agent, ListCustomersRequest, UpdateAgentRequest};
+
+/// The session-level setting another client of the pooler leaves behind.
+async fn leave_claim_sub(hostile: &mut PgConnection, sub: &str) {
+    sqlx::raw_sql(&format!(
+        "select set_config('request.jwt.claim.sub', '{sub}', false)"
+    ))
+    .execute(&mut *hostile)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn claim_sub_on_the_server(hostile: &mut PgConnection) -> String {
+    let rows = sqlx::raw_sql("select current_setting('request.jwt.claim.sub', true) as sub")
+        .fetch_all(&mut *hostile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    rows.first()
+        .and_then(|row| sqlx::Row::try_get::<Option<String>, _>(row, "sub").ok())
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Through a PgBouncer in transaction mode with one server connection, a
+/// client of the same pooler leaves `request.jwt.claim.sub` set for the
+/// session (auth.uid() reads it before `request.jwt.claims`). An Acme
+/// viewer's calls through switchboard still see Acme only.
+#[tokio::test]
+async fn a_claim_left_on_a_pooled_connection_does_not_speak_for_the_caller() {
+    let db = TestDb::seeded().await;
+    let admin =
+        PgConnectOptions::from_str(&admin_url()).unwrap_or_else(|e| panic!("bad test url: {e}"));
+    let bouncer = PgBouncer::start_with_pool_size(
+        admin.get_host(),
+        admin.get_port(),
+        crate::pgbouncer::free_port(),
+        1,
+    )
+    .await;
+    let pooled_url = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        admin.get_username(),
+        bouncer.port,
+        db.name
+    );
+    let mut hostile = PgConnectOptions::from_str(&pooled_url)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .statement_cache_capacity(0)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("hostile client: {e}"));
+    let bluebird_viewer = Who::BluebirdViewer
+        .user_id()
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    leave_claim_sub(&mut hostile, &bluebird_viewer).await;
+
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            database_url: Some(pooled_url),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let listed = app
+        .customers()
+        .await
+        .list_customers(as_who(Who::AcmeViewer, ListCustomersRequest::default()))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner()
+        .customers;
+    let orgs: Vec<&str> = listed.iter().map(|c| c.org_id.as_str()).collect();
+    assert_eq!(orgs, [ACME], "an Acme viewer listed {listed:#?}");
+    assert_eq!(listed[0].id, ACME_CUSTOMER);
+
+    let mut agents = app.agents().await;
+    let (own, _) = resolve_as(&mut agents, Who::AcmeViewer, ACME_NUMBER, SHARED_CALLER)
+        .await
+        .unwrap_or_else(|s| panic!("Acme's own number: {s:?}"));
+    assert_eq!(own.organization.unwrap_or_default().id, ACME);
+    assert_eq!(own.caller.unwrap_or_default().id, ACME_CUSTOMER);
+    let message = assert_code(
+        resolve_as(&mut agents, Who::AcmeViewer, BLUEBIRD_NUMBER, SHARED_CALLER).await,
+        Code::NotFound,
+    );
+    assert_eq!(message, "no agent answers this number");
+
+    // The setting was there all along: the calls shared its connection.
+    assert_eq!(claim_sub_on_the_server(&mut hostile).await, bluebird_viewer);
+    let _ = hostile.close().await;
+}
+
+/// PostgREST's way into a transaction: the caller's claims and role.
+async fn as_postgrest(db: &TestDb, who: Who) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let claims = claims_for(who, Json::Null).to_string().replace('\'', "''");
+    let role = if who == Who::Service {
+        "service_role"
+    } else {
+        "authenticated"
+    };
+    db.pool
+        .begin_with(format!(
+            "BEGIN; select set_config('request.jwt.claims', '{claims}', true), \
+                           set_config('role', '{role}', true);"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn sqlstate(result: &Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Option<String> {
+    match result {
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Each write one byte or character over its bound, as an Acme admin
+/// through PostgREST would make it: refused by a check constraint
+/// (23514). The same write at the bound is stored.
+#[tokio::test]
+async fn oversize_writes_from_sql_are_refused_at_the_bound() {
+    let db = TestDb::seeded().await;
+    let over_llm_config = json!({ "prompt": "x".repeat(512 * 1024) });
+    let at_llm_config = json!({ "prompt": "x".repeat(512 * 1024 - 64) });
+    let cases: Vec<(&str, String, Vec<String>)> = vec![
+        (
+            "agents.llm_config",
+            format!("update public.agents set llm_config = $1::jsonb where id = '{ACME_AGENT}'"),
+            vec![over_llm_config.to_string(), at_llm_config.to_string()],
+        ),
+        (
+            "knowledge_base.content",
+            format!(
+                "insert into public.knowledge_base (agent_id, title, content) values ('{ACME_AGENT}', 'faq', $1)"
+            ),
+            vec!["é".repeat(524_289), "é".repeat(524_288)],
+        ),
+        (
+            "knowledge_base.title",
+            format!(
+                "insert into public.knowledge_base (agent_id, title, content) values ('{ACME_AGENT}', $1, 'text')"
+            ),
+            vec!["é".repeat(501), "é".repeat(500)],
+        ),
+        (
+            "calls.summary",
+            "insert into public.calls (called_number, summary) values ('+18005550100', $1)".into(),
+            vec!["x".repeat(65_537), "x".repeat(65_536)],
+        ),
+        (
+            "profiles.full_name",
+            format!(
+                "update public.profiles set full_name = $1 where id = '{}'",
+                Who::AcmeViewer.user_id().map(|u| u.to_string()).unwrap_or_default()
+            ),
+            vec!["é".repeat(201), "é".repeat(200)],
+        ),
+    ];
+    for (column, sql, values) in cases {
+        for (value, refused) in values.iter().zip([true, false]) {
+            let mut tx = as_postgrest(&db, Who::AcmeAdmin).await;
+            let result = sqlx::query(&sql)
+                .persistent(false)
+                .bind(value)
+                .execute(&mut *tx)
+                .await;
+            let _ = tx.rollback().await;
+            if refused {
+                assert_eq!(
+                    sqlstate(&result).as_deref(),
+                    Some("23514"),
+                    "{column}: {} bytes were not refused: {result:?}",
+                    value.len()
+                );
+            } else {
+                assert_eq!(
+                    result.map(|r| r.rows_affected()).map_err(|e| e.to_string()),
+                    Ok(1),
+                    "{column}: at the bound"
+                );
+            }
+        }
+    }
+}
+
+/// The write the issue measured: 3.5 MB of llm_config with 200 000 keys
+/// took 5 s to insert, most of it in the audit trigger. Refused by the
+/// check, before any trigger runs; and a large value copied from another
+/// table (stored compressed there) is measured uncompressed.
+#[tokio::test]
+async fn a_huge_llm_config_is_refused_fast() {
+    let db = TestDb::seeded().await;
+    let huge: serde_json::Map<String, Json> = (0..200_000)
+        .map(|i| (format!("key_{i:06}"), Json::String("x".into())))
+        .collect();
+    let huge = Json::Object(huge).to_string();
+    assert!(huge.len() > 3_300_000, "{} bytes", huge.len());
+
+    let mut tx = as_postgrest(&db, Who::AcmeAdmin).await;
+    let started = std::time::Instant::now();
+    let result = sqlx::query(&format!(
+        "update public.agents set llm_config = $1::jsonb where id = '{ACME_AGENT}'"
+    ))
+    .persistent(false)
+    .bind(&huge)
+    .execute(&mut *tx)
+    .await;
+    let took = started.elapsed();
+    let _ = tx.rollback().await;
+    assert_eq!(sqlstate(&result).as_deref(), Some("23514"), "{result:?}");
+    println!("3.4 MB / 200 000 keys refused in {took:?}");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "refused, but only after {took:?}"
+    );
+
+    let mut tx = as_postgrest(&db, Who::AcmeAdmin).await;
+    let result = sqlx::raw_sql(&format!(
+        "create temp table copied on commit drop as \
+           select jsonb_build_object('prompt', repeat('x', 2000000)) as config;
+         update public.agents set llm_config = (select config from copied) where id = '{ACME_AGENT}';"
+    ))
+    .execute(&mut *tx)
+    .await;
+    let _ = tx.rollback().await;
+    assert_eq!(sqlstate(&result).as_deref(), Some("23514"), "{result:?}");
+}
+
+/// gRPC's bounds on `llm_config` (src/domain/llm_config.rs: `MAX_BYTES` of
+/// compact JSON, `MAX_DEPTH`). The test below checks that gRPC refuses the
+/// next size, so a change there shows here.
+const GRPC_MAX_BYTES: usize = 64 * 1024;
+const GRPC_MAX_DEPTH: usize = 16;
+
+/// Arrays of arrays nested to gRPC's depth limit around 0.0, `n` of them,
+/// under one key: the shape whose stored jsonb is largest for its compact
+/// JSON size (about 3.9 times).
+fn nested_config(n: usize) -> Json {
+    let mut chain = json!(0.0);
+    for _ in 0..(GRPC_MAX_DEPTH - 2) {
+        chain = json!([chain]);
+    }
+    json!({ "a": vec![chain; n] })
+}
+
+/// The largest `llm_config` gRPC accepts, in the two shapes jsonb grows
+/// most (binary: nested arrays; text: `1e300`, 301 digits as jsonb text),
+/// is stored: the database's bound never refuses what gRPC accepts.
+#[tokio::test]
+async fn the_largest_llm_config_grpc_accepts_is_stored() {
+    let app = TestApp::spawn().await;
+    let limit = GRPC_MAX_BYTES;
+    let compact = |config: &Json| serde_json::to_vec(config).map(|v| v.len()).unwrap_or(0);
+    let largest = |make: &dyn Fn(usize) -> Json| {
+        let mut n = 1;
+        while compact(&make(n + 1)) <= limit {
+            n += 1;
+        }
+        n
+    };
+    let deep = largest(&nested_config);
+    let exponents = |n: usize| json!({ "a": vec![json!(1e300); n] });
+    let big_numbers = largest(&exponents);
+
+    let mut agents = app.agents().await;
+    for (shape, config, one_more) in [
+        ("nested", nested_config(deep), nested_config(deep + 1)),
+        ("1e300", exponents(big_numbers), exponents(big_numbers + 1)),
+    ] {
+        assert!(
+            compact(&config) > limit - 64,
+            "{shape}: {}",
+            compact(&config)
+        );
+        let update = |config: Json| UpdateAgentRequest {
+            agent: Some(Agent {
+                id: ACME_AGENT.into(),
+                llm_config: Some(to_struct(config)),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["llm_config".into()],
+            }),
+        };
+        agents
+            .update_agent(as_who(Who::AcmeAdmin, update(config)))
+            .await
+            .unwrap_or_else(|s| panic!("{shape}: {s:?}"));
+        let (stored, text): (i32, i32) = sqlx::query_as(
+            "select pg_column_size(llm_config), octet_length(llm_config::text) from public.agents where id = $1::uuid",
+        )
+        .bind(ACME_AGENT)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        println!(
+            "{shape}: {limit} bytes of JSON stored as {stored} bytes of jsonb ({text} as text)"
+        );
+        // gRPC's own bound is what stops the next size.
+        assert_code(
+            agents
+                .update_agent(as_who(Who::AcmeAdmin, update(one_more)))
+                .await,
+            Code::InvalidArgument,
+        );
+    }
+}
