@@ -7,6 +7,7 @@ mod auth;
 mod cache;
 mod customers;
 mod helpers;
+mod invalidation;
 mod isolation;
 mod load_tool;
 mod migrations;
