@@ -259,8 +259,10 @@ pub fn spawn_pg_listener(
                 Ok(()) => tracing::warn!("invalidation listener lost its connection"),
                 Err(error) => tracing::warn!(%error, "invalidation listener failed"),
             }
+            // The state stays as it was until the next connect says more:
+            // start-up keeps waiting for the verdict on a listener that
+            // connected once.
             cache.listener_disconnected();
-            state.send_replace(ListenerState::Unreachable);
             attempt += 1;
         }
     });
@@ -445,15 +447,27 @@ impl Probes {
         let payload = format!("{}:{probe}", self.instance);
         let sent = sent.clone();
         tokio::spawn(async move {
-            let result = outbox::notify(&pool, PG_CHANNEL, &payload).await;
-            if let Err(error) = &result {
-                tracing::debug!(%error, "probe not sent; the database is unreachable from the pool");
-            }
-            let _ = sent.send((probe, result.is_ok())).await;
+            let reached = match outbox::notify(&pool, PG_CHANNEL, &payload).await {
+                Ok(()) => true,
+                Err(error) if unreachable(&error) => {
+                    tracing::debug!(%error, "probe not sent: the database is unreachable from the pool");
+                    false
+                }
+                // The database answered, if strangely. Through a transaction
+                // pooler this is typical: the pool's statement lands on the
+                // server connection the listener's LISTEN was run on, and
+                // gets the notification meant for the listener.
+                Err(error) => {
+                    tracing::debug!(%error, "probe sent with an error");
+                    true
+                }
+            };
+            let _ = sent.send((probe, reached)).await;
         });
     }
 
-    /// The pool's answer: sent (the clock starts) or not (proves nothing).
+    /// The pool's answer: the database got it (the clock starts) or was not
+    /// reached (proves nothing).
     fn sent(&mut self, probe: u64, ok: bool) {
         if let Some((outstanding, committed)) = &mut self.outstanding {
             if *outstanding == probe {
@@ -472,6 +486,22 @@ impl Probes {
 
     fn overdue(&self) -> bool {
         matches!(self.outstanding, Some((_, Some(committed))) if committed.elapsed() > PROBE_TIMEOUT)
+    }
+}
+
+/// An error that says the database was not reached (as opposed to one it
+/// answered with).
+fn unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 
