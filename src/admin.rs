@@ -41,6 +41,7 @@ impl Sources {
             database_breaker_open: self.resolver.database_breaker_open(),
             redis_breaker_open: self.cache.redis.as_ref().map(|r| r.is_open()),
             invalidation_listener_connected: self.cache.is_listening(),
+            invalidation_listener_deaf: self.cache.is_listener_deaf(),
         }
     }
 }

@@ -145,6 +145,10 @@ pub struct Invalidations {
     pub postgres: Counter,
     /// Fan-out messages from other replicas over Redis pub/sub.
     pub redis: Counter,
+    /// Reads of the Postgres outbox (each notification costs at most one).
+    pub outbox_reads: Counter,
+    /// Probes sent by this replica that its listener did not hear in time.
+    pub probes_unheard: Counter,
 }
 
 /// Per method: calls by status code, latency by answering tier.
@@ -248,6 +252,8 @@ pub struct Gauges {
     /// `None` without a Redis tier (its series are then left out).
     pub redis_breaker_open: Option<bool>,
     pub invalidation_listener_connected: bool,
+    /// Connected, but its own probe notification did not arrive.
+    pub invalidation_listener_deaf: bool,
 }
 
 impl Metrics {
@@ -456,6 +462,32 @@ impl Registry {
             "1 while the Postgres invalidation listener is connected (only then are new fills kept in memory).",
             u64::from(gauges.invalidation_listener_connected),
         ));
+        families.push(Family::gauge(
+            "switchboard.invalidation.listener.deaf",
+            "",
+            "1 while the Postgres invalidation listener is connected but does not hear its own probe notification (LISTEN through a transaction pooler?): nothing is kept in memory meanwhile.",
+            u64::from(gauges.invalidation_listener_deaf),
+        ));
+        families.push(Family {
+            name: "switchboard.invalidation.outbox.reads",
+            unit: "{read}",
+            kind: Kind::Counter,
+            help: "Reads of the Postgres invalidation outbox (at most one per notification, forged ones included).",
+            series: vec![Series::labelled(
+                Vec::new(),
+                Value::Number(self.invalidations.outbox_reads.get()),
+            )],
+        });
+        families.push(Family {
+            name: "switchboard.invalidation.probes.unheard",
+            unit: "{probe}",
+            kind: Kind::Counter,
+            help: "Probe notifications this replica sent that its own listener did not receive in time.",
+            series: vec![Series::labelled(
+                Vec::new(),
+                Value::Number(self.invalidations.probes_unheard.get()),
+            )],
+        });
         let in_use = gauges.pool_size.saturating_sub(gauges.pool_idle);
         families.push(Family::by_label(
             (

@@ -12,7 +12,10 @@ use tower::ServiceBuilder;
 use crate::{
     admin,
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
-    cache::{invalidation, Cache, MemoryTier, RedisTier},
+    cache::{
+        invalidation::{self, ListenerState},
+        Cache, MemoryTier, RedisTier,
+    },
     config::ServeConfig,
     grpc::{
         AgentApi, Connection, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer,
@@ -44,6 +47,11 @@ pub enum StartupError {
     Jwks(#[from] JwksError),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// Connected to Postgres, but its own notification never arrived: the
+    /// service would miss every out-of-band change. (Unreachable is not
+    /// this: the service starts and retries.)
+    #[error("{}", invalidation::DEAF)]
+    ListenerDeaf,
 }
 
 /// A bound, ready-to-run server.
@@ -59,6 +67,9 @@ pub struct Application {
     metrics_export: MetricsExport,
 }
 
+/// How long start-up waits for the listener to connect (or the database
+/// to be found unreachable) and for Redis; a connected listener then gets
+/// its probe's timeout on top, to prove it hears.
 const LISTENER_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 const SERVICE_NAMES: [&str; 3] = [
@@ -192,10 +203,12 @@ impl Application {
             None => None,
         };
         let cache = Cache::new(memory, redis.clone(), metrics.clone());
-        let mut background = vec![invalidation::spawn_pg_listener(
+        let (pg_listener, listener_state) = invalidation::spawn_pg_listener(
             cache.clone(),
             self.config.listener_database_url.clone(),
-        )];
+            self.store.pool().clone(),
+        );
+        let mut background = vec![pg_listener];
         if let Some(redis) = redis {
             background.push(invalidation::spawn_redis_subscriber(cache.clone(), redis));
         }
@@ -209,11 +222,34 @@ impl Application {
         // so the first calls read and fill it; with the database or Redis
         // down, start anyway after the same short wait (nothing is kept in
         // memory until the listener connects; Redis is a miss until it is).
+        //
+        // A listener that connected but does not hear its own probe (LISTEN
+        // through a transaction pooler) stops start-up: it would never
+        // see a change made outside the service.
         let started = std::time::Instant::now();
-        let ready = |cache: &Cache| {
-            cache.is_listening() && cache.redis.as_ref().is_none_or(|r| r.is_connected())
-        };
-        while !ready(&cache) && started.elapsed() < LISTENER_START_WAIT {
+        let redis_ready = |cache: &Cache| cache.redis.as_ref().is_none_or(|r| r.is_connected());
+        loop {
+            let state = *listener_state.borrow();
+            if state == ListenerState::Deaf {
+                for task in background {
+                    task.abort();
+                }
+                return Err(StartupError::ListenerDeaf);
+            }
+            let waited = started.elapsed();
+            let listener_settled = match state {
+                ListenerState::Hearing => true,
+                // Connected: give the probe its time.
+                ListenerState::Probing => {
+                    waited >= LISTENER_START_WAIT + invalidation::PROBE_TIMEOUT * 2
+                }
+                ListenerState::Starting | ListenerState::Unreachable | ListenerState::Deaf => {
+                    waited >= LISTENER_START_WAIT
+                }
+            };
+            if listener_settled && (redis_ready(&cache) || waited >= LISTENER_START_WAIT) {
+                break;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let resolver = Resolver::new(self.store.clone(), cache.clone());

@@ -1,25 +1,45 @@
 //! Turning changes into evictions.
 //!
-//! * Postgres: triggers on `agents`, `organizations` and `customers` notify
-//!   `switchboard_invalidate` (migration `..._cache_invalidation.sql`). The
-//!   listener holds a direct or session-mode connection (LISTEN does not
-//!   survive a transaction pooler), evicts from memory and Redis, and fans
-//!   the message out on Redis pub/sub.
+//! * Postgres: triggers on `agents`, `organizations` and `customers` append
+//!   what changed to `switchboard_private.invalidation_outbox` and NOTIFY
+//!   `switchboard_invalidate` with an empty payload (migration
+//!   `..._invalidation_outbox.sql`). Any login role can NOTIFY and LISTEN,
+//!   so a notification is only a wake-up: the listener reads the outbox
+//!   after where it is (`OutboxCursor`), evicts from memory and Redis, and
+//!   fans the change out on Redis pub/sub. Its payload is never read, so a
+//!   forged one costs one indexed read and evicts nothing.
 //! * Redis pub/sub: every replica subscribes and evicts from its memory tier.
 //!
-//! Either connection may drop. Notifications sent meanwhile are lost, so on
-//! every reconnect the memory tier is dropped. While disconnected the tier
-//! keeps serving: a call must not fail because the database blinked.
+//! The listener holds a direct or session-mode connection (LISTEN does not
+//! work through a transaction pooler) and proves it hears: right after it
+//! connects and every `PROBE_EVERY`, it sends a notification of its own from
+//! the store's pool; one not heard within `PROBE_TIMEOUT` makes it *deaf*
+//! (metric, log, memory tier dropped, no fill kept) until one is heard
+//! again. A probe that cannot be sent proves nothing either way (the
+//! database is unreachable, which is not the listener's fault).
+//!
+//! Either connection may drop. While the listener is disconnected the
+//! memory tier keeps serving (a call must not fail because the database
+//! blinked) but keeps no new fill; after a reconnect it catches up from its
+//! cursor and keeps the memory tier, unless rows it had not read were pruned
+//! meanwhile, then it drops it. The Redis subscriber drops the memory tier
+//! when it reconnects (pub/sub has no history).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgListener;
-use tokio::task::JoinHandle;
+use sqlx::{postgres::PgListener, PgPool};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 
 use super::{Cache, RedisTier};
-use crate::domain::OrgId;
+use crate::{
+    domain::OrgId,
+    store::outbox::{self, OutboxRead, OutboxRow},
+};
 
 pub const PG_CHANNEL: &str = "switchboard_invalidate";
 
@@ -56,57 +76,465 @@ impl Invalidation {
     }
 }
 
+/// How long the listener's own probe may take to come back before it counts
+/// as deaf. Generous: a false alarm costs the memory tier.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the listener proves it hears, and reads the outbox even if
+/// nothing woke it.
+pub const PROBE_EVERY: Duration = Duration::from_secs(3);
+/// How often it looks whether a probe is overdue or one is due.
+const PROBE_TICK: Duration = Duration::from_millis(200);
+/// Outbox rows older than this are pruned, every `PRUNE_EVERY`, by every
+/// replica's listener. So the outbox holds the changes of the last
+/// 11 minutes at most (plus those of transactions still open), and a
+/// listener disconnected for less than 10 minutes catches up exactly.
+pub const OUTBOX_RETENTION: Duration = Duration::from_secs(600);
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Rows read per statement while catching up.
+const READ_BATCH: i64 = 1_000;
+
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(4)).min(2_000))
 }
 
-/// Listens to Postgres until aborted.
-pub fn spawn_pg_listener(cache: Cache, database_url: String) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// What start-up (and anyone watching) learns from the listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerState {
+    /// Never connected yet.
+    Starting,
+    /// Cannot reach Postgres; retrying (not a reason to refuse to start).
+    Unreachable,
+    /// Connected; its first probe is on its way.
+    Probing,
+    /// Connected, caught up, and heard its own probe.
+    Hearing,
+    /// Connected, but its own probe did not arrive.
+    Deaf,
+}
+
+/// Where a listener is in the outbox, kept across reconnects.
+///
+/// Sequence numbers are taken at insert and become visible at commit, so
+/// they commit out of order: when `top` (the highest read) is read, a lower
+/// one may still be in flight. Every number at or below `top` not read yet
+/// is kept in `gaps` and read again, by range, with each later read, until
+/// it is read or proven never to come:
+///
+/// * A gap found by a read R lies below a row R saw committed, so its
+///   number was taken before R's snapshot, by a transaction that already
+///   had its id (the trigger takes it first, see the migration).
+/// * Right after R, `fence` assigns a new transaction id: larger than the
+///   id of every transaction that had one before, that gap's included.
+/// * A later read whose snapshot's `pg_snapshot_xmin` is above the fence
+///   sees every such transaction finished. If the row is still not there,
+///   its transaction rolled back: the gap is settled.
+///
+/// A gap whose transaction is open keeps being read (by range, on the
+/// primary key) until it commits or rolls back, however long that takes.
+#[derive(Debug, Default)]
+pub struct OutboxCursor {
+    /// Every sequence number above it is unread.
+    top: i64,
+    /// Numbers at or below `top` not read, that may still commit.
+    gaps: Vec<Gap>,
+    /// The highest number pruned, as last read.
+    pruned_upto: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Gap {
+    first: i64,
+    last: i64,
+    /// The transaction id assigned after the read that found it; `None`
+    /// until taken.
+    fence: Option<u64>,
+}
+
+impl OutboxCursor {
+    fn ranges(&self) -> Vec<(i64, i64)> {
+        self.gaps.iter().map(|g| (g.first, g.last)).collect()
+    }
+
+    /// Takes in one read. Returns true if rows this cursor had not read may
+    /// have been pruned since the last read (then nothing cached can be
+    /// trusted).
+    fn absorb(&mut self, read: &OutboxRead) -> bool {
+        let lowest_unread = self
+            .gaps
+            .iter()
+            .map(|g| g.first)
+            .min()
+            .unwrap_or(self.top + 1);
+        let missed = read.pruned_upto > self.pruned_upto && read.pruned_upto >= lowest_unread;
+        self.pruned_upto = self.pruned_upto.max(read.pruned_upto);
+        for row in &read.in_ranges {
+            self.fill(row.seq);
+        }
+        self.gaps
+            .retain(|gap| !gap.fence.is_some_and(|fence| read.xmin > fence));
+        for row in &read.above {
+            if row.seq > self.top + 1 {
+                self.gaps.push(Gap {
+                    first: self.top + 1,
+                    last: row.seq - 1,
+                    fence: None,
+                });
+            }
+            self.top = self.top.max(row.seq);
+        }
+        missed
+    }
+
+    /// A number read inside a gap: the gap splits around it.
+    fn fill(&mut self, seq: i64) {
+        let Some(at) = self
+            .gaps
+            .iter()
+            .position(|g| g.first <= seq && seq <= g.last)
+        else {
+            return;
+        };
+        let gap = self.gaps.swap_remove(at);
+        if gap.first < seq {
+            self.gaps.push(Gap {
+                last: seq - 1,
+                ..gap
+            });
+        }
+        if seq < gap.last {
+            self.gaps.push(Gap {
+                first: seq + 1,
+                ..gap
+            });
+        }
+    }
+
+    fn needs_fence(&self) -> bool {
+        self.gaps.iter().any(|g| g.fence.is_none())
+    }
+
+    fn set_fence(&mut self, fence: u64) {
+        for gap in self.gaps.iter_mut().filter(|g| g.fence.is_none()) {
+            gap.fence = Some(fence);
+        }
+    }
+}
+
+/// Listens to Postgres until aborted; `probe_pool` is the store's pool, the
+/// "other connection" the listener's probes come from.
+pub fn spawn_pg_listener(
+    cache: Cache,
+    database_url: String,
+    probe_pool: PgPool,
+) -> (JoinHandle<()>, watch::Receiver<ListenerState>) {
+    let (state, watched) = watch::channel(ListenerState::Starting);
+    let handle = tokio::spawn(async move {
+        let mut cursor: Option<OutboxCursor> = None;
+        let instance = format!("probe:{}", uuid::Uuid::new_v4().simple());
         let mut attempt = 0;
         loop {
             let mut listener = match connect_listener(&database_url).await {
                 Ok(listener) => listener,
                 Err(error) => {
                     tracing::warn!(%error, "invalidation listener cannot connect; retrying");
+                    state.send_replace(ListenerState::Unreachable);
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                     continue;
                 }
             };
             if attempt > 0 {
-                tracing::info!("invalidation listener reconnected; dropping the memory tier");
+                tracing::info!("invalidation listener reconnected; catching up from the outbox");
             }
-            cache.listener_connected();
             attempt = 0;
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(notification)) => {
-                        cache.metrics.invalidations.postgres.inc();
-                        let invalidation = Invalidation::parse(notification.payload());
-                        tracing::debug!(?invalidation, "invalidation from postgres");
-                        cache.invalidate(&invalidation).await;
-                    }
-                    Ok(None) => {
-                        tracing::warn!("invalidation listener lost its connection");
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "invalidation listener failed");
-                        break;
-                    }
-                }
+            state.send_replace(ListenerState::Probing);
+            let mut session = Session {
+                cache: &cache,
+                listener: &mut listener,
+                probe_pool: &probe_pool,
+                state: &state,
+                probes: Probes::new(&instance),
+            };
+            match session.run(&mut cursor).await {
+                Ok(()) => tracing::warn!("invalidation listener lost its connection"),
+                Err(error) => tracing::warn!(%error, "invalidation listener failed"),
             }
+            // The state stays as it was until the next connect says more:
+            // start-up keeps waiting for the verdict on a listener that
+            // connected once.
             cache.listener_disconnected();
             attempt += 1;
         }
-    })
+    });
+    (handle, watched)
 }
 
 async fn connect_listener(database_url: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect(database_url).await?;
     listener.listen(PG_CHANNEL).await?;
     Ok(listener)
+}
+
+/// One connection's life.
+struct Session<'a> {
+    cache: &'a Cache,
+    listener: &'a mut PgListener,
+    probe_pool: &'a PgPool,
+    state: &'a watch::Sender<ListenerState>,
+    probes: Probes,
+}
+
+impl Session<'_> {
+    /// Until the connection is lost (Ok) or a statement on it fails.
+    async fn run(&mut self, cursor: &mut Option<OutboxCursor>) -> Result<(), sqlx::Error> {
+        // LISTEN came first, so nothing committed from here on goes unseen.
+        // A first connection only learns where the outbox is: its memory
+        // tier is empty and keeps nothing until it hears its probe.
+        let apply = cursor.is_some();
+        let cursor = cursor.get_or_insert_with(OutboxCursor::default);
+        self.catch_up(cursor, apply).await?;
+        self.prune().await;
+        let mut last_prune = Instant::now();
+        let (sent_tx, mut sent_rx) = mpsc::channel(4);
+        self.probes.send(self.probe_pool, &sent_tx);
+        let mut ticker = tokio::time::interval(PROBE_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Notifications before the timer, so a probe that arrived
+                // is seen before it is declared overdue.
+                biased;
+                received = self.listener.try_recv() => {
+                    let Some(notification) = received? else { return Ok(()) };
+                    // The payload is never trusted: at most it is our probe.
+                    let mut heard = self.probes.is_ours(notification.payload());
+                    self.cache.metrics.invalidations.postgres.inc();
+                    while let Some(more) = self.listener.next_buffered() {
+                        heard |= self.probes.is_ours(more.payload());
+                        self.cache.metrics.invalidations.postgres.inc();
+                    }
+                    self.catch_up(cursor, true).await?;
+                    if heard {
+                        self.probes.heard();
+                        self.hearing();
+                    }
+                }
+                Some((probe, sent)) = sent_rx.recv() => self.probes.sent(probe, sent),
+                _ = ticker.tick() => {
+                    if self.probes.overdue() {
+                        self.probes.heard();
+                        self.deaf();
+                    }
+                    if self.probes.due() {
+                        self.probes.send(self.probe_pool, &sent_tx);
+                        // A poll, for a listener that hears nothing.
+                        self.catch_up(cursor, true).await?;
+                    }
+                    if last_prune.elapsed() >= PRUNE_EVERY {
+                        self.prune().await;
+                        last_prune = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the outbox up to now and applies what this replica had not.
+    async fn catch_up(
+        &mut self,
+        cursor: &mut OutboxCursor,
+        apply: bool,
+    ) -> Result<(), sqlx::Error> {
+        loop {
+            self.cache.metrics.invalidations.outbox_reads.inc();
+            let read = outbox::read_outbox(
+                &mut *self.listener,
+                cursor.top,
+                READ_BATCH,
+                &cursor.ranges(),
+            )
+            .await?;
+            let missed = cursor.absorb(&read);
+            if apply {
+                if missed {
+                    tracing::warn!(
+                        "outbox rows this replica had not read were pruned; dropping the memory tier"
+                    );
+                    self.cache.drop_memory();
+                }
+                apply_rows(self.cache, read.in_ranges.iter().chain(&read.above)).await;
+            }
+            if cursor.needs_fence() {
+                let fence = outbox::new_fence(&mut *self.listener).await?;
+                cursor.set_fence(fence);
+            }
+            if i64::try_from(read.above.len()).unwrap_or(i64::MAX) < READ_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn prune(&mut self) {
+        match outbox::prune_outbox(&mut *self.listener, OUTBOX_RETENTION).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::debug!(rows, "invalidation outbox pruned"),
+            Err(error) => tracing::warn!(%error, "cannot prune the invalidation outbox"),
+        }
+    }
+
+    fn hearing(&self) {
+        if *self.state.borrow() == ListenerState::Deaf {
+            tracing::info!("invalidation listener hears its probes again");
+        }
+        self.cache.listener_hearing();
+        self.state.send_replace(ListenerState::Hearing);
+    }
+
+    fn deaf(&self) {
+        self.cache.metrics.invalidations.probes_unheard.inc();
+        if *self.state.borrow() != ListenerState::Deaf {
+            tracing::error!("{DEAF}; nothing is kept in the memory tier until it hears again");
+        }
+        self.cache.listener_deaf();
+        self.state.send_replace(ListenerState::Deaf);
+    }
+}
+
+/// Why a deaf listener is deaf, and what to do: for the log and start-up.
+pub const DEAF: &str = "the invalidation listener is connected but does not receive its own \
+    notifications (LISTEN through a transaction pooler?): set \
+    SWITCHBOARD_LISTENER_DATABASE_URL to a direct or session-mode Postgres URL";
+
+/// The listener's probes: one outstanding at a time.
+struct Probes {
+    /// This listener's prefix: a probe of another replica is a wake-up.
+    instance: String,
+    next: u64,
+    /// The probe on its way, and when its NOTIFY committed (`None` until
+    /// the pool says it did).
+    outstanding: Option<(u64, Option<Instant>)>,
+    last_sent: Option<Instant>,
+}
+
+impl Probes {
+    fn new(instance: &str) -> Self {
+        Probes {
+            instance: instance.to_owned(),
+            next: 0,
+            outstanding: None,
+            last_sent: None,
+        }
+    }
+
+    fn is_ours(&self, payload: &str) -> bool {
+        payload
+            .strip_prefix(self.instance.as_str())
+            .is_some_and(|rest| rest.starts_with(':'))
+    }
+
+    fn due(&self) -> bool {
+        self.outstanding.is_none() && self.last_sent.is_none_or(|t| t.elapsed() >= PROBE_EVERY)
+    }
+
+    /// Sent from the pool, in a task of its own: a pool that waits for a
+    /// connection must not hold up notifications.
+    fn send(&mut self, pool: &PgPool, sent: &mpsc::Sender<(u64, bool)>) {
+        let probe = self.next;
+        self.next += 1;
+        self.outstanding = Some((probe, None));
+        self.last_sent = Some(Instant::now());
+        let pool = pool.clone();
+        let payload = format!("{}:{probe}", self.instance);
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let reached = match outbox::notify(&pool, PG_CHANNEL, &payload).await {
+                Ok(()) => true,
+                Err(error) if unreachable(&error) => {
+                    tracing::debug!(%error, "probe not sent: the database is unreachable from the pool");
+                    false
+                }
+                // The database answered, if strangely. Through a transaction
+                // pooler this is typical: the pool's statement lands on the
+                // server connection the listener's LISTEN was run on, and
+                // gets the notification meant for the listener.
+                Err(error) => {
+                    tracing::debug!(%error, "probe sent with an error");
+                    true
+                }
+            };
+            let _ = sent.send((probe, reached)).await;
+        });
+    }
+
+    /// The pool's answer: the database got it (the clock starts) or was not
+    /// reached (proves nothing).
+    fn sent(&mut self, probe: u64, ok: bool) {
+        if let Some((outstanding, committed)) = &mut self.outstanding {
+            if *outstanding == probe {
+                if ok {
+                    *committed = Some(Instant::now());
+                } else {
+                    self.outstanding = None;
+                }
+            }
+        }
+    }
+
+    fn heard(&mut self) {
+        self.outstanding = None;
+    }
+
+    fn overdue(&self) -> bool {
+        matches!(self.outstanding, Some((_, Some(committed))) if committed.elapsed() > PROBE_TIMEOUT)
+    }
+}
+
+/// An error that says the database was not reached (as opposed to one it
+/// answered with).
+fn unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Applies outbox rows as at most three evictions. A row that does not
+/// parse (only the owner could have written it) evicts everything.
+async fn apply_rows(cache: &Cache, rows: impl Iterator<Item = &OutboxRow>) {
+    let mut numbers = Vec::new();
+    let mut callers = Vec::new();
+    let mut all = false;
+    for row in rows {
+        match serde_json::from_str::<Invalidation>(&row.change) {
+            Ok(Invalidation::Numbers { numbers: more }) => numbers.extend(more),
+            Ok(Invalidation::Callers { callers: more }) => callers.extend(more),
+            Ok(Invalidation::All) => all = true,
+            Err(error) => {
+                tracing::warn!(%error, seq = row.seq, "unreadable outbox row; dropping the whole cache");
+                all = true;
+            }
+        }
+    }
+    if all {
+        cache.invalidate(&Invalidation::All).await;
+        return;
+    }
+    if !numbers.is_empty() {
+        numbers.sort_unstable();
+        numbers.dedup();
+        tracing::debug!(count = numbers.len(), "routes changed");
+        cache.invalidate(&Invalidation::Numbers { numbers }).await;
+    }
+    if !callers.is_empty() {
+        cache.invalidate(&Invalidation::Callers { callers }).await;
+    }
 }
 
 /// Subscribes to the Redis fan-out until aborted.

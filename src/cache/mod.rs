@@ -38,9 +38,13 @@ pub struct Cache {
     /// Lookups per tier and invalidations received are counted here.
     pub metrics: Metrics,
     generation: Arc<AtomicU64>,
-    /// True while the Postgres listener is connected. Only then may a fill
-    /// stay in the memory tier: without the listener nothing would evict it.
+    /// True while the Postgres listener is connected and has heard its own
+    /// probe. Only then may a fill stay in the memory tier: without the
+    /// listener nothing would evict it.
     listening: Arc<AtomicBool>,
+    /// True while the listener is connected but its own probe notification
+    /// does not arrive (LISTEN through a transaction pooler): `/metrics`.
+    deaf: Arc<AtomicBool>,
 }
 
 impl Cache {
@@ -51,6 +55,7 @@ impl Cache {
             metrics,
             generation: Arc::new(AtomicU64::new(0)),
             listening: Arc::new(AtomicBool::new(false)),
+            deaf: Arc::new(AtomicBool::new(false)),
         };
         if let Some(redis) = &cache.redis {
             // A Redis failover may have lost evictions: what this replica
@@ -76,17 +81,32 @@ impl Cache {
         self.is_listening() && self.generation() == generation
     }
 
-    /// The listener connected (again): anything cached before may have
-    /// missed a notification, so it goes.
-    pub fn listener_connected(&self) {
-        self.drop_memory();
+    /// The listener is connected, caught up with the outbox, and heard its
+    /// own probe: fills may be kept. (What was cached before stays: the
+    /// catch-up evicted whatever changed meanwhile.)
+    pub fn listener_hearing(&self) {
+        self.deaf.store(false, Ordering::Release);
         self.listening.store(true, Ordering::Release);
+    }
+
+    /// The listener is connected but its own notification did not arrive:
+    /// invalidations may be missed for as long as it lasts, so nothing
+    /// cached is kept, old or new.
+    pub fn listener_deaf(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.deaf.store(true, Ordering::Release);
+        self.drop_memory();
+    }
+
+    pub fn is_listener_deaf(&self) -> bool {
+        self.deaf.load(Ordering::Acquire)
     }
 
     /// The listener lost its connection: keep serving what is cached (a
     /// call must not fail because the database blinked), keep nothing new.
     pub fn listener_disconnected(&self) {
         self.listening.store(false, Ordering::Release);
+        self.deaf.store(false, Ordering::Release);
     }
 
     pub fn generation(&self) -> u64 {

@@ -2,6 +2,7 @@
 //! `migrations/`), and every query on behalf of a caller runs under that
 //! caller's claims, so Postgres RLS decides what it sees.
 
+pub mod outbox;
 mod postgres;
 mod sql_literal;
 

@@ -8,6 +8,7 @@ mod cache;
 mod claims;
 mod customers;
 mod helpers;
+mod invalidation;
 mod isolation;
 mod load_tool;
 mod migrations;

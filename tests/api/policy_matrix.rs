@@ -1382,4 +1382,54 @@ async fn references_into_another_org_fail_as_references_to_nothing() {
         failures.join("\n")
     );
     assert_eq!(checked, keys.len() * 2 * 6 * 2);
+/// The invalidation outbox is private: no API role may read it (it names
+/// every tenant's numbers), write it (a forged row would evict, or flush,
+/// what it names), touch its sequence or prune it, on plain Postgres or
+/// under Supabase's default privileges; and trying is refused.
+#[tokio::test]
+async fn the_invalidation_outbox_is_private_to_every_api_role() {
+    for db in [TestDb::seeded().await, supabase_like_db().await] {
+        let granted: Vec<(String, String)> = sqlx::query_as(
+            "select r.rolname::text, o.name \
+             from (values ('anon'), ('authenticated'), ('service_role')) as r(rolname) \
+             cross join (values \
+               ('switchboard_private.invalidation_outbox', 'table'), \
+               ('switchboard_private.invalidation_outbox_pruned', 'table'), \
+               ('switchboard_private.invalidation_outbox_seq_seq', 'sequence'), \
+               ('switchboard_private.prune_invalidation_outbox(interval)', 'function'), \
+               ('switchboard_private.notify_invalidation()', 'function')) as o(name, kind) \
+             where case o.kind \
+               when 'table' then pg_catalog.has_table_privilege(r.rolname, o.name, \
+                 'select, insert, update, delete, truncate, references, trigger') \
+               when 'sequence' then pg_catalog.has_sequence_privilege(r.rolname, o.name, \
+                 'usage, select, update') \
+               else pg_catalog.has_function_privilege(r.rolname, o.name, 'execute') end",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("privileges: {e}"));
+        assert!(granted.is_empty(), "API roles hold: {granted:?}");
+
+        for role in ["anon", "authenticated", "service_role"] {
+            for statement in [
+                "select count(*) from switchboard_private.invalidation_outbox",
+                "insert into switchboard_private.invalidation_outbox (xid, change) \
+                 values (pg_current_xact_id(), '{\"kind\":\"all\"}')",
+                "delete from switchboard_private.invalidation_outbox",
+                "select switchboard_private.prune_invalidation_outbox(interval '0 s')",
+            ] {
+                let mut tx = db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+                sqlx::query(&format!("set local role {role}"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let outcome = sqlx::query(statement).execute(&mut *tx).await;
+                let refused = match &outcome {
+                    Err(sqlx::Error::Database(error)) => error.code().as_deref() == Some("42501"),
+                    _ => false,
+                };
+                assert!(refused, "{role}: {statement}: {outcome:?}");
+            }
+        }
+    }
 }

@@ -364,7 +364,12 @@ async fn a_cluster_holds_routes_flushes_every_master_and_fans_out_invalidations(
         before.iter().map(Vec::len).collect::<Vec<_>>()
     );
     app.db
-        .exec(r#"select pg_notify('switchboard_invalidate', '{"kind":"all"}')"#)
+        // What a TRUNCATE's trigger writes: an "all" row in the outbox.
+        .exec(
+            r#"insert into switchboard_private.invalidation_outbox (xid, change)
+               values (pg_current_xact_id(), '{"kind":"all"}');
+               notify switchboard_invalidate"#,
+        )
         .await;
     let took = within_named("every master flushed", Duration::from_secs(2), || async {
         cluster
