@@ -19,6 +19,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub async fn run(database_url: &str) -> Result<(), sqlx::Error> {
     let options = PgConnectOptions::from_str(database_url)?
         .application_name("switchboard-migrate")
+        .extra_float_digits(None)
         .options([("search_path", "switchboard_private")]);
     let mut conn = options.connect().await?;
     conn.execute("create schema if not exists switchboard_private")

@@ -18,6 +18,7 @@ mod property;
 mod redis_server;
 mod redis_topologies;
 mod resolve;
+mod stock_pooler;
 
 /// This binary talks to Postgres directly; `tests/pooled.rs` runs the same
 /// tests through PgBouncer in transaction mode.
