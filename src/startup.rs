@@ -12,7 +12,7 @@ use tower::ServiceBuilder;
 use crate::{
     admin,
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
-    cache::{invalidation, Cache, MemoryTier, RedisTier},
+    cache::{identity, invalidation, Cache, MemoryTier, RedisTier},
     config::ServeConfig,
     grpc::{
         AgentApi, Connection, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer,
@@ -197,7 +197,13 @@ impl Application {
             self.config.listener_database_url.clone(),
         )];
         if let Some(redis) = redis {
-            background.push(invalidation::spawn_redis_subscriber(cache.clone(), redis));
+            // Reads the database identity the Redis keys belong to, and
+            // starts the Redis subscriber on its channel.
+            background.push(identity::spawn_identity_watcher(
+                cache.clone(),
+                redis,
+                self.store.clone(),
+            ));
         }
         let mut verifier = JwtVerifier::new(&self.config.jwt_secret);
         if let Some(jwks) = self.jwks {
