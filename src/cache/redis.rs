@@ -136,12 +136,15 @@ impl RedisTier {
     /// Scopes every key and the channel to `identity` from now on.
     pub fn set_database_identity(&self, identity: &DatabaseIdentity) -> Scope {
         let prefix = format!("{}{identity}:", self.inner.base);
-        let previous = self.inner.prefix.swap(Some(Arc::new(prefix.clone())));
-        match previous {
+        // Only a change replaces the `Arc`: calls compare it by pointer.
+        // One writer (the watcher), so load-then-store does not race.
+        let scope = match self.inner.prefix.load().as_deref() {
             None => Scope::First,
-            Some(previous) if *previous == prefix => Scope::Unchanged,
+            Some(current) if *current == prefix => return Scope::Unchanged,
             Some(_) => Scope::Changed,
-        }
+        };
+        self.inner.prefix.store(Some(Arc::new(prefix)));
+        scope
     }
 
     /// The current `switchboard:v1:[<namespace>:]<identity>:`, if known.
