@@ -303,9 +303,17 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Record
             .unwrap_or_else(|e| panic!("{e}"));
         (full, redis_only, db_only, health, redis, pg)
     });
+    // Keys are scoped to the database's identity (`cache/redis.rs`).
+    let identity: Uuid = rt
+        .block_on(
+            sqlx::query_scalar("select id from switchboard_private.database_identity")
+                .fetch_one(&mut pg),
+        )
+        .unwrap_or_else(|e| panic!("database identity: {e}"));
     let route_key = format!(
-        "switchboard:v1:{}:route:{ACME_NUMBER}",
-        deployment.namespace
+        "switchboard:v1:{}:{}:route:{ACME_NUMBER}",
+        deployment.namespace,
+        identity.simple()
     );
     let tenant_claims =
         format!(r#"{{"role":"authenticated","sub":"{ACME_VIEWER}","aud":"authenticated"}}"#);

@@ -41,6 +41,10 @@ pub enum Command {
     /// Apply the migrations in migrations/ to DATABASE_URL (a direct or
     /// session-mode URL, not the transaction pooler).
     Migrate(MigrateArgs),
+    /// Give the database a new identity, so no replica reads the Redis
+    /// routes cached before. Run it after any restore from backup,
+    /// point-in-time recovery or clone of the database.
+    RetireDatabaseIdentity(MigrateArgs),
     /// Serve gRPC.
     Serve(ServeArgs),
     /// Mint a development JWT signed with the local secret.

@@ -7,11 +7,12 @@ use clap::Parser;
 use serde_json::Map;
 use switchboard::{
     auth::{mint_token, DbRole},
+    cache,
     config::{Cli, Command, DevArgs, ServeArgs, ServeConfig, DEV_JWT_SECRET},
     migrate,
     otlp_metrics::MetricsExport,
     startup::Application,
-    telemetry,
+    store, telemetry,
 };
 use uuid::Uuid;
 
@@ -48,6 +49,21 @@ async fn run(command: Command) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("migration failed: {e}"))?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::RetireDatabaseIdentity(args) => {
+            let url = args
+                .database_url
+                .ok_or("DATABASE_URL (or --database-url) is not set")?;
+            let (old, new) = store::retire_database_identity(&url).await.map_err(|e| {
+                format!(
+                    "cannot retire the database identity (is `switchboard migrate` applied?): {e}"
+                )
+            })?;
+            println!(
+                "database identity {old} retired; now {new}: running replicas stop reading                  the routes cached under the old one within {} s",
+                cache::identity::CHECK_INTERVAL.as_secs()
+            );
             Ok(())
         }
         Command::Serve(args) => {

@@ -33,6 +33,7 @@ const BOOTSTRAP_FIRST_CHECKSUM: &str = "22511bd9b119f35f91b4a5437b28b641c31da1d4
 pub async fn run(database_url: &str) -> Result<(), sqlx::Error> {
     let options = PgConnectOptions::from_str(database_url)?
         .application_name("switchboard-migrate")
+        .extra_float_digits(None)
         .options([("search_path", "switchboard_private")]);
     let mut conn = options.connect().await?;
     conn.execute("create schema if not exists switchboard_private")

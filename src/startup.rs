@@ -13,6 +13,7 @@ use crate::{
     admin,
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{
+        identity,
         invalidation::{self, ListenerState},
         Cache, MemoryTier, RedisTier,
     },
@@ -210,7 +211,13 @@ impl Application {
         );
         let mut background = vec![pg_listener];
         if let Some(redis) = redis {
-            background.push(invalidation::spawn_redis_subscriber(cache.clone(), redis));
+            // Reads the database identity the Redis keys belong to, and
+            // starts the Redis subscriber on its channel.
+            background.push(identity::spawn_identity_watcher(
+                cache.clone(),
+                redis,
+                self.store.clone(),
+            ));
         }
         let mut verifier = JwtVerifier::new(&self.config.jwt_secret);
         if let Some(jwks) = self.jwks {

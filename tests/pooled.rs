@@ -1,7 +1,8 @@
 //! The integration suite again, with every query of the service going
 //! through a real PgBouncer in transaction mode (as Supavisor's port 6543
-//! does on Supabase): no named prepared statement or session state may be
-//! relied on between transactions.
+//! does on Supabase) with stock settings: no named prepared statement or
+//! session state may be relied on between transactions, and no startup
+//! parameter PgBouncer does not know may be sent.
 
 #[path = "api/agents.rs"]
 mod agents;
@@ -29,5 +30,7 @@ mod redis_server;
 mod references;
 #[path = "api/resolve.rs"]
 mod resolve;
+#[path = "api/stock_pooler.rs"]
+mod stock_pooler;
 
 pub const THROUGH_POOLER: bool = true;

@@ -270,7 +270,17 @@ pub fn spawn_pg_listener(
 }
 
 async fn connect_listener(database_url: &str) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect(database_url).await?;
+    // `PgListener::connect` without the `extra_float_digits` startup
+    // parameter, which a PgBouncer with stock settings refuses.
+    let options: sqlx::postgres::PgConnectOptions = database_url.parse()?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_with(options.extra_float_digits(None))
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.ignore_pool_close_event(true);
     listener.listen(PG_CHANNEL).await?;
     Ok(listener)
 }

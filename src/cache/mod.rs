@@ -11,6 +11,7 @@
 //! * A Redis failure is a miss, never an error.
 
 mod breaker;
+pub mod identity;
 pub mod invalidation;
 mod memory;
 mod redis;
@@ -27,7 +28,7 @@ pub use self::{
     breaker::Breaker,
     invalidation::Invalidation,
     memory::{pack, unpack, MemoryTier, PackedRoute, Route, Tier},
-    redis::{RedisTier, KEY_VERSION},
+    redis::{RedisTier, Scope, KEY_VERSION},
     redis_link::RedisTarget,
 };
 

@@ -1,5 +1,16 @@
 //! The shared tier: routes as protobuf bytes under versioned keys
-//! (`switchboard:v1:route:<E.164>`, with an optional namespace after `v1:`), with a TTL as a backstop only.
+//! (`switchboard:v1:[<namespace>:]<database identity>:route:<E.164>`), with
+//! a TTL as a backstop only.
+//!
+//! Keys and the pub/sub channel belong to one database: its identity (a
+//! random id made at migration, `store::DatabaseIdentity`) is part of
+//! them, so a database dropped and made again with the same numbers, or
+//! another deployment on the same Redis, never reads our routes. The
+//! namespace is only for humans. Until the identity is known (read at
+//! start-up by `identity::spawn_identity_watcher`, then every second)
+//! every call is a miss; when it changes (`switchboard
+//! retire-database-identity` after a restore) the keys move with it and
+//! the old ones are never read again.
 //!
 //! Every call has a tight timeout and goes through a circuit breaker, and a
 //! failure is a miss, never an error: Redis down costs the call path nothing
@@ -16,6 +27,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use prost::Message;
 use redis::AsyncCommands;
 use tokio::sync::OnceCell;
@@ -27,7 +39,7 @@ use super::{
     memory::Route,
     redis_link::{Link, LinkTimeouts, NewMaster, RedisTarget},
 };
-use crate::{metrics::Metrics, pb};
+use crate::{metrics::Metrics, pb, store::DatabaseIdentity};
 
 /// Every key and channel starts with this; bump `v1` when the value format
 /// changes, so old and new replicas never read each other's bytes.
@@ -46,7 +58,11 @@ struct Inner {
     timeout: Duration,
     ttl_secs: u64,
     /// `switchboard:v1:[<namespace>:]`
-    prefix: String,
+    base: String,
+    /// `<base><database identity>:`, the start of every key and of the
+    /// channel; `None` until the identity is known. Loaded once per call,
+    /// and a call that sees it change meanwhile is a miss.
+    prefix: ArcSwapOption<String>,
     /// Numbers whose eviction failed (timeout, error, breaker open): Redis
     /// may still hold a route older than the database, so reading one is a
     /// miss until a DEL of it succeeds. A `std` mutex: never held across an
@@ -84,7 +100,7 @@ impl RedisTier {
         metrics: Metrics,
     ) -> Result<Self, redis::RedisError> {
         target.validate()?;
-        let prefix = match namespace {
+        let base = match namespace {
             Some(ns) => format!("{KEY_VERSION}{ns}:"),
             None => KEY_VERSION.to_owned(),
         };
@@ -95,7 +111,8 @@ impl RedisTier {
                 breaker: Breaker::new(3, Duration::from_millis(500)),
                 timeout,
                 ttl_secs: ttl.as_secs().max(1),
-                prefix,
+                base,
+                prefix: ArcSwapOption::empty(),
                 unsettled: Mutex::new(HashSet::new()),
                 flush_wanted: AtomicU64::new(0),
                 flushed: AtomicU64::new(0),
@@ -116,14 +133,47 @@ impl RedisTier {
         &self.inner.target
     }
 
-    /// `switchboard:v1:[<namespace>:]route:<E.164>`
-    pub fn route_key(&self, number: &str) -> String {
-        format!("{}route:{number}", self.inner.prefix)
+    /// Scopes every key and the channel to `identity` from now on.
+    pub fn set_database_identity(&self, identity: &DatabaseIdentity) -> Scope {
+        let prefix = format!("{}{identity}:", self.inner.base);
+        // Only a change replaces the `Arc`: calls compare it by pointer.
+        // One writer (the watcher), so load-then-store does not race.
+        let scope = match self.inner.prefix.load().as_deref() {
+            None => Scope::First,
+            Some(current) if *current == prefix => return Scope::Unchanged,
+            Some(_) => Scope::Changed,
+        };
+        self.inner.prefix.store(Some(Arc::new(prefix)));
+        scope
     }
 
-    /// The pub/sub channel replicas fan invalidations out on.
+    /// The current `switchboard:v1:[<namespace>:]<identity>:`, if known.
+    fn prefix(&self) -> Option<Arc<String>> {
+        self.inner.prefix.load_full()
+    }
+
+    /// Whether `prefix` is still the current one (a call that began under
+    /// another identity must not count).
+    fn is_current(&self, prefix: &Arc<String>) -> bool {
+        self.inner
+            .prefix
+            .load()
+            .as_ref()
+            .is_some_and(|now| Arc::ptr_eq(now, prefix))
+    }
+
+    fn route_key(prefix: &str, number: &str) -> String {
+        format!("{prefix}route:{number}")
+    }
+
+    /// The pub/sub channel replicas fan invalidations out on: the current
+    /// identity's (the subscriber is started once it is known, and again
+    /// when it changes). Before that, a channel no one publishes on.
     pub fn channel(&self) -> String {
-        format!("{}invalidate", self.inner.prefix)
+        match self.prefix() {
+            Some(prefix) => format!("{prefix}invalidate"),
+            None => format!("{}no-database-identity:invalidate", self.inner.base),
+        }
     }
 
     async fn connect_in_background(&self) {
@@ -174,10 +224,10 @@ impl RedisTier {
         let _ = self.inner.on_new_master.set(Box::new(tell));
     }
 
-    /// Whether the first connection has been made (until then every call
-    /// is a miss).
+    /// Whether calls can reach the tier: the first connection is made and
+    /// the database's identity is known (until then every call is a miss).
     pub fn is_connected(&self) -> bool {
-        self.inner.connection.get().is_some()
+        self.inner.connection.get().is_some() && self.inner.prefix.load().is_some()
     }
 
     pub fn is_open(&self) -> bool {
@@ -271,16 +321,17 @@ impl RedisTier {
             return None;
         }
         let lookup = async {
-            let Some(mut connection) = self.connection() else {
+            let (Some(mut connection), Some(prefix)) = (self.connection(), self.prefix()) else {
                 lookups.error.inc();
                 return None;
             };
-            let key = self.route_key(number);
+            let key = Self::route_key(&prefix, number);
             let Some(bytes) = self.run(connection.get::<_, Option<Vec<u8>>>(&key)).await else {
                 lookups.error.inc();
                 return None;
             };
-            if self.inner.flush_wanted.load(Ordering::Acquire) != epoch {
+            if self.inner.flush_wanted.load(Ordering::Acquire) != epoch || !self.is_current(&prefix)
+            {
                 lookups.miss.inc();
                 return None;
             }
@@ -308,13 +359,13 @@ impl RedisTier {
     }
 
     pub async fn put_route(&self, number: &str, route: &Route) {
-        let Some(mut connection) = self.connection() else {
+        let (Some(mut connection), Some(prefix)) = (self.connection(), self.prefix()) else {
             return;
         };
         let bytes = route.encode_to_vec();
         let ttl = self.inner.ttl_secs;
         let _: Option<()> = self
-            .run(connection.set_ex(self.route_key(number), bytes, ttl))
+            .run(connection.set_ex(Self::route_key(&prefix, number), bytes, ttl))
             .await;
     }
 
@@ -322,13 +373,18 @@ impl RedisTier {
         if numbers.is_empty() {
             return true;
         }
-        let deleted = match self.connection() {
-            Some(mut connection) => {
-                let keys: Vec<String> = numbers.iter().map(|n| self.route_key(n)).collect();
+        // With no identity yet, nothing can be deleted: the numbers stay
+        // unsettled, and are deleted under the identity once it is known.
+        let deleted = match (self.connection(), self.prefix()) {
+            (Some(mut connection), Some(prefix)) => {
+                let keys: Vec<String> = numbers
+                    .iter()
+                    .map(|n| Self::route_key(&prefix, n))
+                    .collect();
                 let deleted: Option<i64> = self.run(connection.del(keys)).await;
                 deleted.is_some()
             }
-            None => false,
+            _ => false,
         };
         self.settle(numbers, deleted);
         deleted
@@ -364,7 +420,7 @@ impl RedisTier {
     }
 
     async fn try_delete_all_routes(&self) -> bool {
-        let Some(mut connection) = self.connection() else {
+        let (Some(mut connection), Some(prefix)) = (self.connection(), self.prefix()) else {
             return false;
         };
         // A flush counts for the master it started on only: one that a
@@ -373,7 +429,7 @@ impl RedisTier {
         let Some(targets) = self.run(connection.scan_targets()).await else {
             return false;
         };
-        let pattern = format!("{}route:*", self.inner.prefix);
+        let pattern = format!("{prefix}route:*");
         for target in &targets {
             let mut cursor: u64 = 0;
             loop {
@@ -393,13 +449,25 @@ impl RedisTier {
                 cursor = next;
             }
         }
-        connection.master_address() == master
+        // And for the identity it started under only.
+        connection.master_address() == master && self.is_current(&prefix)
     }
 
     pub async fn publish(&self, payload: &str) {
-        let Some(mut connection) = self.connection() else {
+        let (Some(mut connection), Some(_)) = (self.connection(), self.prefix()) else {
             return;
         };
         let _: Option<i64> = self.run(connection.publish(self.channel(), payload)).await;
     }
+}
+
+/// What `RedisTier::set_database_identity` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The identity is known for the first time.
+    First,
+    Unchanged,
+    /// Another identity than before (retired, or another database behind
+    /// the same URL): routes read under the old one may be stale.
+    Changed,
 }

@@ -2,9 +2,11 @@
 //! `migrations/`), and every query on behalf of a caller runs under that
 //! caller's claims, so Postgres RLS decides what it sees.
 
+mod identity;
 pub mod outbox;
 mod postgres;
 mod sql_literal;
 
+pub use identity::{retire_database_identity, DatabaseIdentity};
 pub use postgres::{PgStore, PoolSettings, PoolStats};
 pub use sql_literal::sql_literal;

@@ -674,8 +674,13 @@ fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> 
     // No statement logging by sqlx (it logs slow ones at WARN, SQL in
     // full): ours carries the caller's claims and phone numbers as
     // literals. The `db.statement` spans time them by operation instead.
+    // No `extra_float_digits` startup parameter (sqlx sends one by
+    // default): a PgBouncer with stock settings refuses the connection for
+    // it. Postgres 12+ prints floats shortest-exact without it, and
+    // `llm_config` is jsonb (numeric text) anyway.
     let options = PgConnectOptions::from_str(url)?
         .application_name("switchboard")
+        .extra_float_digits(None)
         .disable_statement_logging();
     Ok(PoolOptions::<Postgres>::new()
         .max_connections(settings.max_connections)

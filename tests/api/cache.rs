@@ -68,7 +68,7 @@ async fn tiers_fill_db_then_memory_then_redis_for_a_fresh_replica() {
     let mut second = replica.agents().await;
     // The fill is written to Redis in the background: wait for the key.
     let client = redis::Client::open(redis_url()).unwrap_or_else(|e| panic!("{e}"));
-    let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
+    let key = format!("{}route:{ACME_NUMBER}", app.db.redis_prefix().await);
     within(Duration::from_secs(1), || {
         let client = client.clone();
         let key = key.clone();
@@ -445,7 +445,7 @@ async fn redis_down_costs_nothing_and_comes_back_by_itself() {
     // Back: the tier fills again without a restart of ours.
     redis.restart().await;
     let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
-    let key = format!("switchboard:v1:{}:route:{}", app.db.name, "+18005550200");
+    let key = format!("{}route:+18005550200", app.db.redis_prefix().await);
     within(Duration::from_secs(5), || {
         let mut agents = agents.clone();
         let client = client.clone();

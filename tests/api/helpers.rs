@@ -646,6 +646,17 @@ where
 }
 
 impl TestDb {
+    /// `switchboard:v1:<namespace>:<database identity>:`, how every Redis
+    /// key and the channel of a `TestApp` on this database begin.
+    pub async fn redis_prefix(&self) -> String {
+        let identity: Uuid =
+            sqlx::query_scalar("select id from switchboard_private.database_identity")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or_else(|e| panic!("database identity: {e}"));
+        format!("switchboard:v1:{}:{}:", self.name, identity.simple())
+    }
+
     /// Holds the lock on Acme's customer for `SHARED_CALLER`, so every
     /// upsert of that (org, phone) waits in Postgres until the returned
     /// transaction rolls back.

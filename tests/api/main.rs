@@ -17,10 +17,12 @@ mod overload;
 mod pgbouncer;
 mod policy_matrix;
 mod property;
+mod redis_keys;
 mod redis_server;
 mod redis_topologies;
 mod references;
 mod resolve;
+mod stock_pooler;
 
 /// This binary talks to Postgres directly; `tests/pooled.rs` runs the same
 /// tests through PgBouncer in transaction mode.

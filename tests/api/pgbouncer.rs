@@ -2,6 +2,13 @@
 //! for Supavisor's port 6543. Each instance has its own port and directory;
 //! a watchdog shell stops it when the test process goes away, so no test run
 //! leaves one behind.
+//!
+//! Stock settings apart from the mode and the sizes: in particular no
+//! `ignore_startup_parameters`, so a client that sends a startup parameter
+//! PgBouncer does not know (sqlx's default `extra_float_digits`, `options`,
+//! `search_path`) is refused here as a user's pooler would refuse it. Test
+//! code that connects through it itself must connect as the service does
+//! (`PgConnectOptions::extra_float_digits(None)`).
 
 use std::{
     net::TcpListener,
@@ -64,7 +71,6 @@ impl PgBouncer {
              auth_type = trust\nauth_file = {dir}/users.txt\npool_mode = transaction\n\
              max_client_conn = 1000\ndefault_pool_size = {pool_size}\n\
              server_login_retry = 1\n\
-             ignore_startup_parameters = extra_float_digits,options,search_path,application_name\n\
              logfile = {dir}/pgbouncer.log\n",
             dir = dir.display()
         );

@@ -317,7 +317,7 @@ async fn a_cluster_holds_routes_flushes_every_master_and_fans_out_invalidations(
     // No memory tier: every service resolve shows whether Redis answered.
     let app = TestApp::spawn_with(db, cluster_options(cluster.urls(), false)).await;
     let mut agents = app.agents().await;
-    let prefix = format!("switchboard:v1:{}:", app.db.name);
+    let prefix = app.db.redis_prefix().await;
     let acme_key = format!("{prefix}route:{ACME_NUMBER}");
 
     let (answer, tier) = service_resolve(&mut agents, ACME_NUMBER)
@@ -441,7 +441,7 @@ async fn a_dead_cluster_master_is_a_miss_not_an_error() {
     let db = TestDb::seeded().await;
     let app = TestApp::spawn_with(db, cluster_options(cluster.urls(), false)).await;
     let mut agents = app.agents().await;
-    let prefix = format!("switchboard:v1:{}:", app.db.name);
+    let prefix = app.db.redis_prefix().await;
     for number in [ACME_NUMBER, BLUEBIRD_NUMBER] {
         service_resolve(&mut agents, number)
             .await
@@ -511,7 +511,7 @@ async fn a_sentinel_failover_is_followed_without_errors_or_a_restart() {
     let db = TestDb::seeded().await;
     let app = TestApp::spawn_with(db, sentinel_options(&sentinels)).await;
     let mut agents = app.agents().await;
-    let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
+    let key = format!("{}route:{ACME_NUMBER}", app.db.redis_prefix().await);
 
     let (_, tier) = service_resolve(&mut agents, ACME_NUMBER)
         .await
@@ -586,7 +586,7 @@ async fn a_failover_cannot_bring_back_a_route_the_old_master_had_evicted() {
     let db = TestDb::seeded().await;
     let app = TestApp::spawn_with(db, sentinel_options(&sentinels)).await;
     let agents = app.agents().await;
-    let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
+    let key = format!("{}route:{ACME_NUMBER}", app.db.redis_prefix().await);
     within_named(
         "route on master and replica",
         Duration::from_secs(3),
@@ -662,7 +662,7 @@ async fn a_restarted_redis_is_flushed_before_it_is_trusted() {
     )
     .await;
     let agents = app.agents().await;
-    let key = format!("switchboard:v1:{}:route:{ACME_NUMBER}", app.db.name);
+    let key = format!("{}route:{ACME_NUMBER}", app.db.redis_prefix().await);
     let client = redis::Client::open(redis.url()).unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
     let old_route: Vec<u8> = loop {
