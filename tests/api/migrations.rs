@@ -194,134 +194,6 @@ async fn the_migration_detaches_and_reports_rows_that_cross_orgs() {
 
     let calls: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         "select id::text, org_id::text, agent_id::text, customer_id::text from public.calls order by id",
-/// Login roles made for one test, dropped (with what they own in other
-/// databases, which is nothing once the test database is gone) at its end.
-/// Declared before the `TestDb`, so it is dropped after it.
-struct TestRoles(Vec<String>);
-
-impl Drop for TestRoles {
-    fn drop(&mut self) {
-        let roles = std::mem::take(&mut self.0);
-        let admin = admin_url();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
-                    return;
-                };
-                for role in roles {
-                    let _ = sqlx::Executor::execute(
-                        &mut conn,
-                        format!("drop role if exists {role}").as_str(),
-                    )
-                    .await;
-                }
-                let _ = conn.close().await;
-            });
-        })
-        .join();
-    }
-}
-
-/// A current Supabase project: `auth` and everything in it belong to the
-/// auth server's role, and the migrating role (`postgres`, demoted: no
-/// superuser) has USAGE on `auth` but no CREATE. Migrations work, twice,
-/// and leave Supabase's objects as they were.
-#[tokio::test]
-async fn migrations_apply_where_auth_belongs_to_another_role() {
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
-    let auth_owner = format!("auth_admin_{suffix}");
-    let migrator = format!("migrator_{suffix}");
-    let _roles = TestRoles(vec![migrator.clone(), auth_owner.clone()]);
-    let db = TestDb::empty().await;
-    db.exec(&format!(
-        r#"
-        do $$ begin
-          create role anon nologin noinherit;
-        exception when duplicate_object or unique_violation then null; end $$;
-        do $$ begin
-          create role authenticated nologin noinherit;
-        exception when duplicate_object or unique_violation then null; end $$;
-        do $$ begin
-          create role service_role nologin noinherit bypassrls;
-        exception when duplicate_object or unique_violation then null; end $$;
-        create role {auth_owner} nologin;
-        create role {migrator} login createrole;
-        grant anon, authenticated, service_role to {migrator};
-        grant create on database {name} to {migrator};
-        grant create on schema public to {migrator};
-
-        create schema auth authorization {auth_owner};
-        grant usage on schema auth to {migrator}, anon, authenticated, service_role;
-        set role {auth_owner};
-        create table auth.users (id uuid primary key, email text, instance_id uuid);
-        create function auth.uid() returns uuid language sql stable as $f$
-          select coalesce(
-            nullif(current_setting('request.jwt.claim.sub', true), ''),
-            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
-          )::uuid
-        $f$;
-        create function auth.role() returns text language sql stable as $f$
-          select coalesce(
-            nullif(current_setting('request.jwt.claim.role', true), ''),
-            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
-          )::text
-        $f$;
-        create function auth.email() returns text language sql stable as $f$
-          select coalesce(
-            nullif(current_setting('request.jwt.claim.email', true), ''),
-            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'email')
-          )::text
-        $f$;
-        create function auth.jwt() returns jsonb language sql stable as $f$
-          select coalesce(
-            nullif(current_setting('request.jwt.claim', true), ''),
-            nullif(current_setting('request.jwt.claims', true), '')
-          )::jsonb
-        $f$;
-        grant select, references on auth.users to {migrator};
-        reset role;
-        "#,
-        name = db.name
-    ))
-    .await;
-    let can_create: bool = sqlx::query_scalar("select has_schema_privilege($1, 'auth', 'create')")
-        .bind(&migrator)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        !can_create,
-        "the fixture must not let the migrator create in auth"
-    );
-
-    let admin =
-        sqlx::postgres::PgConnectOptions::from_str(&admin_url()).unwrap_or_else(|e| panic!("{e}"));
-    let migrator_url = format!(
-        "postgres://{migrator}@{}:{}/{}",
-        admin.get_host(),
-        admin.get_port(),
-        db.name
-    );
-    switchboard::migrate::run(&migrator_url)
-        .await
-        .unwrap_or_else(|e| panic!("first: {e}"));
-    let applied = migration_count(&db).await;
-    switchboard::migrate::run(&migrator_url)
-        .await
-        .unwrap_or_else(|e| panic!("second: {e}"));
-    assert_eq!(migration_count(&db).await, applied);
-
-    let owners: Vec<String> = sqlx::query_scalar(
-        "select pg_get_userbyid(p.proowner)::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace \
-         where n.nspname = 'auth' \
-         union all select pg_get_userbyid(c.relowner)::text from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-         where n.nspname = 'auth' and c.relkind = 'r'",
     )
     .fetch_all(&db.pool)
     .await
@@ -459,6 +331,140 @@ async fn migrations_apply_where_auth_belongs_to_another_role() {
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(!readable, "{role} can read the report");
     }
+}
+
+/// Login roles made for one test, dropped (with what they own in other
+/// databases, which is nothing once the test database is gone) at its end.
+/// Declared before the `TestDb`, so it is dropped after it.
+struct TestRoles(Vec<String>);
+
+impl Drop for TestRoles {
+    fn drop(&mut self) {
+        let roles = std::mem::take(&mut self.0);
+        let admin = admin_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
+                    return;
+                };
+                for role in roles {
+                    let _ = sqlx::Executor::execute(
+                        &mut conn,
+                        format!("drop role if exists {role}").as_str(),
+                    )
+                    .await;
+                }
+                let _ = conn.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A current Supabase project: `auth` and everything in it belong to the
+/// auth server's role, and the migrating role (`postgres`, demoted: no
+/// superuser) has USAGE on `auth` but no CREATE. Migrations work, twice,
+/// and leave Supabase's objects as they were.
+#[tokio::test]
+async fn migrations_apply_where_auth_belongs_to_another_role() {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let auth_owner = format!("auth_admin_{suffix}");
+    let migrator = format!("migrator_{suffix}");
+    let _roles = TestRoles(vec![migrator.clone(), auth_owner.clone()]);
+    let db = TestDb::empty().await;
+    db.exec(&format!(
+        r#"
+        do $$ begin
+          create role anon nologin noinherit;
+        exception when duplicate_object or unique_violation then null; end $$;
+        do $$ begin
+          create role authenticated nologin noinherit;
+        exception when duplicate_object or unique_violation then null; end $$;
+        do $$ begin
+          create role service_role nologin noinherit bypassrls;
+        exception when duplicate_object or unique_violation then null; end $$;
+        create role {auth_owner} nologin;
+        create role {migrator} login createrole;
+        grant anon, authenticated, service_role to {migrator};
+        grant create on database {name} to {migrator};
+        grant create on schema public to {migrator};
+
+        create schema auth authorization {auth_owner};
+        grant usage on schema auth to {migrator}, anon, authenticated, service_role;
+        set role {auth_owner};
+        create table auth.users (id uuid primary key, email text, instance_id uuid);
+        create function auth.uid() returns uuid language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim.sub', true), ''),
+            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+          )::uuid
+        $f$;
+        create function auth.role() returns text language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim.role', true), ''),
+            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
+          )::text
+        $f$;
+        create function auth.email() returns text language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim.email', true), ''),
+            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'email')
+          )::text
+        $f$;
+        create function auth.jwt() returns jsonb language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim', true), ''),
+            nullif(current_setting('request.jwt.claims', true), '')
+          )::jsonb
+        $f$;
+        grant select, references on auth.users to {migrator};
+        reset role;
+        "#,
+        name = db.name
+    ))
+    .await;
+    let can_create: bool = sqlx::query_scalar("select has_schema_privilege($1, 'auth', 'create')")
+        .bind(&migrator)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !can_create,
+        "the fixture must not let the migrator create in auth"
+    );
+
+    let admin =
+        sqlx::postgres::PgConnectOptions::from_str(&admin_url()).unwrap_or_else(|e| panic!("{e}"));
+    let migrator_url = format!(
+        "postgres://{migrator}@{}:{}/{}",
+        admin.get_host(),
+        admin.get_port(),
+        db.name
+    );
+    switchboard::migrate::run(&migrator_url)
+        .await
+        .unwrap_or_else(|e| panic!("first: {e}"));
+    let applied = migration_count(&db).await;
+    switchboard::migrate::run(&migrator_url)
+        .await
+        .unwrap_or_else(|e| panic!("second: {e}"));
+    assert_eq!(migration_count(&db).await, applied);
+
+    let owners: Vec<String> = sqlx::query_scalar(
+        "select pg_get_userbyid(p.proowner)::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace \
+         where n.nspname = 'auth' \
+         union all select pg_get_userbyid(c.relowner)::text from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+         where n.nspname = 'auth' and c.relkind = 'r'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(owners.len(), 5, "{owners:?}: auth gained or lost objects");
     assert!(owners.iter().all(|o| *o == auth_owner), "{owners:?}");
     let tables_owner: String =

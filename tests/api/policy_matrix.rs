@@ -1382,6 +1382,8 @@ async fn references_into_another_org_fail_as_references_to_nothing() {
         failures.join("\n")
     );
     assert_eq!(checked, keys.len() * 2 * 6 * 2);
+}
+
 /// The invalidation outbox is private: no API role may read it (it names
 /// every tenant's numbers), write it (a forged row would evict, or flush,
 /// what it names), touch its sequence or prune it, on plain Postgres or
