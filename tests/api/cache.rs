@@ -35,7 +35,7 @@ async fn set_acme_voice_out_of_band(
 }
 
 /// Whether `key` is in Redis now (false if Redis cannot be reached).
-async fn key_exists(client: &redis::Client, key: &str) -> bool {
+pub async fn key_exists(client: &redis::Client, key: &str) -> bool {
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
         return false;
     };

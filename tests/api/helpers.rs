@@ -271,13 +271,18 @@ impl TestDb {
     /// A database with the migrations and the demo data.
     pub async fn seeded() -> TestDb {
         let db = TestDb::empty().await;
-        switchboard::migrate::run(&db.direct_url)
+        db.migrate_and_seed().await;
+        db
+    }
+
+    /// The migrations and the demo data, on this database as it is.
+    pub async fn migrate_and_seed(&self) {
+        switchboard::migrate::run(&self.direct_url)
             .await
             .unwrap_or_else(|e| panic!("migrate: {e}"));
-        switchboard::migrate::seed(&db.direct_url)
+        switchboard::migrate::seed(&self.direct_url)
             .await
             .unwrap_or_else(|e| panic!("seed: {e}"));
-        db
     }
 
     /// Runs SQL as the superuser (fixtures, out-of-band changes).

@@ -77,12 +77,7 @@ async fn reset(db: &TestDb) {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     let _ = admin.close().await;
-    switchboard::migrate::run(&db.direct_url)
-        .await
-        .unwrap_or_else(|e| panic!("migrate: {e}"));
-    switchboard::migrate::seed(&db.direct_url)
-        .await
-        .unwrap_or_else(|e| panic!("seed: {e}"));
+    db.migrate_and_seed().await;
     let mut conn = PgConnection::connect(&db.direct_url)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -161,15 +156,7 @@ async fn two_deployments_sharing_one_redis_and_namespace_serve_their_own_routes(
 
 async fn key_exists(key: &str) -> bool {
     let client = redis::Client::open(redis_url()).unwrap_or_else(|e| panic!("{e}"));
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    redis::cmd("EXISTS")
-        .arg(key)
-        .query_async::<bool>(&mut redis)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
+    crate::cache::key_exists(&client, key).await
 }
 
 #[tokio::test]
