@@ -5,13 +5,12 @@
 
 use std::{str::FromStr, time::Duration};
 
-use prost_types::FieldMask;
 use serde_json::{json, Value as Json};
 use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection};
 use tonic::Code;
 
 use crate::{helpers::*, pgbouncer::PgBouncer};
-use switchboard::pb::{Agent, ListCustomersRequest, UpdateAgentRequest};
+use switchboard::pb::ListCustomersRequest;
 
 /// The session-level setting another client of the pooler leaves behind.
 async fn leave_claim_sub(hostile: &mut PgConnection, sub: &str) {
@@ -284,18 +283,8 @@ async fn the_largest_llm_config_grpc_accepts_is_stored() {
     ] {
         let size = compact(&config);
         assert!(size > limit - 64, "{shape}: {size}");
-        let update = |config: Json| UpdateAgentRequest {
-            agent: Some(Agent {
-                id: ACME_AGENT.into(),
-                llm_config: Some(to_struct(config)),
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["llm_config".into()],
-            }),
-        };
         agents
-            .update_agent(as_who(Who::AcmeAdmin, update(config)))
+            .update_agent(as_who(Who::AcmeAdmin, set_llm_config(ACME_AGENT, config)))
             .await
             .unwrap_or_else(|s| panic!("{shape}: {s:?}"));
         // Uncompressed, as the check measures it (`|| '{}'` detoasts).
@@ -316,7 +305,7 @@ async fn the_largest_llm_config_grpc_accepts_is_stored() {
         // gRPC's own bound is what stops the next size.
         assert_code(
             agents
-                .update_agent(as_who(Who::AcmeAdmin, update(one_more)))
+                .update_agent(as_who(Who::AcmeAdmin, set_llm_config(ACME_AGENT, one_more)))
                 .await,
             Code::InvalidArgument,
         );
