@@ -637,19 +637,7 @@ async fn secret_key_spellings_and_url_credentials_are_redacted() {
     });
     app.agents()
         .await
-        .update_agent(as_who(
-            Who::AcmeAdmin,
-            UpdateAgentRequest {
-                agent: Some(Agent {
-                    id: ACME_AGENT.into(),
-                    llm_config: Some(to_struct(config)),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["llm_config".into()],
-                }),
-            },
-        ))
+        .update_agent(as_who(Who::AcmeAdmin, set_llm_config(ACME_AGENT, config)))
         .await
         .unwrap_or_else(|s| panic!("{s:?}"));
 

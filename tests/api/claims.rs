@@ -5,13 +5,12 @@
 
 use std::{str::FromStr, time::Duration};
 
-use prost_types::FieldMask;
 use serde_json::{json, Value as Json};
 use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection};
 use tonic::Code;
 
 use crate::{helpers::*, pgbouncer::PgBouncer};
-use switchboard::pb::{Agent, ListCustomersRequest, UpdateAgentRequest};
+use switchboard::pb::ListCustomersRequest;
 
 /// The session-level setting another client of the pooler leaves behind.
 async fn leave_claim_sub(hostile: &mut PgConnection, sub: &str) {
@@ -282,39 +281,31 @@ async fn the_largest_llm_config_grpc_accepts_is_stored() {
         ("nested", nested_config(deep), nested_config(deep + 1)),
         ("1e300", exponents(big_numbers), exponents(big_numbers + 1)),
     ] {
-        assert!(
-            compact(&config) > limit - 64,
-            "{shape}: {}",
-            compact(&config)
-        );
-        let update = |config: Json| UpdateAgentRequest {
-            agent: Some(Agent {
-                id: ACME_AGENT.into(),
-                llm_config: Some(to_struct(config)),
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["llm_config".into()],
-            }),
-        };
+        let size = compact(&config);
+        assert!(size > limit - 64, "{shape}: {size}");
         agents
-            .update_agent(as_who(Who::AcmeAdmin, update(config)))
+            .update_agent(as_who(Who::AcmeAdmin, set_llm_config(ACME_AGENT, config)))
             .await
             .unwrap_or_else(|s| panic!("{shape}: {s:?}"));
+        // Uncompressed, as the check measures it (`|| '{}'` detoasts).
         let (stored, text): (i32, i32) = sqlx::query_as(
-            "select pg_column_size(llm_config), octet_length(llm_config::text) from public.agents where id = $1::uuid",
+            "select pg_column_size(llm_config || '{}'::jsonb), octet_length(llm_config::text) \
+             from public.agents where id = $1::uuid",
         )
         .bind(ACME_AGENT)
         .fetch_one(&app.db.pool)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         println!(
-            "{shape}: {limit} bytes of JSON stored as {stored} bytes of jsonb ({text} as text)"
+            "{shape}: {size} bytes of JSON stored as {stored} bytes of jsonb ({text} as text)"
         );
+        if shape == "nested" {
+            assert!(stored > 3 * limit as i32, "not the worst shape: {stored}");
+        }
         // gRPC's own bound is what stops the next size.
         assert_code(
             agents
-                .update_agent(as_who(Who::AcmeAdmin, update(one_more)))
+                .update_agent(as_who(Who::AcmeAdmin, set_llm_config(ACME_AGENT, one_more)))
                 .await,
             Code::InvalidArgument,
         );

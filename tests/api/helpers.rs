@@ -581,6 +581,20 @@ pub fn set_voice(agent_id: &str, voice_id: &str) -> switchboard::pb::UpdateAgent
     }
 }
 
+/// `UpdateAgent` of the LLM configuration alone.
+pub fn set_llm_config(agent_id: &str, config: Value) -> switchboard::pb::UpdateAgentRequest {
+    switchboard::pb::UpdateAgentRequest {
+        agent: Some(switchboard::pb::Agent {
+            id: agent_id.into(),
+            llm_config: Some(to_struct(config)),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["llm_config".into()],
+        }),
+    }
+}
+
 // Resolving as the media servers do, and waiting for a condition: shared by
 // the cache and Redis topology tests.
 
