@@ -57,6 +57,18 @@ fn is_no_route(packed: &PackedRoute) -> bool {
     packed.is_empty()
 }
 
+/// Why a memory-tier fill, shared by every call that missed the number
+/// meanwhile, put nothing in the tier.
+#[derive(Debug)]
+enum NotFilled {
+    /// The fetch failed: every call that waited on it answers this error.
+    Failed(Error),
+    /// An eviction happened while it fetched, so its value may predate a
+    /// write acknowledged before a call joined it: the call that fetched
+    /// answers it, the others fetch on their own.
+    Overtaken,
+}
+
 fn no_agent() -> Error {
     Error::NotFound("no agent answers this number".into())
 }
@@ -267,31 +279,64 @@ impl Resolver {
                 .ok_or_else(no_agent)?;
             return Ok((route, tier, fetched_caller));
         }
+        // What this call's own fetch found, if it ran (a call that joins
+        // another's fetch runs none).
+        let mut own = None;
         let fetch = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
         let fill = async {
-            Ok::<_, Error>(match fetch.await? {
-                Some((route, tier)) => (pack(&route), tier),
+            let fetched = fetch.await.map_err(NotFilled::Failed)?;
+            let value = match &fetched {
+                Some((route, tier)) => (pack(route), *tier),
                 None => (NO_ROUTE, Tier::Db),
-            })
+            };
+            own = Some(fetched);
+            // Calls that joined this fetch may have begun after an
+            // eviction it predates: share only a value no eviction overtook
+            // (whether it may stay is checked below, as for any fill).
+            if self.cache.generation() == generation {
+                Ok(value)
+            } else {
+                Err(NotFilled::Overtaken)
+            }
         };
-        let entry = self
+        let filled = self
             .cache
             .memory
             .routes
             .entry(key.clone())
             .or_try_insert_with(fill)
-            .await
-            .map_err(|e| (*e).clone())?;
-        let (packed, filled_from) = entry.into_value();
-        if !self.cache.may_keep(generation) {
-            // Evicted while we fetched, or nothing would evict it: answer
-            // this call, keep nothing (a route or "no agent" alike).
-            self.cache.memory.routes.invalidate(&key).await;
-        }
-        if is_no_route(&packed) {
-            return Err(no_agent());
-        }
-        let route: Route = Arc::new(unpack(&packed).ok_or(Error::Internal)?);
+            .await;
+        let (route, filled_from) = match filled {
+            Ok(entry) => {
+                let (packed, filled_from) = entry.into_value();
+                if !self.cache.may_keep(generation) {
+                    // Evicted between the check and the insert, or nothing
+                    // would evict it: answer this call, keep nothing (a
+                    // route or "no agent" alike).
+                    self.cache.memory.routes.invalidate(&key).await;
+                }
+                if is_no_route(&packed) {
+                    return Err(no_agent());
+                }
+                let route: Route = Arc::new(unpack(&packed).ok_or(Error::Internal)?);
+                (route, filled_from)
+            }
+            Err(not_filled) => {
+                let fetched = match (&*not_filled, own) {
+                    (NotFilled::Failed(error), _) => return Err(error.clone()),
+                    // Ours, overtaken: it answers this call, which began
+                    // before the eviction, and is kept nowhere.
+                    (NotFilled::Overtaken, Some(fetched)) => fetched,
+                    // Someone else's, overtaken: this call may have begun
+                    // after the eviction, so it fetches on its own.
+                    (NotFilled::Overtaken, None) => {
+                        self.fetch_route(claims, called, caller, generation, &mut fetched_caller)
+                            .await?
+                    }
+                };
+                fetched.ok_or_else(no_agent)?
+            }
+        };
         let tier = if fetched_caller.is_some() || filled_from == Tier::Redis {
             filled_from
         } else {
