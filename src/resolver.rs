@@ -63,10 +63,14 @@ fn is_no_route(packed: &PackedRoute) -> bool {
 enum NotFilled {
     /// The fetch failed: every call that waited on it answers this error.
     Failed(Error),
-    /// An eviction happened while it fetched, so its value may predate a
-    /// write acknowledged before a call joined it: the call that fetched
-    /// answers it, the others fetch on their own.
-    Overtaken,
+    /// An eviction happened while it fetched (it began at `generation`), so
+    /// its value may predate a write acknowledged before a call joined it.
+    /// Calls that began at that generation or before answer it; later ones
+    /// fetch on their own.
+    Overtaken {
+        value: (PackedRoute, Tier),
+        generation: u64,
+    },
 }
 
 fn no_agent() -> Error {
@@ -279,24 +283,20 @@ impl Resolver {
                 .ok_or_else(no_agent)?;
             return Ok((route, tier, fetched_caller));
         }
-        // What this call's own fetch found, if it ran (a call that joins
-        // another's fetch runs none).
-        let mut own = None;
         let fetch = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
         let fill = async {
-            let fetched = fetch.await.map_err(NotFilled::Failed)?;
-            let value = match &fetched {
-                Some((route, tier)) => (pack(route), *tier),
+            let value = match fetch.await.map_err(NotFilled::Failed)? {
+                Some((route, tier)) => (pack(&route), tier),
                 None => (NO_ROUTE, Tier::Db),
             };
-            own = Some(fetched);
             // Calls that joined this fetch may have begun after an
-            // eviction it predates: share only a value no eviction overtook
-            // (whether it may stay is checked below, as for any fill).
+            // eviction it predates: the tier (and so every joined call)
+            // gets only a value no eviction overtook; whether it may stay
+            // is checked below, as for any fill.
             if self.cache.generation() == generation {
                 Ok(value)
             } else {
-                Err(NotFilled::Overtaken)
+                Err(NotFilled::Overtaken { value, generation })
             }
         };
         let filled = self
@@ -306,37 +306,42 @@ impl Resolver {
             .entry(key.clone())
             .or_try_insert_with(fill)
             .await;
-        let (route, filled_from) = match filled {
+        let (packed, filled_from) = match filled {
             Ok(entry) => {
-                let (packed, filled_from) = entry.into_value();
+                let value = entry.into_value();
                 if !self.cache.may_keep(generation) {
                     // Evicted between the check and the insert, or nothing
                     // would evict it: answer this call, keep nothing (a
                     // route or "no agent" alike).
                     self.cache.memory.routes.invalidate(&key).await;
                 }
-                if is_no_route(&packed) {
-                    return Err(no_agent());
-                }
-                let route: Route = Arc::new(unpack(&packed).ok_or(Error::Internal)?);
-                (route, filled_from)
+                value
             }
-            Err(not_filled) => {
-                let fetched = match (&*not_filled, own) {
-                    (NotFilled::Failed(error), _) => return Err(error.clone()),
-                    // Ours, overtaken: it answers this call, which began
-                    // before the eviction, and is kept nowhere.
-                    (NotFilled::Overtaken, Some(fetched)) => fetched,
-                    // Someone else's, overtaken: this call may have begun
-                    // after the eviction, so it fetches on its own.
-                    (NotFilled::Overtaken, None) => {
-                        self.fetch_route(claims, called, caller, generation, &mut fetched_caller)
-                            .await?
-                    }
-                };
-                fetched.ok_or_else(no_agent)?
-            }
+            Err(not_filled) => match &*not_filled {
+                NotFilled::Failed(error) => return Err(error.clone()),
+                // Fetched at or after the generation this call began at
+                // (its own fetch, or one it joined before the eviction):
+                // every write acknowledged before the call began is in it.
+                // Kept nowhere.
+                NotFilled::Overtaken {
+                    value,
+                    generation: fetched_at,
+                } if *fetched_at >= generation => value.clone(),
+                // Joined after an eviction the fetch predates: a fetch of
+                // its own.
+                NotFilled::Overtaken { .. } => match self
+                    .fetch_route(claims, called, caller, generation, &mut fetched_caller)
+                    .await?
+                {
+                    Some((route, tier)) => (pack(&route), tier),
+                    None => (NO_ROUTE, Tier::Db),
+                },
+            },
         };
+        if is_no_route(&packed) {
+            return Err(no_agent());
+        }
+        let route: Route = Arc::new(unpack(&packed).ok_or(Error::Internal)?);
         let tier = if fetched_caller.is_some() || filled_from == Tier::Redis {
             filled_from
         } else {
