@@ -250,8 +250,9 @@ impl Resolver {
     }
 
     /// The route for a number: memory, else Redis, else Postgres. Concurrent
-    /// misses for one number share one fetch. On a Postgres fill the caller
-    /// record comes back from the same statement.
+    /// misses for one number share one fetch, unless an eviction overtook it
+    /// and the call began after that (`NotFilled::Overtaken`). On a Postgres
+    /// fill the caller record comes back from the same statement.
     #[allow(clippy::type_complexity)]
     async fn route(
         &self,
