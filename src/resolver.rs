@@ -57,6 +57,22 @@ fn is_no_route(packed: &PackedRoute) -> bool {
     packed.is_empty()
 }
 
+/// Why a memory-tier fill, shared by every call that missed the number
+/// meanwhile, put nothing in the tier.
+#[derive(Debug)]
+enum NotFilled {
+    /// The fetch failed: every call that waited on it answers this error.
+    Failed(Error),
+    /// An eviction happened while it fetched (it began at `generation`), so
+    /// its value may predate a write acknowledged before a call joined it.
+    /// Calls that began at that generation or before answer it; later ones
+    /// fetch on their own.
+    Overtaken {
+        value: (PackedRoute, Tier),
+        generation: u64,
+    },
+}
+
 fn no_agent() -> Error {
     Error::NotFound("no agent answers this number".into())
 }
@@ -234,8 +250,9 @@ impl Resolver {
     }
 
     /// The route for a number: memory, else Redis, else Postgres. Concurrent
-    /// misses for one number share one fetch. On a Postgres fill the caller
-    /// record comes back from the same statement.
+    /// misses for one number share one fetch, unless an eviction overtook it
+    /// and the call began after that (`NotFilled::Overtaken`). On a Postgres
+    /// fill the caller record comes back from the same statement.
     #[allow(clippy::type_complexity)]
     async fn route(
         &self,
@@ -269,25 +286,59 @@ impl Resolver {
         }
         let fetch = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
         let fill = async {
-            Ok::<_, Error>(match fetch.await? {
+            let value = match fetch.await.map_err(NotFilled::Failed)? {
                 Some((route, tier)) => (pack(&route), tier),
                 None => (NO_ROUTE, Tier::Db),
-            })
+            };
+            // Calls that joined this fetch may have begun after an
+            // eviction it predates: the tier (and so every joined call)
+            // gets only a value no eviction overtook; whether it may stay
+            // is checked below, as for any fill.
+            if self.cache.generation() == generation {
+                Ok(value)
+            } else {
+                Err(NotFilled::Overtaken { value, generation })
+            }
         };
-        let entry = self
+        let filled = self
             .cache
             .memory
             .routes
             .entry(key.clone())
             .or_try_insert_with(fill)
-            .await
-            .map_err(|e| (*e).clone())?;
-        let (packed, filled_from) = entry.into_value();
-        if !self.cache.may_keep(generation) {
-            // Evicted while we fetched, or nothing would evict it: answer
-            // this call, keep nothing (a route or "no agent" alike).
-            self.cache.memory.routes.invalidate(&key).await;
-        }
+            .await;
+        let (packed, filled_from) = match filled {
+            Ok(entry) => {
+                let value = entry.into_value();
+                if !self.cache.may_keep(generation) {
+                    // Evicted between the check and the insert, or nothing
+                    // would evict it: answer this call, keep nothing (a
+                    // route or "no agent" alike).
+                    self.cache.memory.routes.invalidate(&key).await;
+                }
+                value
+            }
+            Err(not_filled) => match &*not_filled {
+                NotFilled::Failed(error) => return Err(error.clone()),
+                // Fetched at or after the generation this call began at
+                // (its own fetch, or one it joined before the eviction):
+                // every write acknowledged before the call began is in it.
+                // Kept nowhere.
+                NotFilled::Overtaken {
+                    value,
+                    generation: fetched_at,
+                } if *fetched_at >= generation => value.clone(),
+                // Joined after an eviction the fetch predates: a fetch of
+                // its own.
+                NotFilled::Overtaken { .. } => match self
+                    .fetch_route(claims, called, caller, generation, &mut fetched_caller)
+                    .await?
+                {
+                    Some((route, tier)) => (pack(&route), tier),
+                    None => (NO_ROUTE, Tier::Db),
+                },
+            },
+        };
         if is_no_route(&packed) {
             return Err(no_agent());
         }

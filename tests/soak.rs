@@ -1,6 +1,6 @@
 //! Soak with fault injection: the service under steady mixed traffic from
-//! several clients while a fault task restarts Redis, optionally freezes
-//! it (SIGSTOP/SIGCONT), stops and restarts PgBouncer (Postgres unreachable),
+//! several clients while a fault task restarts Redis, freezes it
+//! (SIGSTOP/SIGCONT), stops and restarts PgBouncer (Postgres unreachable),
 //! terminates the test database's backends, and floods malformed requests. Everything on loopback, on a
 //! PgBouncer and a redis-server of the test's own.
 //!
@@ -12,14 +12,15 @@
 //! * no acknowledged write lost: every UpdateAgent/UpsertCustomer that
 //!   returned OK is in the database at the end with that or a later value;
 //! * errors only inside a fault window (+ `GRACE`), and only UNAVAILABLE,
-//!   DEADLINE_EXCEEDED or CANCELLED; malformed requests get their own clear
-//!   status and never a hang;
+//!   DEADLINE_EXCEEDED, CANCELLED or RESOURCE_EXHAUSTED (a call shed, which
+//!   did no work); malformed requests get their own clear status and never
+//!   a hang;
 //! * back to speed within `RECOVERY_LIMIT` of each repair, memory flat.
 //!
 //! `SWITCHBOARD_SOAK_SECS` (default 30) sets the length; the fault cycle
-//! (~23 s) repeats while there is time for another.
-//! `SWITCHBOARD_SOAK_FREEZE_REDIS=1` adds a 1 s Redis freeze to each cycle
-//! (~29 s then).
+//! (~29 s) repeats while there is time for another.
+//! `SWITCHBOARD_SOAK_FREEZE_REDIS=0` leaves out the 1 s Redis freeze
+//! (~23 s a cycle then), to tell its effects from the other faults'.
 //! This is its own test binary so that the resident memory measured is the
 //! soak's alone.
 
@@ -815,7 +816,7 @@ async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
         "SWITCHBOARD_SOAK_SEED",
         u64::from(std::process::id()) ^ now(),
     );
-    let freeze_redis = env_secs("SWITCHBOARD_SOAK_FREEZE_REDIS", 0) == 1;
+    let freeze_redis = env_secs("SWITCHBOARD_SOAK_FREEZE_REDIS", 1) == 1;
     eprintln!("soak: {soak_secs} s, seed {seed}, freeze Redis: {freeze_redis}");
 
     let admin = PgConnectOptions::from_str(&admin_url()).unwrap_or_else(|e| panic!("{e}"));
@@ -909,10 +910,10 @@ async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
         });
         tokio::time::sleep(quiet).await;
 
-        // Redis freezes: every call times out, its data stays. Opt-in: in
-        // one long run of three, reads older than an acknowledged write
-        // were seen once (a residual race, see the notes); the default run
-        // must not be flaky.
+        // Redis freezes: every call times out, its data stays, and what
+        // was sent meanwhile runs when it thaws. (It found calls that
+        // joined a fill begun before a write answering the older route:
+        // `tests/api/redis_freeze.rs`.)
         if freeze_redis {
             let began = stats.now();
             redis.pause();
@@ -1101,9 +1102,17 @@ async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
                     let after = event.ended.saturating_sub(w.repaired);
                     let last = last_error_after_repair.entry(w.kind).or_default();
                     *last = (*last).max(after);
+                    // RESOURCE_EXHAUSTED: a call shed before it did any
+                    // work, e.g. by the database admission when the flood
+                    // starves the runtime past the pool's acquire timeout.
                     if !matches!(
                         event.code,
-                        None | Some(Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
+                        None | Some(
+                            Code::Unavailable
+                                | Code::DeadlineExceeded
+                                | Code::Cancelled
+                                | Code::ResourceExhausted
+                        )
                     ) {
                         failures.push(format!(
                             "{} got {:?} in the {} window: {}",

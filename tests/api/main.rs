@@ -17,6 +17,7 @@ mod overload;
 mod pgbouncer;
 mod policy_matrix;
 mod property;
+mod redis_freeze;
 mod redis_keys;
 mod redis_server;
 mod redis_topologies;
