@@ -170,8 +170,9 @@ impl OutboxCursor {
         for row in &read.in_ranges {
             self.fill(row.seq);
         }
+        // Kept unless settled: every transaction below its fence finished.
         self.gaps
-            .retain(|gap| !gap.fence.is_some_and(|fence| read.xmin > fence));
+            .retain(|gap| gap.fence.is_none_or(|fence| read.xmin <= fence));
         for row in &read.above {
             if row.seq > self.top + 1 {
                 self.gaps.push(Gap {
