@@ -88,9 +88,9 @@ impl PhoneNumber {
 
     /// libphonenumber loads its metadata (about 2.5 MB, parsed from XML;
     /// over a second in a debug build) and compiles a country's patterns on
-    /// first use, synchronously. Start-up calls this on a blocking thread so
-    /// that the first write does not stall a runtime worker, and every call
-    /// it serves, past their deadlines.
+    /// first use, synchronously. Start-up calls this on a blocking thread, so
+    /// that the first write of a process does not block a runtime worker,
+    /// and the calls sharing it, while that happens.
     pub fn load_metadata() {
         let _ = Self::parse_for_write("+18005550100");
     }
