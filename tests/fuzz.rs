@@ -191,13 +191,19 @@ fn phone_parse(target: &Target, input: &str) -> Result<Result<String, String>, T
     })
 }
 
+/// Validation compiles the patterns of each number type of the country
+/// whenever they are not in the crate's regex cache (100 entries, so they
+/// are compiled again as countries come and go): seen up to 12 MB allocated
+/// (and freed) in one call, for Italy, in a 20 000-case run. Writes only.
+const PHONE_WRITE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 /// A write's parse (validated).
 fn phone_parse_for_write(
     target: &Target,
     input: &str,
 ) -> Result<Result<String, String>, TestCaseError> {
     phone_warm_up();
-    target.call(PHONE_MAX_BYTES, || {
+    target.call(PHONE_WRITE_MAX_BYTES, || {
         PhoneNumber::parse_for_write(input)
             .map(|n| n.to_string())
             .map_err(|e| e.to_string())
