@@ -87,6 +87,8 @@ impl Application {
         let admin_listener = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| StartupError::AdminListen(config.admin_listen, e))?;
+        // Off the runtime, before the first call (`PhoneNumber::load_metadata`).
+        let _ = tokio::task::spawn_blocking(crate::domain::PhoneNumber::load_metadata).await;
         let mut store = PgStore::connect_lazy(&config.database_url, &config.pool)
             .map_err(StartupError::Database)?;
         if let Some(read_url) = &config.database_read_url {

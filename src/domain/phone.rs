@@ -1,13 +1,28 @@
 //! E.164 phone numbers.
 //!
 //! Numbers arrive in any human form (`+1 (800) 555-0100`, `+44 (0)20 7946
-//! 0958`). A number already in canonical E.164 form is taken as it is, with
-//! no allocation beyond the copy: that is what media servers send, and the
-//! library's parser costs microseconds. Anything else goes through
-//! libphonenumber's parser, which knows trunk prefixes, separators and
-//! vanity letters. A country code is never assumed: a number without `+` is
+//! 0958`). A country code is never assumed: a number without `+` is
 //! rejected, because guessing the country is the most common way peers route
 //! a call to the wrong tenant.
+//!
+//! Two ways in, for two kinds of use:
+//! - [`PhoneNumber::parse`], for lookups (`ResolveAgent`, `LookupCustomer`):
+//!   a number already in canonical E.164 form is taken as it is, with no
+//!   library call and no allocation beyond the copy. That is what media
+//!   servers send, and the library costs microseconds behind a mutex-guarded
+//!   regex cache. A well-formed but impossible number (`+10`) simply finds
+//!   nothing. Other forms go through libphonenumber's parser (separators,
+//!   trunk prefixes, vanity letters), which does not validate either.
+//! - [`PhoneNumber::parse_for_write`], for every number we store (agents,
+//!   customers, call records): the same parse, then libphonenumber's
+//!   `is_valid` (country code, area code and length from its metadata), the
+//!   canonical form included. What is stored is therefore always a number
+//!   that a canonical lookup of the same digits finds.
+//!
+//! Which numbers are valid is decided by the metadata compiled into the
+//! `phonenumber` crate (0.3.10+9.0.33: libphonenumber 9.0.33's
+//! `PhoneNumberMetadata.xml`); upgrading the crate may change the answer for
+//! newly assigned or withdrawn ranges, never for numbers already stored.
 
 use std::fmt;
 
@@ -19,30 +34,19 @@ pub struct PhoneNumber(String);
 /// Longer input is not a phone number; refuse before any parsing work.
 const MAX_INPUT_LEN: usize = 64;
 
+/// A redacted number shows at most this many of its last digits.
+const REDACTED_TAIL_DIGITS: usize = 4;
+
 impl PhoneNumber {
+    /// A number to look up: canonical E.164 is taken as it is (the hot
+    /// path), other forms are normalised. Not validated against the
+    /// numbering plan: an impossible number finds nothing.
     pub fn parse(input: &str) -> Result<Self, Error> {
         let input = input.trim();
         if is_canonical_e164(input) {
             return Ok(PhoneNumber(input.to_owned()));
         }
-        if input.is_empty() {
-            return Err(Error::invalid("phone number is empty"));
-        }
-        if input.len() > MAX_INPUT_LEN {
-            return Err(Error::invalid("phone number is too long"));
-        }
-        // `(+1) 650 555 0199` is a common written form: brackets may come
-        // first, but the `+` and a country code must be there.
-        if !input.trim_start_matches(['(', ' ']).starts_with('+') {
-            return Err(Error::invalid(
-                "phone number must start with + and a country code (E.164, e.g. +18005550100)",
-            ));
-        }
-        let parsed = phonenumber::parse(None, input)
-            .map_err(|_| Error::invalid("phone number could not be parsed"))?;
-        if parsed.extension().is_some() {
-            return Err(Error::invalid("phone number must not carry an extension"));
-        }
+        let parsed = library_parse(input)?;
         let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
         if is_canonical_e164(&e164) {
             Ok(PhoneNumber(e164))
@@ -51,15 +55,81 @@ impl PhoneNumber {
         }
     }
 
+    /// A number to store: as [`parse`](Self::parse), and the number must be
+    /// one libphonenumber holds valid (a real country code, an assigned
+    /// area code or range, the right length). Costs a library parse even
+    /// for canonical input: write paths only.
+    pub fn parse_for_write(input: &str) -> Result<Self, Error> {
+        let input = input.trim();
+        let not_a_number = || {
+            Error::invalid(
+                "phone number is not a valid number (unknown country or area code, or wrong length)",
+            )
+        };
+        // E.164 the library cannot even parse (`+10`) is no number either.
+        let parsed = library_parse(input).map_err(|e| {
+            if is_canonical_e164(input) {
+                not_a_number()
+            } else {
+                e
+            }
+        })?;
+        if !phonenumber::is_valid(&parsed) {
+            return Err(not_a_number());
+        }
+        let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+        // A canonical input must be stored exactly as sent, or a lookup of
+        // the same string (taken as it is) would not find it.
+        if !is_canonical_e164(&e164) || (is_canonical_e164(input) && e164 != input) {
+            return Err(Error::invalid("phone number is not a valid E.164 number"));
+        }
+        Ok(PhoneNumber(e164))
+    }
+
+    /// libphonenumber loads its metadata (about 2.5 MB, parsed from XML;
+    /// over a second in a debug build) and compiles a country's patterns on
+    /// first use, synchronously. Start-up calls this on a blocking thread, so
+    /// that the first write of a process does not block a runtime worker,
+    /// and the calls sharing it, while that happens.
+    pub fn load_metadata() {
+        let _ = Self::parse_for_write("+18005550100");
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The last four digits, for logs: a whole number is personal data.
+    /// The last digits, for logs: a whole number is personal data. At most
+    /// four, and never more than half of them, so a short number (`+10`)
+    /// is not shown whole either.
     pub fn redacted(&self) -> String {
-        let tail = &self.0[self.0.len().saturating_sub(4)..];
-        format!("***{tail}")
+        let digits = self.0.trim_start_matches('+');
+        let shown = REDACTED_TAIL_DIGITS.min(digits.len() / 2);
+        format!("***{}", &digits[digits.len() - shown..])
     }
+}
+
+/// libphonenumber's parser, behind the checks that need no library: length,
+/// a leading `+` (brackets may come first: `(+1) 650 555 0199` is a common
+/// written form), no extension.
+fn library_parse(input: &str) -> Result<phonenumber::PhoneNumber, Error> {
+    if input.is_empty() {
+        return Err(Error::invalid("phone number is empty"));
+    }
+    if input.len() > MAX_INPUT_LEN {
+        return Err(Error::invalid("phone number is too long"));
+    }
+    if !input.trim_start_matches(['(', ' ']).starts_with('+') {
+        return Err(Error::invalid(
+            "phone number must start with + and a country code (E.164, e.g. +18005550100)",
+        ));
+    }
+    let parsed = phonenumber::parse(None, input)
+        .map_err(|_| Error::invalid("phone number could not be parsed"))?;
+    if parsed.extension().is_some() {
+        return Err(Error::invalid("phone number must not carry an extension"));
+    }
+    Ok(parsed)
 }
 
 /// `^\+[1-9]\d{1,14}$`, without a regex engine.
@@ -144,5 +214,53 @@ mod tests {
     fn debug_does_not_leak_the_number() {
         let n = PhoneNumber::parse("+18005550100").map_err(|e| e.to_string());
         assert_eq!(format!("{n:?}"), "Ok(PhoneNumber(***0100))");
+        // Short numbers show at most half their digits, never all of them.
+        for (number, redacted) in [("+10", "***0"), ("+123", "***3"), ("+1234567", "***567")] {
+            let n = PhoneNumber::parse(number).map_err(|e| e.to_string());
+            assert_eq!(n.map(|n| n.redacted()), Ok(redacted.to_owned()), "{number}");
+        }
+    }
+
+    fn stored(input: &str) -> String {
+        match PhoneNumber::parse_for_write(input) {
+            Ok(n) => n.to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn writes_store_only_valid_numbers() {
+        for good in [
+            "+18005550100",
+            "+1 (800) 555-0100",
+            "+16505550199",
+            "+14155550123",
+            "+442079460958",
+            "+44 (0)20 7946 0958",
+            "+33 1 23 45 67 89",
+            "+1 800 FLOWERS",
+        ] {
+            assert_eq!(stored(good), e164(good), "{good:?}");
+        }
+        for bad in [
+            "+10",
+            "+19990000000",
+            "+1 999 000 0000",
+            "+15550009999",
+            "+1800555010",
+            "+180055501001",
+            "+999123456789",
+            "",
+            "8005550100",
+        ] {
+            assert!(
+                stored(bad).starts_with("error"),
+                "{bad:?} was stored as {}",
+                stored(bad)
+            );
+        }
+        // Lookups stay lenient: an impossible number simply finds nothing.
+        assert_eq!(e164("+10"), "+10");
+        assert_eq!(e164("+1 999 000 0000"), "+19990000000");
     }
 }

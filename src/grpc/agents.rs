@@ -46,7 +46,8 @@ fn parse_new_agent(claims: &Claims, agent: pb::Agent) -> Result<NewAgent, Error>
     Ok(NewAgent {
         org_id: target_org(claims, &agent.org_id)?,
         name: parse_text("name", &agent.name, MAX_NAME_CHARS)?,
-        phone_number: PhoneNumber::parse(&agent.phone_number).map_err(in_field("phone_number"))?,
+        phone_number: PhoneNumber::parse_for_write(&agent.phone_number)
+            .map_err(in_field("phone_number"))?,
         voice_id: parse_text("voice_id", &agent.voice_id, MAX_VOICE_ID_CHARS)?,
         llm_config: LlmConfig::from_struct(agent.llm_config)?,
         is_active: agent.is_active.unwrap_or(true),
@@ -78,7 +79,8 @@ fn parse_patch(
             AgentField::Name => patch.name = Some(parse_text("name", &agent.name, MAX_NAME_CHARS)?),
             AgentField::PhoneNumber => {
                 patch.phone_number = Some(
-                    PhoneNumber::parse(&agent.phone_number).map_err(in_field("phone_number"))?,
+                    PhoneNumber::parse_for_write(&agent.phone_number)
+                        .map_err(in_field("phone_number"))?,
                 )
             }
             AgentField::VoiceId => {

@@ -93,7 +93,7 @@ impl CustomerService for CustomerApi {
             .ok_or_else(|| Error::invalid("customer is required"))?;
         let upsert = CustomerUpsert {
             org_id: target_org(&claims, &customer.org_id)?,
-            phone: PhoneNumber::parse(&customer.phone).map_err(in_field("phone"))?,
+            phone: PhoneNumber::parse_for_write(&customer.phone).map_err(in_field("phone"))?,
             name: parse_optional_text("name", &customer.name, MAX_NAME_CHARS)?,
             email: parse_optional_text("email", &customer.email, MAX_EMAIL_CHARS)?,
         };

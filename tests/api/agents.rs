@@ -428,3 +428,87 @@ async fn service_role_must_name_the_org() {
         Code::InvalidArgument,
     );
 }
+
+/// Well-formed E.164 that is no number: a country code with one digit after
+/// it, an area code NANP never assigned (written as a person would, and
+/// canonical).
+const IMPOSSIBLE_NUMBERS: [&str; 3] = ["+10", "+19990000000", "+1 999 000 0000"];
+
+#[tokio::test]
+async fn only_valid_numbers_are_stored_for_agents() {
+    let app = TestApp::spawn().await;
+    let mut agents = app.agents().await;
+    for number in IMPOSSIBLE_NUMBERS {
+        let message = assert_code(
+            agents
+                .create_agent(as_who(Who::AcmeAdmin, create(new_agent("", number))))
+                .await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            message.starts_with("phone_number") && message.contains("not a valid number"),
+            "{number}: {message}"
+        );
+        let message = assert_code(
+            agents
+                .update_agent(as_who(
+                    Who::AcmeAdmin,
+                    UpdateAgentRequest {
+                        agent: Some(Agent {
+                            id: ACME_AGENT.into(),
+                            phone_number: number.into(),
+                            ..Default::default()
+                        }),
+                        update_mask: mask(&["phone_number"]),
+                    },
+                ))
+                .await,
+            Code::InvalidArgument,
+        );
+        assert!(message.starts_with("phone_number"), "{number}: {message}");
+    }
+    // Nothing was half-written: Acme's agent kept its number, no agent was added.
+    let numbers: Vec<String> =
+        sqlx::query_scalar("select phone_number from public.agents order by phone_number")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(numbers, [ACME_NUMBER, BLUEBIRD_NUMBER]);
+    // A valid number, in any written form, is still stored in E.164.
+    let created = agents
+        .create_agent(as_who(
+            Who::AcmeAdmin,
+            create(new_agent("", "+1 (650) 555-0177")),
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(created.phone_number, "+16505550177");
+    let updated = agents
+        .update_agent(as_who(
+            Who::AcmeAdmin,
+            UpdateAgentRequest {
+                agent: Some(Agent {
+                    id: created.id,
+                    phone_number: "+442079460958".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["phone_number"]),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(updated.phone_number, "+442079460958");
+    // Lookups keep the fast path: an impossible number is simply not found.
+    for number in IMPOSSIBLE_NUMBERS {
+        for who in [Who::Service, Who::AcmeViewer] {
+            assert_code(
+                agents
+                    .resolve_agent(as_who(who, resolve_req(number, "")))
+                    .await,
+                Code::NotFound,
+            );
+        }
+    }
+}

@@ -242,3 +242,56 @@ async fn customer_errors() {
         .unwrap_or_default();
     assert_eq!(count, 2, "no failed call wrote a row");
 }
+
+#[tokio::test]
+async fn only_valid_numbers_are_stored_for_customers() {
+    let app = TestApp::spawn().await;
+    let mut customers = app.customers().await;
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from public.customers")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let before = count().await;
+    // Well-formed E.164, no number: `+1 999 000 0000` was stored as
+    // `+19990000000` (NANP has no area code 999).
+    for number in ["+10", "+19990000000", "+1 999 000 0000"] {
+        let message = assert_code(
+            customers
+                .upsert_customer(as_who(
+                    Who::AcmeAdmin,
+                    upsert(new_customer("", number, "Nobody")),
+                ))
+                .await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            message.starts_with("phone") && message.contains("not a valid number"),
+            "{number}: {message}"
+        );
+        // A lookup does not validate: an impossible number is not found.
+        assert_code(
+            customers
+                .lookup_customer(as_who(Who::AcmeViewer, lookup(number)))
+                .await,
+            Code::NotFound,
+        );
+    }
+    assert_eq!(count().await, before, "nothing was written");
+    let stored = customers
+        .upsert_customer(as_who(
+            Who::AcmeAdmin,
+            upsert(new_customer("", "+1 (415) 555-0150", "Somebody")),
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(stored.phone, "+14155550150");
+    let found = customers
+        .lookup_customer(as_who(Who::AcmeViewer, lookup("+14155550150")))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(found.id, stored.id);
+}

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 use crate::helpers::*;
-use switchboard::pb::{ListAgentsRequest, ResolveAgentRequest};
+use switchboard::pb::{ListAgentsRequest, ListCustomersRequest, ResolveAgentRequest};
 
 #[tokio::test]
 async fn database_down_is_unavailable_at_once() {
@@ -48,43 +48,69 @@ async fn database_down_is_unavailable_at_once() {
     );
 }
 
+/// Long enough for a warm server to have its write waiting in Postgres well
+/// before it passes, even on a loaded machine.
+const CLIENT_DEADLINE: Duration = Duration::from_millis(1_000);
+
 #[tokio::test]
 async fn the_clients_deadline_is_honoured() {
-    let app = TestApp::spawn().await;
-    // Hold a lock on the row so the write waits; the client gives up after
-    // 300 ms and the server stops too.
-    let blocker = app.db.lock_acme_customer().await;
+    // The server's own limit (and so its default statement_timeout) is far
+    // longer than the client's deadline and than every wait below: only the
+    // client's deadline can stop this write.
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            request_timeout_ms: 60_000,
+            ..AppOptions::default()
+        },
+    )
+    .await;
     let mut customers = app.customers().await;
+    // A connected channel and a pooled connection: the write below does not
+    // spend its deadline on connecting.
+    customers
+        .list_customers(as_who(Who::AcmeAdmin, ListCustomersRequest::default()))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    // Hold a lock on the row, so the write can only wait, and keep it until
+    // Postgres has given up on the write: the lock is never what ends it.
+    let blocker = app.db.lock_acme_customer().await;
     let mut request = as_who(
         Who::AcmeAdmin,
         switchboard::pb::UpsertCustomerRequest {
             customer: Some(new_customer("", SHARED_CALLER, "Blocked")),
         },
     );
-    request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let result = customers.upsert_customer(request).await;
+    request.set_timeout(CLIENT_DEADLINE);
+    let call = tokio::spawn(async move { customers.upsert_customer(request).await });
+    within_named(
+        "the write waits on the lock in Postgres",
+        CLIENT_DEADLINE,
+        || async { app.db.lock_waiters().await == 1 },
+    )
+    .await;
+    // Nothing but the deadline can end the call now.
+    let result = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .unwrap_or_else(|_| panic!("the call outlived its deadline by 30 s"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let code = result.err().map(|s| s.code());
     assert!(
         matches!(code, Some(Code::DeadlineExceeded | Code::Cancelled)),
         "{code:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
-    // Postgres stops waiting too: the transaction's statement_timeout is the
-    // time the call had left, not the server's 5 s, so the write does not
-    // hold a pooled connection in a lock wait after its call is over.
+    // Postgres stops waiting too, with the lock still held: the
+    // transaction's statement_timeout is the time the call had left, not
+    // the server's 60 s, so the write does not hold a pooled connection in
+    // a lock wait after its call is over.
     within_named(
         "the timed-out write stops waiting in Postgres",
-        Duration::from_millis(1500),
+        Duration::from_secs(30),
         || async { app.db.lock_waiters().await == 0 },
     )
     .await;
-    // The client's timer can fire a moment before the server's (which starts
-    // when the request arrives): release the lock only once the server's
-    // deadline has certainly passed, so the write had nothing to wait for
-    // but the deadline. (Released earlier, a write may still land: a
-    // client's DEADLINE_EXCEEDED never proves the server did nothing.)
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The write was cancelled inside its transaction, which is aborted: it
+    // can never commit, whenever the lock goes.
     let _ = blocker.rollback().await;
     let name: String = sqlx::query_scalar("select name from public.customers where id = $1::uuid")
         .bind(ACME_CUSTOMER)
