@@ -82,7 +82,11 @@ pub struct Counter(AtomicU64);
 
 impl Counter {
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
@@ -141,8 +145,11 @@ pub struct RedisErrors {
 
 #[derive(Default)]
 pub struct Invalidations {
-    /// Notifications from the Postgres listener.
+    /// Outbox rows the Postgres listener applied.
     pub postgres: Counter,
+    /// Notifications the Postgres listener received: wake-ups, including
+    /// its own probes and any forged by another login role.
+    pub notifications: Counter,
     /// Fan-out messages from other replicas over Redis pub/sub.
     pub redis: Counter,
     /// Reads of the Postgres outbox (each notification costs at most one).
@@ -449,7 +456,7 @@ impl Registry {
                 "{invalidation}",
                 Kind::Counter,
             ),
-            "Cache invalidations received, by source.",
+            "Cache invalidations received, by source: outbox rows applied (postgres), fan-out messages (redis).",
             "source",
             [
                 ("postgres", self.invalidations.postgres.get()),
@@ -468,6 +475,16 @@ impl Registry {
             "1 while the Postgres invalidation listener is connected but does not hear its own probe notification (LISTEN through a transaction pooler?): nothing is kept in memory meanwhile.",
             u64::from(gauges.invalidation_listener_deaf),
         ));
+        families.push(Family {
+            name: "switchboard.invalidation.notifications",
+            unit: "{notification}",
+            kind: Kind::Counter,
+            help: "Notifications the Postgres invalidation listener received: wake-ups only (probes and forged ones included); what changed is read from the outbox.",
+            series: vec![Series::labelled(
+                Vec::new(),
+                Value::Number(self.invalidations.notifications.get()),
+            )],
+        });
         families.push(Family {
             name: "switchboard.invalidation.outbox.reads",
             unit: "{read}",

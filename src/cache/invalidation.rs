@@ -319,10 +319,10 @@ impl Session<'_> {
                     let Some(notification) = received? else { return Ok(()) };
                     // The payload is never trusted: at most it is our probe.
                     let mut heard = self.probes.is_ours(notification.payload());
-                    self.cache.metrics.invalidations.postgres.inc();
+                    self.cache.metrics.invalidations.notifications.inc();
                     while let Some(more) = self.listener.next_buffered() {
                         heard |= self.probes.is_ours(more.payload());
-                        self.cache.metrics.invalidations.postgres.inc();
+                        self.cache.metrics.invalidations.notifications.inc();
                     }
                     self.catch_up(cursor, true).await?;
                     if heard {
@@ -330,7 +330,15 @@ impl Session<'_> {
                         self.hearing();
                     }
                 }
-                Some((probe, sent)) = sent_rx.recv() => self.probes.sent(probe, sent),
+                Some((probe, sent)) = sent_rx.recv() => {
+                    self.probes.sent(probe, sent);
+                    // The pool cannot reach the database: nothing is proven
+                    // either way, and start-up must not wait for a verdict
+                    // (an outage is "start and retry", never "refuse").
+                    if !sent && *self.state.borrow() == ListenerState::Probing {
+                        self.state.send_replace(ListenerState::Unreachable);
+                    }
+                }
                 _ = ticker.tick() => {
                     if self.probes.overdue() {
                         self.probes.heard();
@@ -374,6 +382,14 @@ impl Session<'_> {
                     self.cache.drop_memory();
                 }
                 apply_rows(self.cache, read.in_ranges.iter().chain(&read.above)).await;
+                // Counted once applied: a notification alone (a probe, or a
+                // forged one) is not an invalidation.
+                let applied = read.in_ranges.len() + read.above.len();
+                self.cache
+                    .metrics
+                    .invalidations
+                    .postgres
+                    .add(u64::try_from(applied).unwrap_or(u64::MAX));
             }
             if cursor.needs_fence() {
                 let fence = outbox::new_fence(&mut *self.listener).await?;

@@ -17,6 +17,16 @@ async fn database_down_is_unavailable_at_once() {
         },
     )
     .await;
+    // Start-up is over once health answers (with the database down it
+    // waits its bounded time for the listener and Redis): the clock below
+    // is the call's alone.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
     let mut agents = app.agents().await;
     let started = Instant::now();
     let message = assert_code(
