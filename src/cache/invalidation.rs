@@ -381,15 +381,7 @@ impl Session<'_> {
                     );
                     self.cache.drop_memory();
                 }
-                apply_rows(self.cache, read.in_ranges.iter().chain(&read.above)).await;
-                // Counted once applied: a notification alone (a probe, or a
-                // forged one) is not an invalidation.
-                let applied = read.in_ranges.len() + read.above.len();
-                self.cache
-                    .metrics
-                    .invalidations
-                    .postgres
-                    .add(u64::try_from(applied).unwrap_or(u64::MAX));
+                apply_rows(self.cache, &read).await;
             }
             if cursor.needs_fence() {
                 let fence = outbox::new_fence(&mut *self.listener).await?;
@@ -532,36 +524,51 @@ fn unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Applies outbox rows as at most three evictions. A row that does not
-/// parse (only the owner could have written it) evicts everything.
-async fn apply_rows(cache: &Cache, rows: impl Iterator<Item = &OutboxRow>) {
+/// Applies outbox rows as at most three evictions: this replica's memory
+/// first, then (counted as received once memory is done) Redis and the
+/// other replicas. A row that does not parse (only the owner could have
+/// written it) evicts everything.
+async fn apply_rows(cache: &Cache, read: &OutboxRead) {
+    let rows = read.in_ranges.iter().chain(&read.above);
+    let count = u64::try_from(read.in_ranges.len() + read.above.len()).unwrap_or(u64::MAX);
+    let evictions = evictions(rows);
+    for eviction in &evictions {
+        cache.evict_local(eviction).await;
+    }
+    // A notification alone (a probe, or a forged one) is not an
+    // invalidation: rows are, once this replica's memory no longer holds
+    // what they name.
+    cache.metrics.invalidations.postgres.add(count);
+    for eviction in &evictions {
+        cache.evict_shared(eviction).await;
+    }
+}
+
+fn evictions<'a>(rows: impl Iterator<Item = &'a OutboxRow>) -> Vec<Invalidation> {
     let mut numbers = Vec::new();
     let mut callers = Vec::new();
-    let mut all = false;
     for row in rows {
         match serde_json::from_str::<Invalidation>(&row.change) {
             Ok(Invalidation::Numbers { numbers: more }) => numbers.extend(more),
             Ok(Invalidation::Callers { callers: more }) => callers.extend(more),
-            Ok(Invalidation::All) => all = true,
+            Ok(Invalidation::All) => return vec![Invalidation::All],
             Err(error) => {
                 tracing::warn!(%error, seq = row.seq, "unreadable outbox row; dropping the whole cache");
-                all = true;
+                return vec![Invalidation::All];
             }
         }
     }
-    if all {
-        cache.invalidate(&Invalidation::All).await;
-        return;
-    }
+    let mut evictions = Vec::new();
     if !numbers.is_empty() {
         numbers.sort_unstable();
         numbers.dedup();
         tracing::debug!(count = numbers.len(), "routes changed");
-        cache.invalidate(&Invalidation::Numbers { numbers }).await;
+        evictions.push(Invalidation::Numbers { numbers });
     }
     if !callers.is_empty() {
-        cache.invalidate(&Invalidation::Callers { callers }).await;
+        evictions.push(Invalidation::Callers { callers });
     }
+    evictions
 }
 
 /// Subscribes to the Redis fan-out until aborted.

@@ -135,6 +135,12 @@ impl Cache {
     /// replica's memory (Redis pub/sub).
     pub async fn invalidate(&self, invalidation: &Invalidation) {
         self.evict_local(invalidation).await;
+        self.evict_shared(invalidation).await;
+    }
+
+    /// Evicts from Redis and every other replica's memory (pub/sub); the
+    /// second half of `invalidate`, for a caller that evicted locally first.
+    pub async fn evict_shared(&self, invalidation: &Invalidation) {
         let Some(redis) = &self.redis else { return };
         match invalidation {
             Invalidation::Numbers { numbers } => {
