@@ -373,6 +373,17 @@ impl Session<'_> {
                 &cursor.ranges(),
             )
             .await?;
+            if read.last_taken < cursor.top {
+                // Fewer numbers taken than this replica read: another
+                // outbox (the database made again, or restored from a
+                // backup). Read it from its start, and trust nothing cached.
+                tracing::warn!(
+                    "the invalidation outbox started over (database recreated or restored); reading it from the start and dropping the memory tier"
+                );
+                *cursor = OutboxCursor::default();
+                self.cache.drop_memory();
+                continue;
+            }
             let missed = cursor.absorb(&read);
             if apply {
                 if missed {

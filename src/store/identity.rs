@@ -31,7 +31,9 @@ impl fmt::Display for DatabaseIdentity {
     }
 }
 
-const READ: &str = "select id from switchboard_private.database_identity";
+// One simple query (one implicit transaction): `ROLE NONE` undoes a role
+// another client of a transaction pooler left set for the session.
+const READ: &str = "SET LOCAL ROLE NONE; select id from switchboard_private.database_identity";
 
 const RETIRE: &str = "\
     with old as (select id from switchboard_private.database_identity for update) \

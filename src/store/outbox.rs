@@ -24,6 +24,11 @@ pub struct OutboxRead {
     pub xmin: u64,
     /// The highest sequence number ever pruned.
     pub pruned_upto: i64,
+    /// The highest sequence number ever taken (the sequence's own value,
+    /// not transactional; 0 before the first). Below what a reader already
+    /// read, the outbox is not the one it read: the database was made again
+    /// or restored from a backup.
+    pub last_taken: i64,
 }
 
 /// Rows with `seq > after` (the first `limit`) and rows with `seq` in any of
@@ -48,8 +53,11 @@ where
              select o.seq, o.change::text as change, true as in_range \
              from unnest($3::bigint[], $4::bigint[]) as r(first, last) \
              join switchboard_private.invalidation_outbox o on o.seq between r.first and r.last) \
-         select s.xmin::text as xmin, p.upto, c.seq, c.change, c.in_range \
-         from (select pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) as xmin) s \
+         select s.xmin::text as xmin, s.last_taken, p.upto, c.seq, c.change, c.in_range \
+         from (select pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) as xmin, \
+                      coalesce(pg_catalog.pg_sequence_last_value( \
+                          pg_catalog.pg_get_serial_sequence('switchboard_private.invalidation_outbox', 'seq')::regclass), 0) \
+                        as last_taken) s \
          cross join switchboard_private.invalidation_outbox_pruned p \
          left join (select * from above union all select * from in_ranges) c on true \
          order by c.in_range, c.seq",
@@ -66,11 +74,13 @@ where
         in_ranges: Vec::new(),
         xmin: 0,
         pruned_upto: 0,
+        last_taken: 0,
     };
     for row in rows {
         let xmin: String = row.try_get("xmin")?;
         read.xmin = parse_xid(&xmin)?;
         read.pruned_upto = row.try_get("upto")?;
+        read.last_taken = row.try_get("last_taken")?;
         let (Some(seq), Some(change), Some(in_range)) = (
             row.try_get::<Option<i64>, _>("seq")?,
             row.try_get::<Option<String>, _>("change")?,

@@ -329,9 +329,11 @@ impl PgStore {
         let mut connection = self.acquire(Access::Read).await?;
         // One simple query, so one implicit transaction and one round trip:
         // `SET LOCAL` bounds the lookup by the call's deadline and ends with
-        // it (transaction poolers included).
+        // it (transaction poolers included). `ROLE NONE`: a role another
+        // client of the pooler left set for the session must not decide
+        // who may call the function (it sets the caller's role itself).
         let sql = format!(
-            "SET LOCAL statement_timeout = '{timeout}ms'; \
+            "SET LOCAL ROLE NONE; SET LOCAL statement_timeout = '{timeout}ms'; \
              select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
             timeout = self.statement_timeout_ms()?,
             role = claims.role.as_str()

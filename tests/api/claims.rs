@@ -3,7 +3,7 @@
 //! does not speak for our caller, and the schema bounds what gRPC bounds
 //! for every writer (SQL, Studio, PostgREST).
 
-use std::str::FromStr;
+use std::{str::FromStr, time::Duration};
 
 use serde_json::{json, Value as Json};
 use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection};
@@ -37,9 +37,10 @@ async fn claim_sub_on_the_server(hostile: &mut PgConnection) -> String {
 /// client of the same pooler leaves `request.jwt.claim.sub` set for the
 /// session (auth.uid() reads it before `request.jwt.claims`). An Acme
 /// viewer's calls through switchboard still see Acme only.
-#[tokio::test]
-async fn a_claim_left_on_a_pooled_connection_does_not_speak_for_the_caller() {
-    let db = TestDb::seeded().await;
+/// A PgBouncer in transaction mode with one server connection in front of
+/// `db`, its URL, and another client of it: whatever that client leaves on
+/// the session, switchboard's connection through the same pooler meets.
+async fn neighbour_on_one_server_connection(db: &TestDb) -> (PgBouncer, String, PgConnection) {
     let admin =
         PgConnectOptions::from_str(&admin_url()).unwrap_or_else(|e| panic!("bad test url: {e}"));
     let bouncer = PgBouncer::start_with_pool_size(
@@ -55,7 +56,7 @@ async fn a_claim_left_on_a_pooled_connection_does_not_speak_for_the_caller() {
         bouncer.port,
         db.name
     );
-    let mut hostile = PgConnectOptions::from_str(&pooled_url)
+    let hostile = PgConnectOptions::from_str(&pooled_url)
         .unwrap_or_else(|e| panic!("{e}"))
         .statement_cache_capacity(0)
         // The test's PgBouncer has stock settings, which refuse this
@@ -64,6 +65,64 @@ async fn a_claim_left_on_a_pooled_connection_does_not_speak_for_the_caller() {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("hostile client: {e}"));
+    (bouncer, pooled_url, hostile)
+}
+
+/// A role another client of the pooler left set for the session (`SET ROLE
+/// anon`) does not decide who may call `resolve_agent` or read the
+/// database identity: service and tenant lookups answer, and Redis is used.
+#[tokio::test]
+async fn a_role_left_on_a_pooled_connection_does_not_stop_the_lookup() {
+    let db = TestDb::seeded().await;
+    let (_bouncer, pooled_url, mut hostile) = neighbour_on_one_server_connection(&db).await;
+    sqlx::raw_sql("set role anon")
+        .execute(&mut hostile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            database_url: Some(pooled_url),
+            memory_tier: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut agents = app.agents().await;
+    let (own, _) = resolve_as(&mut agents, Who::AcmeViewer, ACME_NUMBER, SHARED_CALLER)
+        .await
+        .unwrap_or_else(|s| panic!("a tenant's lookup: {s:?}"));
+    assert_eq!(own.organization.unwrap_or_default().id, ACME);
+    let client = &agents;
+    // The database identity was read (else Redis is never used), and the
+    // service's lookup filled it.
+    within_named(
+        "a service lookup answered from Redis",
+        Duration::from_secs(5),
+        || {
+            let mut agents = client.clone();
+            async move {
+                service_resolve(&mut agents, BLUEBIRD_NUMBER)
+                    .await
+                    .is_ok_and(|(answer, tier)| tier == "redis" && voice(&answer) == "verse")
+            }
+        },
+    )
+    .await;
+    // The role was there all along: the calls shared its connection.
+    let role: String = sqlx::query_scalar("select current_user::text")
+        .persistent(false)
+        .fetch_one(&mut hostile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(role, "anon");
+    let _ = hostile.close().await;
+}
+
+#[tokio::test]
+async fn a_claim_left_on_a_pooled_connection_does_not_speak_for_the_caller() {
+    let db = TestDb::seeded().await;
+    let (_bouncer, pooled_url, mut hostile) = neighbour_on_one_server_connection(&db).await;
     let bluebird_viewer = Who::BluebirdViewer
         .user_id()
         .map(|u| u.to_string())

@@ -292,3 +292,83 @@ async fn the_identity_is_made_once_and_kept_when_migrations_run_again() {
         other_identity.rsplit(':').nth(1)
     );
 }
+
+/// A replica that keeps running while its database is made again reads the
+/// new database's invalidation outbox from its start: the new outbox's
+/// numbers begin again below the ones it had read, and an edit made outside
+/// the service after the reset still evicts what the replica cached (before:
+/// it waited for numbers past the old ones, and served the edit's old value
+/// from memory and Redis for the TTL, across restarts too).
+#[tokio::test]
+async fn a_running_replica_reads_a_database_made_again_from_its_start() {
+    let db = Arc::new(TestDb::seeded().await);
+    let app = TestApp::spawn_on(db.clone(), AppOptions::default()).await;
+    let agents = app.agents().await;
+    // Forty outbox rows in the old database: more than the new one starts with.
+    db.exec(&format!(
+        "do $$ begin for i in 1..40 loop \
+           update public.agents set voice_id = 'old-' || i where id = '{BLUEBIRD_AGENT}'; \
+         end loop; end $$"
+    ))
+    .await;
+    let client = &agents;
+    within_named(
+        "the old database's edits applied",
+        Duration::from_secs(5),
+        || {
+            let mut agents = client.clone();
+            async move {
+                service_resolve(&mut agents, BLUEBIRD_NUMBER)
+                    .await
+                    .is_ok_and(|(answer, _)| voice(&answer) == "old-40")
+            }
+        },
+    )
+    .await;
+
+    reset(&db).await;
+    within_named("the new database's agent", Duration::from_secs(10), || {
+        let mut agents = client.clone();
+        async move {
+            service_resolve(&mut agents, ACME_NUMBER)
+                .await
+                .is_ok_and(|(answer, _)| agent_id(&answer) == NEW_AGENT)
+        }
+    })
+    .await;
+    // Cached again (Redis is filled in the background, memory once the
+    // reconnected listener hears its probe).
+    within_named("the new route cached", Duration::from_secs(5), || {
+        let mut agents = client.clone();
+        async move {
+            service_resolve(&mut agents, ACME_NUMBER)
+                .await
+                .is_ok_and(|(_, tier)| tier != "db")
+        }
+    })
+    .await;
+
+    let mut conn = PgConnection::connect(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    sqlx::raw_sql(&format!(
+        "update public.agents set voice_id = 'edited-after-reset' where id = '{NEW_AGENT}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = conn.close().await;
+    within_named(
+        "an edit made outside the service after the reset",
+        Duration::from_secs(5),
+        || {
+            let mut agents = client.clone();
+            async move {
+                service_resolve(&mut agents, ACME_NUMBER)
+                    .await
+                    .is_ok_and(|(answer, _)| voice(&answer) == "edited-after-reset")
+            }
+        },
+    )
+    .await;
+}
