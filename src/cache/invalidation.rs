@@ -78,7 +78,7 @@ impl Invalidation {
 
 /// How long the listener's own probe may take to come back before it counts
 /// as deaf. Generous: a false alarm costs the memory tier.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the listener proves it hears, and reads the outbox even if
 /// nothing woke it.
 pub const PROBE_EVERY: Duration = Duration::from_secs(3);

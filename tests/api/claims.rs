@@ -96,17 +96,12 @@ async fn a_role_left_on_a_pooled_connection_does_not_stop_the_lookup() {
     let client = &agents;
     // The database identity was read (else Redis is never used), and the
     // service's lookup filled it.
-    within_named(
+    service_resolves_until(
+        client,
+        BLUEBIRD_NUMBER,
         "a service lookup answered from Redis",
         Duration::from_secs(5),
-        || {
-            let mut agents = client.clone();
-            async move {
-                service_resolve(&mut agents, BLUEBIRD_NUMBER)
-                    .await
-                    .is_ok_and(|(answer, tier)| tier == "redis" && voice(&answer) == "verse")
-            }
-        },
+        |answer, tier| tier == "redis" && voice(answer) == "verse",
     )
     .await;
     // The role was there all along: the calls shared its connection.

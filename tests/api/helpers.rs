@@ -639,6 +639,27 @@ pub fn voice(answer: &switchboard::pb::ResolveAgentResponse) -> String {
         .unwrap_or_default()
 }
 
+/// Resolves `number` as `service_role` until an answer passes `check`
+/// (answer, tier), for at most `limit`, naming `what` when it fails.
+pub async fn service_resolves_until(
+    agents: &AgentServiceClient<Channel>,
+    number: &str,
+    what: &str,
+    limit: Duration,
+    check: impl Fn(&switchboard::pb::ResolveAgentResponse, &str) -> bool,
+) {
+    let check = &check;
+    within_named(what, limit, || {
+        let mut agents = agents.clone();
+        async move {
+            service_resolve(&mut agents, number)
+                .await
+                .is_ok_and(|(answer, tier)| check(&answer, &tier))
+        }
+    })
+    .await;
+}
+
 /// Polls until `check` holds, for at most `limit`; returns how long it took.
 pub async fn within<F, Fut>(limit: Duration, check: F) -> Duration
 where

@@ -312,40 +312,33 @@ async fn a_running_replica_reads_a_database_made_again_from_its_start() {
     ))
     .await;
     let client = &agents;
-    within_named(
+    service_resolves_until(
+        client,
+        BLUEBIRD_NUMBER,
         "the old database's edits applied",
         Duration::from_secs(5),
-        || {
-            let mut agents = client.clone();
-            async move {
-                service_resolve(&mut agents, BLUEBIRD_NUMBER)
-                    .await
-                    .is_ok_and(|(answer, _)| voice(&answer) == "old-40")
-            }
-        },
+        |answer, _| voice(answer) == "old-40",
     )
     .await;
 
     reset(&db).await;
-    within_named("the new database's agent", Duration::from_secs(10), || {
-        let mut agents = client.clone();
-        async move {
-            service_resolve(&mut agents, ACME_NUMBER)
-                .await
-                .is_ok_and(|(answer, _)| agent_id(&answer) == NEW_AGENT)
-        }
-    })
+    service_resolves_until(
+        client,
+        ACME_NUMBER,
+        "the new database's agent",
+        Duration::from_secs(10),
+        |answer, _| agent_id(answer) == NEW_AGENT,
+    )
     .await;
     // Cached again (Redis is filled in the background, memory once the
     // reconnected listener hears its probe).
-    within_named("the new route cached", Duration::from_secs(5), || {
-        let mut agents = client.clone();
-        async move {
-            service_resolve(&mut agents, ACME_NUMBER)
-                .await
-                .is_ok_and(|(_, tier)| tier != "db")
-        }
-    })
+    service_resolves_until(
+        client,
+        ACME_NUMBER,
+        "the new route cached",
+        Duration::from_secs(5),
+        |_, tier| tier != "db",
+    )
     .await;
 
     let mut conn = PgConnection::connect(&db.direct_url)
@@ -358,17 +351,12 @@ async fn a_running_replica_reads_a_database_made_again_from_its_start() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let _ = conn.close().await;
-    within_named(
+    service_resolves_until(
+        client,
+        ACME_NUMBER,
         "an edit made outside the service after the reset",
         Duration::from_secs(5),
-        || {
-            let mut agents = client.clone();
-            async move {
-                service_resolve(&mut agents, ACME_NUMBER)
-                    .await
-                    .is_ok_and(|(answer, _)| voice(&answer) == "edited-after-reset")
-            }
-        },
+        |answer, _| voice(answer) == "edited-after-reset",
     )
     .await;
 }
