@@ -458,11 +458,16 @@ impl TestApp {
         let admin_addr = app.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let _ = app
+            let served = app
                 .run_until(async {
                     let _ = stopped.await;
                 })
                 .await;
+            // A start-up refusal shows up as a reset connection in the
+            // test: say why, next to it.
+            if let Err(error) = served {
+                eprintln!("switchboard stopped: {error}");
+            }
         });
         TestApp {
             addr,
