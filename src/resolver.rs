@@ -73,6 +73,14 @@ enum NotFilled {
     },
 }
 
+/// A fetched route as the memory tier keeps it; "no agent" is `NO_ROUTE`.
+fn packed(fetched: Option<(Route, Tier)>) -> (PackedRoute, Tier) {
+    match fetched {
+        Some((route, tier)) => (pack(&route), tier),
+        None => (NO_ROUTE, Tier::Db),
+    }
+}
+
 fn no_agent() -> Error {
     Error::NotFound("no agent answers this number".into())
 }
@@ -286,10 +294,7 @@ impl Resolver {
         }
         let fetch = self.fetch_route(claims, called, caller, generation, &mut fetched_caller);
         let fill = async {
-            let value = match fetch.await.map_err(NotFilled::Failed)? {
-                Some((route, tier)) => (pack(&route), tier),
-                None => (NO_ROUTE, Tier::Db),
-            };
+            let value = packed(fetch.await.map_err(NotFilled::Failed)?);
             // Calls that joined this fetch may have begun after an
             // eviction it predates: the tier (and so every joined call)
             // gets only a value no eviction overtook; whether it may stay
@@ -330,13 +335,10 @@ impl Resolver {
                 } if *fetched_at >= generation => value.clone(),
                 // Joined after an eviction the fetch predates: a fetch of
                 // its own.
-                NotFilled::Overtaken { .. } => match self
-                    .fetch_route(claims, called, caller, generation, &mut fetched_caller)
-                    .await?
-                {
-                    Some((route, tier)) => (pack(&route), tier),
-                    None => (NO_ROUTE, Tier::Db),
-                },
+                NotFilled::Overtaken { .. } => packed(
+                    self.fetch_route(claims, called, caller, generation, &mut fetched_caller)
+                        .await?,
+                ),
             },
         };
         if is_no_route(&packed) {

@@ -42,8 +42,8 @@ const RETIRE: &str = "\
     from old returning old.id, d.id";
 
 impl PgStore {
-    /// The identity as the primary has it now. One simple-protocol
-    /// statement, so it works through a transaction pooler.
+    /// The identity as the primary has it now. One simple query (no named
+    /// statement), so it works through a transaction pooler.
     pub async fn database_identity(&self) -> Result<DatabaseIdentity, sqlx::Error> {
         let rows = sqlx::raw_sql(READ).fetch_all(self.pool()).await?;
         let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
