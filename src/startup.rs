@@ -248,9 +248,9 @@ impl Application {
             let waited = started.elapsed();
             let listener_settled = match state {
                 ListenerState::Hearing => true,
-                // Connected: give the probe its time.
+                // Connected: give the probes their time to reach a verdict.
                 ListenerState::Probing => {
-                    waited >= LISTENER_START_WAIT + invalidation::PROBE_TIMEOUT * 2
+                    waited >= LISTENER_START_WAIT + invalidation::VERDICT_WITHIN
                 }
                 ListenerState::Starting | ListenerState::Unreachable | ListenerState::Deaf => {
                     waited >= LISTENER_START_WAIT

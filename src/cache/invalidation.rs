@@ -13,10 +13,12 @@
 //! The listener holds a direct or session-mode connection (LISTEN does not
 //! work through a transaction pooler) and proves it hears: right after it
 //! connects and every `PROBE_EVERY`, it sends a notification of its own from
-//! the store's pool; one not heard within `PROBE_TIMEOUT` makes it *deaf*
-//! (metric, log, memory tier dropped, no fill kept) until one is heard
-//! again. A probe that cannot be sent proves nothing either way (the
-//! database is unreachable, which is not the listener's fault).
+//! the store's pool; `DEAF_AFTER` of the last `PROBE_WINDOW` probes not
+//! heard within `PROBE_TIMEOUT` of their commit make it *deaf* (metric, log, memory tier
+//! dropped, no fill kept) until one is heard again. Only a probe the
+//! database took counts: one it did not (unreachable, or an SQL error)
+//! proves nothing either way, and a single late one on a loaded machine is
+//! not deafness.
 //!
 //! Either connection may drop. While the listener is disconnected the
 //! memory tier keeps serving (a call must not fail because the database
@@ -25,7 +27,7 @@
 //! meanwhile, then it drops it. The Redis subscriber drops the memory tier
 //! when it reconnects (pub/sub has no history).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,7 @@ use sqlx::{postgres::PgListener, PgPool};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
+    time::Instant,
 };
 
 use super::{Cache, RedisTier};
@@ -76,9 +79,22 @@ impl Invalidation {
     }
 }
 
-/// How long the listener's own probe may take to come back before it counts
-/// as deaf. Generous: a false alarm costs the memory tier.
+/// How long the listener's own probe may take to come back, from its
+/// commit, before it counts as unheard. Generous: a false alarm costs the
+/// memory tier (and at start-up, the start).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unheard probes among the last `PROBE_WINDOW` that make the listener
+/// deaf. One probe delayed past its timeout (a machine under load) is not
+/// deafness. Through a transaction pooler most probes go unheard, but not
+/// all: a statement of the listener's that lands on the server connection
+/// its LISTEN ran on picks up what waited there. So not "in a row".
+pub const DEAF_AFTER: u32 = 2;
+pub const PROBE_WINDOW: u32 = 3;
+/// The longest a connected listener takes to reach a verdict: a window of
+/// probes, unheard ones timing out and heard ones waiting `PROBE_EVERY`
+/// for the next (a probe follows an unheard one at once).
+pub const VERDICT_WITHIN: Duration =
+    Duration::from_secs(PROBE_TIMEOUT.as_secs() * PROBE_WINDOW as u64 + PROBE_EVERY.as_secs() * 2);
 /// How often the listener proves it hears, and reads the outbox even if
 /// nothing woke it.
 pub const PROBE_EVERY: Duration = Duration::from_secs(3);
@@ -306,28 +322,47 @@ impl Session<'_> {
         self.catch_up(cursor, apply).await?;
         self.prune().await;
         let mut last_prune = Instant::now();
+        // A notification that arrived while this listener ran a statement
+        // of its own waits in its buffer: a wake-up, but no proof that it
+        // hears. Through a transaction pooler that is how notifications
+        // reach it, when its statement lands on the server connection its
+        // LISTEN ran on. Only one read from the socket while idle proves
+        // that it holds that session. So the first probe goes once what
+        // woke it meanwhile is read (a few rounds at most: a flood of
+        // notifications does not hold it back for ever).
+        for _ in 0..3 {
+            if !self.drain_buffered() {
+                break;
+            }
+            self.catch_up(cursor, true).await?;
+        }
         let (sent_tx, mut sent_rx) = mpsc::channel(4);
         self.probes.send(self.probe_pool, &sent_tx);
         let mut ticker = tokio::time::interval(PROBE_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut woken = self.drain_buffered();
         loop {
+            if woken {
+                self.catch_up(cursor, true).await?;
+                woken = self.drain_buffered();
+            }
             tokio::select! {
                 // Notifications before the timer, so a probe that arrived
-                // is seen before it is declared overdue.
+                // is seen before it is declared overdue. The buffer is
+                // empty here, so this reads the socket.
                 biased;
                 received = self.listener.try_recv() => {
                     let Some(notification) = received? else { return Ok(()) };
                     // The payload is never trusted: at most it is our probe.
-                    let mut heard = self.probes.is_ours(notification.payload());
+                    let heard = self.probes.is_ours(notification.payload());
                     self.cache.metrics.invalidations.notifications.inc();
-                    while let Some(more) = self.listener.next_buffered() {
-                        heard |= self.probes.is_ours(more.payload());
-                        self.cache.metrics.invalidations.notifications.inc();
-                    }
                     self.catch_up(cursor, true).await?;
+                    woken = self.drain_buffered();
                     if heard {
                         self.probes.heard();
-                        self.hearing();
+                        if self.probes.unheard() < DEAF_AFTER {
+                            self.hearing();
+                        }
                     }
                 }
                 Some((probe, sent)) = sent_rx.recv() => {
@@ -335,27 +370,47 @@ impl Session<'_> {
                     // The pool cannot reach the database: nothing is proven
                     // either way, and start-up must not wait for a verdict
                     // (an outage is "start and retry", never "refuse").
-                    if !sent && *self.state.borrow() == ListenerState::Probing {
+                    if sent == ProbeSent::Unreachable
+                        && *self.state.borrow() == ListenerState::Probing
+                    {
                         self.state.send_replace(ListenerState::Unreachable);
                     }
                 }
                 _ = ticker.tick() => {
                     if self.probes.overdue() {
-                        self.probes.heard();
-                        self.deaf();
+                        self.cache.metrics.invalidations.probes_unheard.inc();
+                        if self.probes.unheard() >= DEAF_AFTER {
+                            self.deaf();
+                        }
                     }
                     if self.probes.due() {
-                        self.probes.send(self.probe_pool, &sent_tx);
-                        // A poll, for a listener that hears nothing.
+                        // A poll, for a listener that hears nothing; then
+                        // the probe, so that it arrives while this listener
+                        // is idle (one that arrives during a statement of
+                        // its own is no proof).
                         self.catch_up(cursor, true).await?;
+                        woken |= self.drain_buffered();
+                        self.probes.send(self.probe_pool, &sent_tx);
                     }
                     if last_prune.elapsed() >= PRUNE_EVERY {
                         self.prune().await;
+                        woken |= self.drain_buffered();
                         last_prune = Instant::now();
                     }
                 }
             }
         }
+    }
+
+    /// Empties the buffer of notifications that arrived during this
+    /// listener's own statements; true if there were any.
+    fn drain_buffered(&mut self) -> bool {
+        let mut any = false;
+        while self.listener.next_buffered().is_some() {
+            self.cache.metrics.invalidations.notifications.inc();
+            any = true;
+        }
+        any
     }
 
     /// Reads the outbox up to now and applies what this replica had not.
@@ -421,7 +476,6 @@ impl Session<'_> {
     }
 
     fn deaf(&self) {
-        self.cache.metrics.invalidations.probes_unheard.inc();
         if *self.state.borrow() != ListenerState::Deaf {
             tracing::error!("{DEAF}; nothing is kept in the memory tier until it hears again");
         }
@@ -444,6 +498,20 @@ struct Probes {
     /// the pool says it did).
     outstanding: Option<(u64, Option<Instant>)>,
     last_sent: Option<Instant>,
+    /// The verdicts on the last probes, newest in bit 0: 1 = not heard in
+    /// time, 0 = heard.
+    recent: u32,
+}
+
+/// What became of a probe's NOTIFY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeSent {
+    /// Committed: the listener should hear it.
+    Committed,
+    /// The database was not reached.
+    Unreachable,
+    /// The database refused the statement: nothing was sent.
+    Refused,
 }
 
 impl Probes {
@@ -453,6 +521,7 @@ impl Probes {
             next: 0,
             outstanding: None,
             last_sent: None,
+            recent: 0,
         }
     }
 
@@ -462,13 +531,16 @@ impl Probes {
             .is_some_and(|rest| rest.starts_with(':'))
     }
 
+    /// No probe on its way, and the last one is `PROBE_EVERY` old, or it
+    /// went unheard (the next verdict should not wait).
     fn due(&self) -> bool {
-        self.outstanding.is_none() && self.last_sent.is_none_or(|t| t.elapsed() >= PROBE_EVERY)
+        self.outstanding.is_none()
+            && (self.recent & 1 == 1 || self.last_sent.is_none_or(|t| t.elapsed() >= PROBE_EVERY))
     }
 
     /// Sent from the pool, in a task of its own: a pool that waits for a
     /// connection must not hold up notifications.
-    fn send(&mut self, pool: &PgPool, sent: &mpsc::Sender<(u64, bool)>) {
+    fn send(&mut self, pool: &PgPool, sent: &mpsc::Sender<(u64, ProbeSent)>) {
         let probe = self.next;
         self.next += 1;
         self.outstanding = Some((probe, None));
@@ -478,30 +550,36 @@ impl Probes {
         let sent = sent.clone();
         tokio::spawn(async move {
             let reached = match outbox::notify(&pool, PG_CHANNEL, &payload).await {
-                Ok(()) => true,
+                Ok(()) => ProbeSent::Committed,
                 Err(error) if unreachable(&error) => {
                     tracing::debug!(%error, "probe not sent: the database is unreachable from the pool");
-                    false
+                    ProbeSent::Unreachable
                 }
-                // The database answered, if strangely. Through a transaction
-                // pooler this is typical: the pool's statement lands on the
-                // server connection the listener's LISTEN was run on, and
-                // gets the notification meant for the listener.
+                // The database refused the statement (an SQLSTATE): the
+                // NOTIFY did not commit, so its absence proves nothing.
+                Err(sqlx::Error::Database(error)) => {
+                    tracing::warn!(%error, "listener probe refused by the database");
+                    ProbeSent::Refused
+                }
+                // The statement ran and something odd came back. Through a
+                // transaction pooler this is typical: the pool's statement
+                // lands on the server connection the listener's LISTEN was
+                // run on, and gets the notification meant for the listener.
                 Err(error) => {
                     tracing::debug!(%error, "probe sent with an error");
-                    true
+                    ProbeSent::Committed
                 }
             };
             let _ = sent.send((probe, reached)).await;
         });
     }
 
-    /// The pool's answer: the database got it (the clock starts) or was not
-    /// reached (proves nothing).
-    fn sent(&mut self, probe: u64, ok: bool) {
+    /// The pool's answer: the NOTIFY committed (the clock starts), or it
+    /// did not (proves nothing; the next one goes at the usual time).
+    fn sent(&mut self, probe: u64, sent: ProbeSent) {
         if let Some((outstanding, committed)) = &mut self.outstanding {
             if *outstanding == probe {
-                if ok {
+                if sent == ProbeSent::Committed {
                     *committed = Some(Instant::now());
                 } else {
                     self.outstanding = None;
@@ -510,12 +588,30 @@ impl Probes {
         }
     }
 
+    /// One of this listener's probes arrived (a late one too).
     fn heard(&mut self) {
         self.outstanding = None;
+        self.record(false);
     }
 
-    fn overdue(&self) -> bool {
-        matches!(self.outstanding, Some((_, Some(committed))) if committed.elapsed() > PROBE_TIMEOUT)
+    /// The probe on its way committed more than `PROBE_TIMEOUT` ago: it
+    /// counts as unheard, and is no longer waited for.
+    fn overdue(&mut self) -> bool {
+        let late = matches!(self.outstanding, Some((_, Some(committed))) if committed.elapsed() > PROBE_TIMEOUT);
+        if late {
+            self.outstanding = None;
+            self.record(true);
+        }
+        late
+    }
+
+    fn record(&mut self, unheard: bool) {
+        self.recent = ((self.recent << 1) | u32::from(unheard)) & ((1 << PROBE_WINDOW) - 1);
+    }
+
+    /// Unheard probes among the last `PROBE_WINDOW`.
+    fn unheard(&self) -> u32 {
+        self.recent.count_ones()
     }
 }
 
@@ -624,4 +720,103 @@ pub fn spawn_redis_subscriber(cache: Cache, redis: RedisTier) -> JoinHandle<()> 
             attempt += 1;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe sent and committed now.
+    fn committed(probes: &mut Probes) -> u64 {
+        let probe = probes.next;
+        probes.next += 1;
+        probes.outstanding = Some((probe, None));
+        probes.last_sent = Some(Instant::now());
+        probes.sent(probe, ProbeSent::Committed);
+        probe
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_unheard_among_the_last_three_are_deafness_even_with_one_heard_between() {
+        let mut probes = Probes::new("probe:x");
+        committed(&mut probes);
+        tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(probes.overdue());
+        // Heard by chance (a transaction pooler's server connection).
+        committed(&mut probes);
+        probes.heard();
+        assert_eq!(probes.unheard(), 1);
+        committed(&mut probes);
+        tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(probes.overdue());
+        assert_eq!(probes.unheard(), DEAF_AFTER);
+        // Two heard push the misses out of the window.
+        for _ in 0..2 {
+            committed(&mut probes);
+            probes.heard();
+        }
+        assert!(probes.unheard() < DEAF_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_late_probe_is_not_deafness_and_two_are() {
+        let mut probes = Probes::new("probe:x");
+        committed(&mut probes);
+        tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(probes.overdue());
+        assert_eq!(probes.unheard(), 1);
+        // The next verdict does not wait for PROBE_EVERY.
+        assert!(probes.due());
+        committed(&mut probes);
+        tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(probes.overdue());
+        assert_eq!(probes.unheard(), DEAF_AFTER);
+        // A late probe heard at last: one miss drops out of the window.
+        probes.heard();
+        assert_eq!(probes.unheard(), DEAF_AFTER);
+        probes.heard();
+        assert_eq!(probes.unheard(), 1);
+        // Heard in time: the next probe waits PROBE_EVERY.
+        committed(&mut probes);
+        probes.heard();
+        assert!(!probes.due());
+        tokio::time::advance(PROBE_EVERY).await;
+        assert!(probes.due());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_the_database_did_not_take_starts_no_clock() {
+        for outcome in [ProbeSent::Refused, ProbeSent::Unreachable] {
+            let mut probes = Probes::new("probe:x");
+            probes.outstanding = Some((0, None));
+            probes.last_sent = Some(Instant::now());
+            probes.sent(0, outcome);
+            tokio::time::advance(PROBE_TIMEOUT * 4).await;
+            assert!(!probes.overdue(), "{outcome:?}");
+            assert_eq!(probes.unheard(), 0, "{outcome:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_in_flight_is_not_late_before_it_commits() {
+        let mut probes = Probes::new("probe:x");
+        probes.outstanding = Some((0, None));
+        tokio::time::advance(PROBE_TIMEOUT * 4).await;
+        assert!(!probes.overdue());
+    }
+
+    #[test]
+    fn only_this_listeners_probes_are_its_own() {
+        let probes = Probes::new("probe:abc");
+        assert!(probes.is_ours("probe:abc:7"));
+        assert!(!probes.is_ours("probe:abcd:7"));
+        assert!(!probes.is_ours("probe:other:7"));
+        assert!(!probes.is_ours(""));
+    }
+
+    #[test]
+    fn the_verdict_comes_within_the_start_up_wait() {
+        // Miss, heard, miss: the slowest way to a verdict.
+        assert!(VERDICT_WITHIN >= PROBE_TIMEOUT * 2 + PROBE_EVERY + PROBE_TICK * 4);
+    }
 }

@@ -187,8 +187,9 @@ async fn writes_through_the_service_are_seen_by_every_replica() {
         .await
         .unwrap_or_else(|s| panic!("{s:?}"));
     assert_eq!(voice(&answer), "nova");
-    // The other replica: by the Redis fan-out, sent before the write returned.
-    let took = within(Duration::from_millis(200), || {
+    // The other replica: by the Redis fan-out, sent before the write
+    // returned, within the 1 s every invalidation is held to.
+    let took = within(Duration::from_secs(1), || {
         let mut second = second.clone();
         async move {
             service_resolve(&mut second, ACME_NUMBER)
@@ -221,7 +222,7 @@ async fn writes_through_the_service_are_seen_by_every_replica() {
         service_resolve(&mut first, ACME_NUMBER).await,
         Code::NotFound,
     );
-    within(Duration::from_millis(200), || {
+    within(Duration::from_secs(1), || {
         let mut second = second.clone();
         async move {
             service_resolve(&mut second, ACME_NUMBER)
