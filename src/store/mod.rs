@@ -6,6 +6,7 @@ mod identity;
 pub mod outbox;
 mod postgres;
 mod sql_literal;
+mod tx;
 
 pub use identity::{retire_database_identity, DatabaseIdentity};
 pub use postgres::{PgStore, PoolSettings, PoolStats};

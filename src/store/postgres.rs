@@ -11,6 +11,11 @@
 //! statements with parameters are unnamed (`persistent(false)`) and always
 //! inside that transaction, so their parse and execute reach the same server;
 //! `ResolveAgent` is one simple-protocol statement.
+//!
+//! Here: the pools and their admission (`acquire`), each store method's
+//! statements, and rows into domain types. How a statement runs (the
+//! transaction, its spans, the error mapping) is `tx.rs`. Agents and
+//! customers are read, listed and deleted by id one way (`Keyed`).
 
 use std::{
     str::FromStr,
@@ -24,13 +29,16 @@ use std::{
 use chrono::{DateTime, Utc};
 use sqlx::{
     pool::{PoolConnection, PoolOptions},
-    postgres::{PgConnectOptions, PgDatabaseError, PgRow},
-    ConnectOptions, Executor, PgPool, Postgres, Row, Transaction,
+    postgres::{PgConnectOptions, PgRow},
+    ConnectOptions, PgPool, Postgres, Row,
 };
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::sql_literal;
+use super::{
+    sql_literal,
+    tx::{db_error, Access, PgQuery},
+};
 use crate::{
     auth::Claims,
     domain::{
@@ -54,17 +62,6 @@ pub struct PoolSettings {
     pub statement_timeout: Duration,
 }
 
-impl Default for PoolSettings {
-    fn default() -> Self {
-        PoolSettings {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(2),
-            max_waiting: 64,
-            statement_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct PgStore {
     /// The primary: every write, and reads that must see them.
@@ -72,7 +69,9 @@ pub struct PgStore {
     /// Lookups (`Access::Read`): a replica's pool when one is configured,
     /// else the same pool as `pool`. A replica may lag the primary.
     read_pool: Pool,
-    statement_timeout_ms: u128,
+    /// The longest a statement may run (`statement_timeout`), also with
+    /// more of its call's deadline left.
+    pub(super) statement_timeout_ms: u128,
     max_connections: u32,
     max_waiting: u64,
     acquire_timeout: Duration,
@@ -138,14 +137,6 @@ const AGENT_COLUMNS: &str =
     "id, org_id, name, phone_number, voice_id, llm_config, is_active, created_at, updated_at";
 const CUSTOMER_COLUMNS: &str = "id, org_id, phone, name, email, created_at, updated_at";
 
-/// Read-only transactions let Postgres (and a reader replica) know no write
-/// is coming, as PostgREST does for GET.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Read,
-    Write,
-}
-
 impl PgStore {
     /// Parses the URL now (a bad one stops start-up); connects lazily, so the
     /// service starts, and answers from cache, while the database is down.
@@ -196,60 +187,12 @@ impl PgStore {
         }
     }
 
-    async fn begin_as(
-        &self,
-        claims: &Claims,
-        access: Access,
-    ) -> Result<Transaction<'static, Postgres>, Error> {
-        let claims_literal = sql_literal(&claims.json).ok_or(Error::Internal)?;
-        let mode = match access {
-            Access::Read => "READ ONLY",
-            Access::Write => "READ WRITE",
-        };
-        let connection = self.acquire(access).await?;
-        let timeout_ms = self.statement_timeout_ms()?;
-        // The legacy per-claim settings are blanked: auth.uid(), auth.role(),
-        // auth.email() and auth.jwt() read them before `request.jwt.claims`,
-        // and through a transaction pooler another client may have left one
-        // set for the session on this server connection. Same round trip.
-        let begin = format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED {mode}; \
-             SELECT pg_catalog.set_config('request.jwt.claims', {claims_literal}, true), \
-                    pg_catalog.set_config('request.jwt.claim', '', true), \
-                    pg_catalog.set_config('request.jwt.claim.sub', '', true), \
-                    pg_catalog.set_config('request.jwt.claim.role', '', true), \
-                    pg_catalog.set_config('request.jwt.claim.email', '', true), \
-                    pg_catalog.set_config('role', '{role}', true), \
-                    pg_catalog.set_config('statement_timeout', '{timeout}ms', true)",
-            role = claims.role.as_str(),
-            timeout = timeout_ms,
-        );
-        // `Pool::begin_with` is exactly this, minus the acquire we count.
-        Transaction::begin(connection, Some(begin.into()))
-            .instrument(statement("begin"))
-            .await
-            .map_err(|e| db_error(e, "begin"))
-    }
-
     /// How long a pool may hand out no connection before it counts as
     /// stuck rather than busy: longer than any call may run.
     fn stuck_after(&self) -> Duration {
         let longest_call =
             Duration::from_millis(u64::try_from(self.statement_timeout_ms).unwrap_or(u64::MAX));
         longest_call.max(self.acquire_timeout.saturating_mul(2))
-    }
-
-    /// No statement may outlive its call: Postgres stops it when the call's
-    /// deadline passes, lock waits included. Read after the connection is
-    /// acquired, so a wait for one is not counted twice.
-    fn statement_timeout_ms(&self) -> Result<u128, Error> {
-        match crate::deadline::remaining() {
-            Some(left) if left.is_zero() => {
-                Err(Error::DeadlineExceeded("deadline exceeded".into()))
-            }
-            Some(left) => Ok(left.as_millis().clamp(1, self.statement_timeout_ms.max(1))),
-            None => Ok(self.statement_timeout_ms),
-        }
     }
 
     /// A connection from the pool; the request counts as waiting
@@ -262,7 +205,7 @@ impl PgStore {
     /// `max_waiting` requests already wait, the request is shed at once
     /// rather than queued: a queue in front of a saturated database only
     /// adds its length to every call's latency.
-    async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
+    pub(super) async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
         let pool = self.pool_for(access);
         let saturated = || pool.pool.num_idle() == 0 && pool.pool.size() >= self.max_connections;
         let waiting = Waiting::start(&pool.gate.waiting);
@@ -326,26 +269,14 @@ impl PgStore {
             Some(caller) => sql_literal(caller.as_str()).ok_or(Error::Internal)?,
             None => "NULL".to_owned(),
         };
-        let mut connection = self.acquire(Access::Read).await?;
-        // One simple query, so one implicit transaction and one round trip:
-        // `SET LOCAL` bounds the lookup by the call's deadline and ends with
-        // it (transaction poolers included). `ROLE NONE`: a role another
-        // client of the pooler left set for the session must not decide
-        // who may call the function (it sets the caller's role itself).
         let sql = format!(
-            "SET LOCAL ROLE NONE; SET LOCAL statement_timeout = '{timeout}ms'; \
-             select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
-            timeout = self.statement_timeout_ms()?,
+            "select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
             role = claims.role.as_str()
         );
-        // `RawSql::fetch_optional` in sqlx 0.8 errors on zero rows (it calls
-        // `fetch_one`), so fetch all: the number is unique, at most one row.
-        // Through `Executor` (a boxed future): `RawSql::fetch_all` on a
-        // connection is not `Send` for every lifetime, which tonic needs.
-        let rows = Executor::fetch_all(&mut *connection, sqlx::raw_sql(&sql))
-            .instrument(statement("resolve_agent"))
-            .await
-            .map_err(|e| db_error(e, "resolve_agent"))?;
+        // The number is unique: at most one row.
+        let rows = self
+            .single_statement(Access::Read, "resolve_agent", &sql)
+            .await?;
         rows.first().map(resolution_from_row).transpose()
     }
 
@@ -357,8 +288,7 @@ impl PgStore {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Resolution>, Error> {
-        let mut tx = self.begin_as(claims, Access::Read).await?;
-        let rows = sqlx::query(
+        let select = sqlx::query(
             "select a.id as agent_id, a.org_id, a.name as agent_name, a.phone_number, a.voice_id, \
                     a.llm_config, a.is_active, a.created_at as agent_created_at, \
                     a.updated_at as agent_updated_at, o.name as org_name, o.slug as org_slug, \
@@ -368,77 +298,34 @@ impl PgStore {
              where $1::text is null or a.phone_number > $1 \
              order by a.phone_number limit $2",
         )
-        .persistent(false)
         .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| db_error(e, "routes_after"))?;
-        commit(tx).await?;
+        .bind(limit);
+        let rows = self
+            .transaction(claims, Access::Read, "routes_after", async |tx| {
+                tx.fetch_all(select).await
+            })
+            .await?;
         rows.iter().map(resolution_from_row).collect()
     }
 
-    pub async fn get_agent(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
-        let mut tx = self.begin_as(claims, Access::Read).await?;
-        let row = sqlx::query(&format!(
-            "select {AGENT_COLUMNS} from public.agents where id = $1"
-        ))
-        .persistent(false)
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .instrument(statement("get_agent"))
-        .await
-        .map_err(|e| db_error(e, "get_agent"))?;
-        commit(tx).await?;
-        row.map(|r| agent_from_row(&r))
-            .transpose()?
-            .ok_or_else(|| Error::not_found("agent"))
-    }
-
-    pub async fn list_agents(
-        &self,
-        claims: &Claims,
-        page: PageRequest,
-    ) -> Result<Page<Agent>, Error> {
-        let mut tx = self.begin_as(claims, Access::Read).await?;
-        let rows = sqlx::query(&format!(
-            "select {AGENT_COLUMNS} from public.agents \
-             where ($1::uuid is null or id > $1) order by id limit $2"
-        ))
-        .persistent(false)
-        .bind(page.after)
-        .bind(i64::from(page.size) + 1)
-        .fetch_all(&mut *tx)
-        .instrument(statement("list_agents"))
-        .await
-        .map_err(|e| db_error(e, "list_agents"))?;
-        commit(tx).await?;
-        let agents = rows
-            .iter()
-            .map(agent_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page::from_rows(agents, page, |a| a.id.as_uuid()))
-    }
-
     pub async fn create_agent(&self, claims: &Claims, agent: &NewAgent) -> Result<Agent, Error> {
-        let mut tx = self.begin_as(claims, Access::Write).await?;
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "insert into public.agents (org_id, name, phone_number, voice_id, llm_config, is_active) \
              values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5, $6) \
              returning {AGENT_COLUMNS}"
-        ))
-        .persistent(false)
-        .bind(agent.org_id.map(|o| o.as_uuid()))
-        .bind(&agent.name)
-        .bind(agent.phone_number.as_str())
-        .bind(&agent.voice_id)
-        .bind(agent.llm_config.as_json())
-        .bind(agent.is_active)
-        .fetch_one(&mut *tx)
-        .instrument(statement("create_agent"))
-        .await
-        .map_err(|e| db_error(e, "create_agent"))?;
-        commit(tx).await?;
+        );
+        let insert = sqlx::query(&sql)
+            .bind(agent.org_id.map(|o| o.as_uuid()))
+            .bind(&agent.name)
+            .bind(agent.phone_number.as_str())
+            .bind(&agent.voice_id)
+            .bind(agent.llm_config.as_json())
+            .bind(agent.is_active);
+        let row = self
+            .transaction(claims, Access::Write, "create_agent", async |tx| {
+                tx.fetch_one(insert).await
+            })
+            .await?;
         agent_from_row(&row)
     }
 
@@ -450,8 +337,7 @@ impl PgStore {
         id: AgentId,
         patch: &AgentPatch,
     ) -> Result<(Agent, PhoneNumber), Error> {
-        let mut tx = self.begin_as(claims, Access::Write).await?;
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "with before as (select id, phone_number from public.agents where id = $1 for update) \
              update public.agents a set \
                name = coalesce($2, a.name), \
@@ -466,44 +352,21 @@ impl PgStore {
                 .map(|c| format!("a.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))
-        .persistent(false)
-        .bind(id.as_uuid())
-        .bind(patch.name.as_deref())
-        .bind(patch.phone_number.as_ref().map(PhoneNumber::as_str))
-        .bind(patch.voice_id.as_deref())
-        .bind(patch.llm_config.as_ref().map(LlmConfig::as_json))
-        .bind(patch.is_active)
-        .fetch_optional(&mut *tx)
-        .instrument(statement("update_agent"))
-        .await
-        .map_err(|e| db_error(e, "update_agent"))?;
-        let Some(row) = row else {
-            return Err(missing_or_forbidden(tx, "agents", id.as_uuid(), "agent").await);
-        };
-        commit(tx).await?;
+        );
+        let update = sqlx::query(&sql)
+            .bind(id.as_uuid())
+            .bind(patch.name.as_deref())
+            .bind(patch.phone_number.as_ref().map(PhoneNumber::as_str))
+            .bind(patch.voice_id.as_deref())
+            .bind(patch.llm_config.as_ref().map(LlmConfig::as_json))
+            .bind(patch.is_active);
+        let row = self
+            .write_by_id::<Agent>(claims, "update_agent", id.as_uuid(), update)
+            .await?;
         let previous: String = row
             .try_get("previous_phone_number")
             .map_err(|e| db_error(e, "update_agent"))?;
         Ok((agent_from_row(&row)?, phone_from_db(&previous)?))
-    }
-
-    pub async fn delete_agent(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
-        let mut tx = self.begin_as(claims, Access::Write).await?;
-        let row = sqlx::query(&format!(
-            "delete from public.agents where id = $1 returning {AGENT_COLUMNS}"
-        ))
-        .persistent(false)
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .instrument(statement("delete_agent"))
-        .await
-        .map_err(|e| db_error(e, "delete_agent"))?;
-        let Some(row) = row else {
-            return Err(missing_or_forbidden(tx, "agents", id.as_uuid(), "agent").await);
-        };
-        commit(tx).await?;
-        agent_from_row(&row)
     }
 
     /// An agent's recorded changes, newest first, as RLS lets the caller see
@@ -516,34 +379,26 @@ impl PgStore {
         agent: AgentId,
         page: PageRequest<Seq>,
     ) -> Result<Page<AgentChange>, Error> {
-        let mut tx = self.begin_as(claims, Access::Read).await?;
-        let rows = sqlx::query(
+        let select = sqlx::query(
             "select id, org_id, agent_id, changed_at, changed_by, actor_role, actor_sql_role, operation, changes \
              from public.agent_history \
              where agent_id = $1 and ($2::bigint is null or id < $2) order by id desc limit $3",
         )
-        .persistent(false)
         .bind(agent.as_uuid())
         .bind(page.after.map(|seq| seq.0))
-        .bind(i64::from(page.size) + 1)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| db_error(e, "list_agent_history"))?;
-        if rows.is_empty() && page.after.is_none() {
-            let agent_visible = sqlx::query_scalar::<_, bool>(
-                "select exists (select 1 from public.agents where id = $1)",
-            )
-            .persistent(false)
-            .bind(agent.as_uuid())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, "list_agent_history"))?;
-            if !agent_visible {
-                let _ = tx.rollback().await;
-                return Err(Error::not_found("agent"));
-            }
-        }
-        commit(tx).await?;
+        .bind(i64::from(page.size) + 1);
+        let rows = self
+            .transaction(claims, Access::Read, "list_agent_history", async |tx| {
+                let rows = tx.fetch_all(select).await?;
+                if rows.is_empty()
+                    && page.after.is_none()
+                    && !tx.visible("agents", agent.as_uuid()).await?
+                {
+                    return Err(Error::not_found("agent"));
+                }
+                Ok(rows)
+            })
+            .await?;
         let changes = rows
             .iter()
             .map(agent_change_from_row)
@@ -557,21 +412,20 @@ impl PgStore {
         phone: &PhoneNumber,
         org_id: Option<OrgId>,
     ) -> Result<Customer, Error> {
-        let mut tx = self.begin_as(claims, Access::Read).await?;
         // RLS decides what is visible; `org_id` only narrows it (the
         // platform's service_role sees every org).
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "select {CUSTOMER_COLUMNS} from public.customers \
              where phone = $1 and ($2::uuid is null or org_id = $2) order by org_id limit 2"
-        ))
-        .persistent(false)
-        .bind(phone.as_str())
-        .bind(org_id.map(|o| o.as_uuid()))
-        .fetch_all(&mut *tx)
-        .instrument(statement("lookup_customer"))
-        .await
-        .map_err(|e| db_error(e, "lookup_customer"))?;
-        commit(tx).await?;
+        );
+        let select = sqlx::query(&sql)
+            .bind(phone.as_str())
+            .bind(org_id.map(|o| o.as_uuid()));
+        let rows = self
+            .transaction(claims, Access::Read, "lookup_customer", async |tx| {
+                tx.fetch_all(select).await
+            })
+            .await?;
         match rows.as_slice() {
             [] => Err(Error::not_found("customer")),
             [row] => customer_from_row(row),
@@ -582,95 +436,166 @@ impl PgStore {
         }
     }
 
-    pub async fn get_customer(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
-        let mut tx = self.begin_as(claims, Access::Read).await?;
-        let row = sqlx::query(&format!(
-            "select {CUSTOMER_COLUMNS} from public.customers where id = $1"
-        ))
-        .persistent(false)
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .instrument(statement("get_customer"))
-        .await
-        .map_err(|e| db_error(e, "get_customer"))?;
-        commit(tx).await?;
-        row.map(|r| customer_from_row(&r))
-            .transpose()?
-            .ok_or_else(|| Error::not_found("customer"))
-    }
-
-    pub async fn list_customers(
-        &self,
-        claims: &Claims,
-        page: PageRequest,
-    ) -> Result<Page<Customer>, Error> {
-        let mut tx = self.begin_as(claims, Access::Read).await?;
-        let rows = sqlx::query(&format!(
-            "select {CUSTOMER_COLUMNS} from public.customers \
-             where ($1::uuid is null or id > $1) order by id limit $2"
-        ))
-        .persistent(false)
-        .bind(page.after)
-        .bind(i64::from(page.size) + 1)
-        .fetch_all(&mut *tx)
-        .instrument(statement("list_customers"))
-        .await
-        .map_err(|e| db_error(e, "list_customers"))?;
-        commit(tx).await?;
-        let customers = rows
-            .iter()
-            .map(customer_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page::from_rows(customers, page, |c| c.id.as_uuid()))
-    }
-
     pub async fn upsert_customer(
         &self,
         claims: &Claims,
         customer: &CustomerUpsert,
     ) -> Result<Customer, Error> {
-        let mut tx = self.begin_as(claims, Access::Write).await?;
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "insert into public.customers (org_id, phone, name, email) \
              values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4) \
              on conflict (org_id, phone) do update set name = excluded.name, email = excluded.email \
              returning {CUSTOMER_COLUMNS}"
-        ))
-        .persistent(false)
-        .bind(customer.org_id.map(|o| o.as_uuid()))
-        .bind(customer.phone.as_str())
-        .bind(customer.name.as_deref())
-        .bind(customer.email.as_deref())
-        .fetch_one(&mut *tx)
-        .instrument(statement("upsert_customer"))
-        .await
-        .map_err(|e| db_error(e, "upsert_customer"))?;
-        commit(tx).await?;
+        );
+        let upsert = sqlx::query(&sql)
+            .bind(customer.org_id.map(|o| o.as_uuid()))
+            .bind(customer.phone.as_str())
+            .bind(customer.name.as_deref())
+            .bind(customer.email.as_deref());
+        let row = self
+            .transaction(claims, Access::Write, "upsert_customer", async |tx| {
+                tx.fetch_one(upsert).await
+            })
+            .await?;
         customer_from_row(&row)
     }
 
-    pub async fn delete_customer(
+    /// The row `id` of `T`'s table, if the caller sees it.
+    async fn get_by_id<T: Keyed>(&self, claims: &Claims, id: Uuid) -> Result<T, Error> {
+        let sql = format!(
+            "select {} from public.{} where id = $1",
+            T::COLUMNS,
+            T::TABLE
+        );
+        let select = sqlx::query(&sql).bind(id);
+        let row = self
+            .transaction(claims, Access::Read, T::GET, async |tx| {
+                tx.fetch_optional(select).await
+            })
+            .await?;
+        row.map(|r| T::from_row(&r))
+            .transpose()?
+            .ok_or_else(|| Error::not_found(T::WHAT))
+    }
+
+    /// A page of the rows of `T`'s table the caller sees, by id.
+    async fn list_by_id<T: Keyed>(
         &self,
         claims: &Claims,
-        id: CustomerId,
-    ) -> Result<Customer, Error> {
-        let mut tx = self.begin_as(claims, Access::Write).await?;
-        let row = sqlx::query(&format!(
-            "delete from public.customers where id = $1 returning {CUSTOMER_COLUMNS}"
-        ))
-        .persistent(false)
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .instrument(statement("delete_customer"))
+        page: PageRequest,
+    ) -> Result<Page<T>, Error> {
+        let sql = format!(
+            "select {} from public.{} \
+             where ($1::uuid is null or id > $1) order by id limit $2",
+            T::COLUMNS,
+            T::TABLE
+        );
+        let select = sqlx::query(&sql)
+            .bind(page.after)
+            .bind(i64::from(page.size) + 1);
+        let rows = self
+            .transaction(claims, Access::Read, T::LIST, async |tx| {
+                tx.fetch_all(select).await
+            })
+            .await?;
+        let found = rows
+            .iter()
+            .map(T::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(found, page, T::id))
+    }
+
+    /// Deletes the row `id` of `T`'s table; returns it as it was.
+    async fn delete_by_id<T: Keyed>(&self, claims: &Claims, id: Uuid) -> Result<T, Error> {
+        let sql = format!(
+            "delete from public.{} where id = $1 returning {}",
+            T::TABLE,
+            T::COLUMNS
+        );
+        let row = self
+            .write_by_id::<T>(claims, T::DELETE, id, sqlx::query(&sql).bind(id))
+            .await?;
+        T::from_row(&row)
+    }
+
+    /// Runs `write`, which changes the row `id` of `T`'s table and returns
+    /// it: the row, or why there is none (`Tx::missing_or_forbidden`).
+    async fn write_by_id<T: Keyed>(
+        &self,
+        claims: &Claims,
+        operation: &'static str,
+        id: Uuid,
+        write: PgQuery<'_>,
+    ) -> Result<PgRow, Error> {
+        self.transaction(claims, Access::Write, operation, async |tx| {
+            match tx.fetch_optional(write).await? {
+                Some(row) => Ok(row),
+                None => Err(tx.missing_or_forbidden(T::TABLE, id, T::WHAT).await),
+            }
+        })
         .await
-        .map_err(|e| db_error(e, "delete_customer"))?;
-        let Some(row) = row else {
-            return Err(missing_or_forbidden(tx, "customers", id.as_uuid(), "customer").await);
-        };
-        commit(tx).await?;
-        customer_from_row(&row)
     }
 }
+
+/// A kind of row read, listed and deleted by its `id` the same way.
+trait Keyed: Sized {
+    /// In `public`.
+    const TABLE: &'static str;
+    const COLUMNS: &'static str;
+    /// What a client calls one (NOT_FOUND, PERMISSION_DENIED).
+    const WHAT: &'static str;
+    /// Its store methods' names, which name their spans.
+    const GET: &'static str;
+    const LIST: &'static str;
+    const DELETE: &'static str;
+    fn from_row(row: &PgRow) -> Result<Self, Error>;
+    fn id(&self) -> Uuid;
+}
+
+/// A kind of row read, listed and deleted by id: its `Keyed` facts and
+/// its three store methods, each named as its operation (its span).
+macro_rules! keyed {
+    ($kind:ident($id:ty) in $table:literal ($columns:expr), called $what:literal,
+     from $from_row:path: $get:ident, $list:ident, $delete:ident) => {
+        impl Keyed for $kind {
+            const TABLE: &'static str = $table;
+            const COLUMNS: &'static str = $columns;
+            const WHAT: &'static str = $what;
+            const GET: &'static str = stringify!($get);
+            const LIST: &'static str = stringify!($list);
+            const DELETE: &'static str = stringify!($delete);
+            fn from_row(row: &PgRow) -> Result<Self, Error> {
+                $from_row(row)
+            }
+            fn id(&self) -> Uuid {
+                self.id.as_uuid()
+            }
+        }
+
+        impl PgStore {
+            pub async fn $get(&self, claims: &Claims, id: $id) -> Result<$kind, Error> {
+                self.get_by_id(claims, id.as_uuid()).await
+            }
+
+            pub async fn $list(
+                &self,
+                claims: &Claims,
+                page: PageRequest,
+            ) -> Result<Page<$kind>, Error> {
+                self.list_by_id(claims, page).await
+            }
+
+            pub async fn $delete(&self, claims: &Claims, id: $id) -> Result<$kind, Error> {
+                self.delete_by_id(claims, id.as_uuid()).await
+            }
+        }
+    };
+}
+
+keyed!(Agent(AgentId) in "agents" (AGENT_COLUMNS), called "agent",
+    from agent_from_row: get_agent, list_agents, delete_agent);
+keyed!(Customer(CustomerId) in "customers" (CUSTOMER_COLUMNS), called "customer",
+    from customer_from_row: get_customer, list_customers, delete_customer);
 
 fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     // No statement logging by sqlx (it logs slow ones at WARN, SQL in
@@ -691,26 +616,6 @@ fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> 
         .connect_lazy_with(options))
 }
 
-async fn commit(tx: Transaction<'static, Postgres>) -> Result<(), Error> {
-    tx.commit()
-        .instrument(statement("commit"))
-        .await
-        .map_err(|e| db_error(e, "commit"))
-}
-
-/// The span of one round trip to Postgres. Named by our operation, never by
-/// its SQL: ours carries the caller's claims and phone numbers as literals.
-fn statement(operation: &'static str) -> tracing::Span {
-    tracing::debug_span!(
-        target: "switchboard::store",
-        "db.statement",
-        otel.name = operation,
-        otel.kind = "client",
-        db.system.name = "postgresql",
-        db.operation.name = operation,
-    )
-}
-
 /// Counts a request as waiting for a connection until dropped (also when
 /// the acquire is cancelled by a deadline).
 struct Waiting<'a> {
@@ -729,86 +634,6 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A write touched no row. RLS still decides: if the caller can see the row
-/// but not change it, their role may not write (PERMISSION_DENIED); if they
-/// cannot see it, it does not exist for them (NOT_FOUND), exactly like a
-/// missing row.
-async fn missing_or_forbidden(
-    mut tx: Transaction<'static, Postgres>,
-    table: &'static str,
-    id: Uuid,
-    what: &str,
-) -> Error {
-    let visible = sqlx::query_scalar::<_, bool>(&format!(
-        "select exists (select 1 from public.{table} where id = $1)"
-    ))
-    .persistent(false)
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .instrument(statement("visibility_check"))
-    .await;
-    let _ = tx.rollback().await;
-    match visible {
-        Ok(true) => Error::PermissionDenied(format!("your role may not change this {what}")),
-        Ok(false) => Error::not_found(what),
-        Err(e) => db_error(e, "visibility check"),
-    }
-}
-
-/// Maps a driver error to what a client may see. The details go to the log.
-fn db_error(error: sqlx::Error, operation: &'static str) -> Error {
-    match &error {
-        sqlx::Error::Database(db) => {
-            let pg = db.try_downcast_ref::<PgDatabaseError>();
-            let code = db.code().unwrap_or_default();
-            let constraint = db.constraint().unwrap_or_default();
-            let column = pg.and_then(|p| p.column()).unwrap_or_default();
-            tracing::debug!(operation, code = %code, constraint, column, "database refused");
-            match code.as_ref() {
-                "23505" if constraint == "agents_phone_number_key" => {
-                    Error::AlreadyExists("phone number is already taken by an agent".into())
-                }
-                "23505" => Error::AlreadyExists("a row with these values already exists".into()),
-                "42501" => Error::PermissionDenied("your role may not do this".into()),
-                "23502" if column == "org_id" => {
-                    Error::PermissionDenied("you are not a member of any organization".into())
-                }
-                "23502" => Error::invalid(format!("{column} is required")),
-                "23503" if constraint.ends_with("org_id_fkey") => {
-                    Error::invalid("org_id does not name an organization")
-                }
-                "23503" => Error::invalid("a referenced row does not exist"),
-                "23514" => Error::invalid(format!("a value breaks the rule {constraint}")),
-                "22P02" | "22023" | "22001" => Error::invalid("a value is not valid"),
-                "57014" => Error::DeadlineExceeded("the database query timed out".into()),
-                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
-                    tracing::warn!(operation, error = %error, "database unavailable");
-                    Error::Unavailable("database unavailable".into())
-                }
-                _ => {
-                    tracing::error!(operation, error = %error, "database error");
-                    Error::Internal
-                }
-            }
-        }
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::Io(_)
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => {
-            tracing::warn!(operation, error = %error, "database unavailable");
-            Error::Unavailable("database unavailable".into())
-        }
-        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
-            tracing::warn!(operation, error = %error, "database connection failed");
-            Error::Unavailable("database unavailable".into())
-        }
-        _ => {
-            tracing::error!(operation, error = %error, "database error");
-            Error::Internal
-        }
     }
 }
 
