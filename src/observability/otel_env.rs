@@ -20,6 +20,10 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 /// `OTEL_RESOURCE_ATTRIBUTES` names the service.
 pub const DEFAULT_SERVICE_NAME: &str = "switchboard";
 
+/// The specification's defaults for the metrics push.
+const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_millis(60_000);
+const DEFAULT_METRIC_EXPORT_TIMEOUT: Duration = Duration::from_millis(30_000);
+
 #[derive(Debug, thiserror::Error)]
 pub enum OtelEnvError {
     #[error("{var} {value:?} is not supported: switchboard exports OTLP over gRPC (\"grpc\")")]
@@ -169,12 +173,21 @@ impl<F: Fn(&str) -> Option<String>> OtelEnv<F> {
         Ok(otlp)
     }
 
+    /// `OTEL_METRIC_EXPORT_INTERVAL`: how often metrics are pushed.
+    pub(crate) fn metric_export_interval(&self) -> Result<Duration, OtelEnvError> {
+        self.millis(
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            DEFAULT_METRIC_EXPORT_INTERVAL,
+        )
+    }
+
+    /// `OTEL_METRIC_EXPORT_TIMEOUT`: how long one push may take.
+    pub(crate) fn metric_export_timeout(&self) -> Result<Duration, OtelEnvError> {
+        self.millis("OTEL_METRIC_EXPORT_TIMEOUT", DEFAULT_METRIC_EXPORT_TIMEOUT)
+    }
+
     /// A duration in whole milliseconds above 0, or `default` when unset.
-    pub(crate) fn millis(
-        &self,
-        name: &'static str,
-        default: Duration,
-    ) -> Result<Duration, OtelEnvError> {
+    fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, OtelEnvError> {
         match self.var(name) {
             None => Ok(default),
             Some(value) => value

@@ -67,9 +67,6 @@ use super::{
     otel_env::{self, OtelEnv, OtelEnvError, Signal},
 };
 
-/// The specification's defaults.
-const DEFAULT_INTERVAL: Duration = Duration::from_millis(60_000);
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(30_000);
 /// The push at shutdown waits at most this (or the export timeout, if
 /// shorter): a pod's whole grace period is about 20 s.
 const FINAL_PUSH_WAIT: Duration = Duration::from_secs(5);
@@ -137,8 +134,8 @@ impl MetricsExport {
             return Ok(MetricsExport::Off);
         };
         env.require_grpc(Signal::Metrics)?;
-        let interval = env.millis("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_INTERVAL)?;
-        let timeout = env.millis("OTEL_METRIC_EXPORT_TIMEOUT", DEFAULT_TIMEOUT)?;
+        let interval = env.metric_export_interval()?;
+        let timeout = env.metric_export_timeout()?;
         let headers = env.headers(Signal::Metrics)?;
         let resource = env
             .resource()?
