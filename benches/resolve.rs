@@ -543,7 +543,7 @@ fn micro(c: &mut Criterion) {
     });
     // What telemetry adds per call with no OTLP endpoint (no subscriber
     // here: the spans are disabled, as in production without one).
-    let metrics = switchboard::metrics::Metrics::new();
+    let metrics = switchboard::observability::metrics::Metrics::new();
     group.bench_function("telemetry: method lookup + record request", |b| {
         b.iter(|| {
             let method = metrics.method(std::hint::black_box(
@@ -571,7 +571,7 @@ fn micro(c: &mut Criterion) {
         })
     });
     group.bench_function("telemetry: render /metrics", |b| {
-        b.iter(|| metrics.render(&switchboard::metrics::Gauges::default()))
+        b.iter(|| metrics.render(&switchboard::observability::metrics::Gauges::default()))
     });
     group.finish();
 }

@@ -1,6 +1,6 @@
 //! The deadline of the call being served, for the layers under transport.
 //!
-//! `grpc::request_log` sets it (the shorter of the server's limit and the
+//! `observability::layers` (the deadline layer) sets it (the shorter of the server's limit and the
 //! client's `grpc-timeout`) around the handler; the store reads it to give
 //! each transaction a `statement_timeout` no longer than the time left, so
 //! Postgres itself stops a statement when its call's deadline passes. A
@@ -16,24 +16,25 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::task::futures::TaskLocalFuture;
+
 tokio::task_local! {
-    static DEADLINE: Instant;
+    static DEADLINE: Option<Instant>;
 }
 
-/// Runs `call` with `deadline` visible to `remaining`.
-pub async fn scope<F: Future>(deadline: Option<Instant>, call: F) -> F::Output {
-    match deadline {
-        Some(deadline) => DEADLINE.scope(deadline, call).await,
-        None => call.await,
-    }
+/// Runs `call` with `deadline` visible to `remaining`. A named future, so
+/// the layer that sets it need not box its own.
+pub fn scope<F: Future>(deadline: Option<Instant>, call: F) -> TaskLocalFuture<Option<Instant>, F> {
+    DEADLINE.scope(deadline, call)
 }
 
 /// Time left before the current call's deadline; `None` outside a call or
 /// for a call without one.
 pub fn remaining() -> Option<Duration> {
     DEADLINE
-        .try_with(|deadline| deadline.saturating_duration_since(Instant::now()))
+        .try_with(|deadline| deadline.map(|d| d.saturating_duration_since(Instant::now())))
         .ok()
+        .flatten()
 }
 
 #[cfg(test)]

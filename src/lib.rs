@@ -3,7 +3,6 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
-pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -12,13 +11,11 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod load;
-pub mod metrics;
 pub mod migrate;
-pub mod otlp_metrics;
+pub mod observability;
 pub mod resolver;
 pub mod startup;
 pub mod store;
-pub mod telemetry;
 
 /// Generated protobuf and gRPC code for `switchboard.v1`.
 pub mod pb {

@@ -10,9 +10,9 @@ use switchboard::{
     cache,
     config::{Cli, Command, DevArgs, ServeArgs, ServeConfig, DEV_JWT_SECRET},
     migrate,
-    otlp_metrics::MetricsExport,
+    observability::{tracing as telemetry, MetricsExport},
     startup::Application,
-    store, telemetry,
+    store,
 };
 use uuid::Uuid;
 

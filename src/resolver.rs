@@ -19,7 +19,7 @@ use crate::{
     domain::{OrgId, PhoneNumber},
     error::Error,
     grpc::convert::{customer_to_pb, resolution_to_pb},
-    metrics::Lookups,
+    observability::metrics::Lookups,
     pb,
     store::PgStore,
 };

@@ -10,7 +10,6 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use tower::ServiceBuilder;
 
 use crate::{
-    admin,
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{
         identity,
@@ -18,12 +17,13 @@ use crate::{
         Cache, MemoryTier, RedisTier,
     },
     config::ServeConfig,
-    grpc::{
-        AgentApi, Connection, CustomerApi, GlobalLimitLayer, Limits, RequestLogLayer,
-        TenantLimitLayer,
+    grpc::{AgentApi, Connection, CustomerApi, GlobalLimitLayer, Limits, TenantLimitLayer},
+    observability::{
+        admin,
+        metrics::Metrics,
+        otlp::{MetricsExport, MetricsPusher},
+        RequestLayers,
     },
-    metrics::Metrics,
-    otlp_metrics::{MetricsExport, MetricsPusher},
     pb::{
         self, agent_service_server::AgentServiceServer,
         customer_service_server::CustomerServiceServer,
@@ -277,12 +277,12 @@ impl Application {
         };
         let admin = AdminServer::spawn(self.admin_listener, sources);
         let limits = &self.config.limits;
-        // Outermost first: the log sees every answer (shed ones too) and
-        // applies the deadline; the global cap sheds before any token is
+        // Outermost first: the request layers (span, log, deadline) see every
+        // answer, shed ones too; the global cap sheds before any token is
         // verified; the tenant share needs the verified claims.
         let layers = ServiceBuilder::new()
-            .layer(RequestLogLayer {
-                max_request_time: Some(self.config.request_timeout),
+            .layer(RequestLayers {
+                max_request_time: self.config.request_timeout,
                 metrics,
             })
             .layer(GlobalLimitLayer::new(limits))

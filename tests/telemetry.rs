@@ -43,9 +43,11 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind, Span},
 };
 use switchboard::{
-    otlp_metrics::MetricsExport,
+    observability::{
+        tracing::{self as telemetry, Telemetry, TraceExport},
+        MetricsExport,
+    },
     pb::{GetAgentRequest, ResolveAgentRequest},
-    telemetry::{self, Telemetry, TraceExport},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{metadata::MetadataValue, Code, Request};

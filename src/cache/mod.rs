@@ -22,7 +22,7 @@ use std::sync::{
     Arc,
 };
 
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 
 pub use self::{
     breaker::Breaker,

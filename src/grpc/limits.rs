@@ -221,24 +221,12 @@ fn oversize_is_resource_exhausted<B: Default>(
     }
 }
 
+/// tonic's `grpc-message` is percent-encoded; an escape that is not one is
+/// kept as it is.
 fn percent_decode(input: &[u8]) -> String {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (input.get(i), input.get(i + 1), input.get(i + 2)) {
-            (Some(b'%'), Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (Some(&b), _, _) => {
-                out.push(b);
-                i += 1;
-            }
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode(input)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Whose share a request counts against.

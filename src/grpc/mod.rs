@@ -7,13 +7,11 @@ mod connection;
 pub(crate) mod convert;
 mod customers;
 mod limits;
-mod request_log;
 
+/// Handlers put these in a response for the request layers: the org for the
+/// log line, the cache tier for the log, the metrics and the trailer.
+pub use crate::observability::{LoggedOrg, CACHE_TIER_HEADER};
 pub use agents::AgentApi;
 pub use connection::Connection;
 pub use customers::CustomerApi;
 pub use limits::{GlobalLimitLayer, Limits, TenantLimitLayer};
-pub use request_log::{LoggedOrg, RequestLogLayer};
-
-/// Metadata naming the tier that answered a `ResolveAgent`: memory, redis or db.
-pub const CACHE_TIER_HEADER: &str = "x-switchboard-cache";

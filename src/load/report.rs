@@ -92,7 +92,7 @@ pub struct StatusName(pub &'static str);
 impl StatusName {
     pub fn of(code: Code) -> StatusName {
         StatusName(
-            crate::metrics::CODE_NAMES
+            crate::observability::metrics::CODE_NAMES
                 .get(code as usize)
                 .copied()
                 .unwrap_or("Unknown"),

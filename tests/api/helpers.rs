@@ -21,7 +21,7 @@ use sqlx::{
 };
 use switchboard::{
     config::{ServeArgs, ServeConfig},
-    otlp_metrics::MetricsExport,
+    observability::MetricsExport,
     pb::{
         agent_service_client::AgentServiceClient, customer_service_client::CustomerServiceClient,
     },

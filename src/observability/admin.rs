@@ -7,12 +7,8 @@ use std::future::Future;
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{
-    cache::Cache,
-    metrics::{Gauges, Metrics, Snapshot},
-    resolver::Resolver,
-    store::PgStore,
-};
+use super::metrics::{Gauges, Metrics, Snapshot};
+use crate::{cache::Cache, resolver::Resolver, store::PgStore};
 
 /// What a scrape (and an OTLP push) reads: the counters, and the parts whose
 /// state the gauges mirror (read at scrape time, so they cost the call path

@@ -57,55 +57,21 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 use tonic::{
-    metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap},
+    metadata::MetadataMap,
     transport::{Channel, Endpoint},
 };
 
-use crate::{
+use super::{
     admin,
     metrics::{latency_bounds_seconds, Family, Kind, Series, Snapshot, Value},
-    telemetry::DEFAULT_SERVICE_NAME,
+    otel_env::{self, OtelEnv, OtelEnvError, Signal},
 };
 
-/// The specification's defaults.
-const DEFAULT_INTERVAL: Duration = Duration::from_millis(60_000);
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(30_000);
 /// The push at shutdown waits at most this (or the export timeout, if
 /// shorter): a pod's whole grace period is about 20 s.
 const FINAL_PUSH_WAIT: Duration = Duration::from_secs(5);
 /// At most one warning per this while pushes keep failing.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsExportError {
-    #[error("{var} {value:?} is not supported: switchboard exports OTLP over gRPC (\"grpc\")")]
-    Protocol { var: &'static str, value: String },
-    #[error(
-        "OTEL_METRICS_EXPORTER {0:?} is not supported: \"otlp\" pushes metrics over OTLP; \
-         \"none\" or \"prometheus\" does not (/metrics is always served)"
-    )]
-    Exporter(String),
-    #[error(
-        "{var} {value:?} is not an http:// URL with a host (OTLP/gRPC without TLS is what is \
-         built in: send to a collector agent beside switchboard)"
-    )]
-    Endpoint { var: &'static str, value: String },
-    // The value is never echoed: it holds a password.
-    #[error(
-        "{var} carries credentials (user:password@); put them in OTEL_EXPORTER_OTLP_HEADERS instead, so they never reach a log line"
-    )]
-    EndpointCredentials { var: &'static str },
-    #[error("{var} {value:?} is not a whole number of milliseconds above 0")]
-    Millis { var: &'static str, value: String },
-    // The value is never echoed: headers carry API keys.
-    #[error(
-        "{var}: entry {entry} is not name=value with a valid gRPC metadata name and a \
-         percent-encoded ASCII value"
-    )]
-    Header { var: &'static str, entry: usize },
-    #[error("OTEL_RESOURCE_ATTRIBUTES: entry {entry} is not key=value (values percent-encoded)")]
-    ResourceAttribute { entry: usize },
-}
 
 /// Whether, and where, metrics are pushed.
 #[derive(Clone, Debug, Default)]
@@ -150,170 +116,41 @@ impl fmt::Debug for OtlpMetrics {
 
 impl MetricsExport {
     /// From the process's `OTEL_*` variables.
-    pub fn from_env() -> Result<Self, MetricsExportError> {
-        Self::from_vars(|name| std::env::var(name).ok())
+    pub fn from_env() -> Result<Self, OtelEnvError> {
+        Self::read(&OtelEnv::process())
     }
 
     /// From `OTEL_*` variables looked up by `var` (tests pass their own
     /// rather than change the process environment).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, MetricsExportError> {
-        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, OtelEnvError> {
+        Self::read(&OtelEnv::from_lookup(var))
+    }
+
+    fn read<F: Fn(&str) -> Option<String>>(env: &OtelEnv<F>) -> Result<Self, OtelEnvError> {
+        if env.sdk_disabled() || !env.metrics_exporter_is_otlp()? {
             return Ok(MetricsExport::Off);
         }
-        if let Some(exporters) = var("OTEL_METRICS_EXPORTER") {
-            let mut otlp = false;
-            for exporter in exporters.split(',').map(str::trim) {
-                match exporter.to_ascii_lowercase().as_str() {
-                    "otlp" => otlp = true,
-                    "none" | "prometheus" => {}
-                    _ => return Err(MetricsExportError::Exporter(exporter.to_owned())),
-                }
-            }
-            if !otlp {
-                return Ok(MetricsExport::Off);
-            }
-        }
-        let Some((endpoint_var, endpoint)) = [
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .into_iter()
-        .find_map(|name| var(name).map(|value| (name, value))) else {
+        let Some((endpoint_var, endpoint)) = env.endpoint(Signal::Metrics) else {
             return Ok(MetricsExport::Off);
         };
-        for name in [
-            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ] {
-            if let Some(protocol) = var(name) {
-                if protocol.trim() != "grpc" {
-                    return Err(MetricsExportError::Protocol {
-                        var: name,
-                        value: protocol,
-                    });
-                }
-                break;
-            }
-        }
-        let millis = |name: &'static str, default: Duration| match var(name) {
-            None => Ok(default),
-            Some(value) => value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|&ms| ms > 0)
-                .map(Duration::from_millis)
-                .ok_or(MetricsExportError::Millis { var: name, value }),
-        };
-        let interval = millis("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_INTERVAL)?;
-        let timeout = millis("OTEL_METRIC_EXPORT_TIMEOUT", DEFAULT_TIMEOUT)?;
-        let mut headers = MetadataMap::new();
-        for name in [
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
-        ] {
-            let pairs = key_values(&var(name).unwrap_or_default())
-                .map_err(|entry| MetricsExportError::Header { var: name, entry })?;
-            for (index, (key, value)) in pairs.into_iter().enumerate() {
-                let bad = || MetricsExportError::Header {
-                    var: name,
-                    entry: index + 1,
-                };
-                let key = AsciiMetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| bad())?;
-                let value = AsciiMetadataValue::try_from(value).map_err(|_| bad())?;
-                headers.insert(key, value);
-            }
-        }
-        let resource = resource(
-            var("OTEL_SERVICE_NAME"),
-            &var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default(),
-        )?;
+        env.require_grpc(Signal::Metrics)?;
+        let interval = env.metric_export_interval()?;
+        let timeout = env.metric_export_timeout()?;
+        let headers = env.headers(Signal::Metrics)?;
+        let resource = env
+            .resource()?
+            .into_iter()
+            .map(|(key, value)| string_attribute(key, value))
+            .collect();
+        let endpoint = otel_env::plain_http_endpoint(endpoint_var, endpoint)?;
         Ok(MetricsExport::Otlp(Box::new(OtlpMetrics {
-            endpoint: endpoint_of(endpoint_var, endpoint)?,
+            endpoint: Endpoint::from(endpoint),
             interval,
             timeout,
             headers,
             resource,
         })))
     }
-}
-
-fn endpoint_of(var: &'static str, value: String) -> Result<Endpoint, MetricsExportError> {
-    // The endpoint is named in warnings when a push fails.
-    if http::Uri::try_from(value.trim())
-        .ok()
-        .and_then(|uri| uri.authority().map(|a| a.as_str().contains('@')))
-        .unwrap_or(value.contains('@'))
-    {
-        return Err(MetricsExportError::EndpointCredentials { var });
-    }
-    let usable = http::Uri::try_from(value.trim()).ok().filter(|uri| {
-        uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty())
-    });
-    let endpoint = usable.and_then(|uri| Endpoint::from_shared(uri.to_string()).ok());
-    endpoint.ok_or(MetricsExportError::Endpoint { var, value })
-}
-
-/// `key=value,key=value` with percent-encoded values (the format of
-/// `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`). Err: the
-/// 1-based number of the first bad entry.
-fn key_values(text: &str) -> Result<Vec<(String, String)>, usize> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .enumerate()
-        .map(|(index, entry)| {
-            let (key, value) = entry.split_once('=').ok_or(index + 1)?;
-            let key = key.trim();
-            if key.is_empty() {
-                return Err(index + 1);
-            }
-            let value = percent_decode(value.trim()).ok_or(index + 1)?;
-            Ok((key.to_owned(), value))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(decoded).ok()
-}
-
-/// `service.name` first, then the other attributes in the order given.
-fn resource(
-    service_name: Option<String>,
-    attributes: &str,
-) -> Result<Vec<KeyValue>, MetricsExportError> {
-    let mut attributes =
-        key_values(attributes).map_err(|entry| MetricsExportError::ResourceAttribute { entry })?;
-    let named = attributes
-        .iter()
-        .rev()
-        .find(|(key, _)| key == "service.name")
-        .map(|(_, name)| name.clone());
-    attributes.retain(|(key, _)| key != "service.name");
-    let service_name = service_name
-        .map(|name| name.trim().to_owned())
-        .or(named)
-        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
-    Ok(std::iter::once(("service.name".to_owned(), service_name))
-        .chain(attributes)
-        .map(|(key, value)| string_attribute(key, value))
-        .collect())
 }
 
 fn string_attribute(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
@@ -583,9 +420,9 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::metrics::{Gauges, Metrics};
+    use crate::observability::metrics::{Gauges, Metrics};
 
-    fn export(vars: &[(&str, &str)]) -> Result<MetricsExport, MetricsExportError> {
+    fn export(vars: &[(&str, &str)]) -> Result<MetricsExport, OtelEnvError> {
         let vars: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -1,6 +1,6 @@
 //! Metrics: counters and histograms the request path updates, and one
 //! `Snapshot` of every series that both encoders walk: the Prometheus text
-//! exposition (served by `admin`) and the OTLP push (`otlp_metrics`). Which
+//! exposition (served by `admin`) and the OTLP push (`otlp`). Which
 //! series exist, their names, units and labels are decided here once.
 //!
 //! Why no metrics crate: every series here has a label set fixed at start-up
@@ -475,36 +475,24 @@ impl Registry {
             "1 while the Postgres invalidation listener is connected but does not hear its own probe notification (LISTEN through a transaction pooler?): nothing is kept in memory meanwhile.",
             u64::from(gauges.invalidation_listener_deaf),
         ));
-        families.push(Family {
-            name: "switchboard.invalidation.notifications",
-            unit: "{notification}",
-            kind: Kind::Counter,
-            help: "Notifications the Postgres invalidation listener received: wake-ups only (probes and forged ones included); what changed is read from the outbox.",
-            series: vec![Series::labelled(
-                Vec::new(),
-                Value::Number(self.invalidations.notifications.get()),
-            )],
-        });
-        families.push(Family {
-            name: "switchboard.invalidation.outbox.reads",
-            unit: "{read}",
-            kind: Kind::Counter,
-            help: "Reads of the Postgres invalidation outbox (at most one per notification, forged ones included).",
-            series: vec![Series::labelled(
-                Vec::new(),
-                Value::Number(self.invalidations.outbox_reads.get()),
-            )],
-        });
-        families.push(Family {
-            name: "switchboard.invalidation.probes.unheard",
-            unit: "{probe}",
-            kind: Kind::Counter,
-            help: "Probe notifications this replica sent that its own listener did not receive in time.",
-            series: vec![Series::labelled(
-                Vec::new(),
-                Value::Number(self.invalidations.probes_unheard.get()),
-            )],
-        });
+        families.push(Family::counter(
+            "switchboard.invalidation.notifications",
+            "{notification}",
+            "Notifications the Postgres invalidation listener received: wake-ups only (probes and forged ones included); what changed is read from the outbox.",
+            self.invalidations.notifications.get(),
+        ));
+        families.push(Family::counter(
+            "switchboard.invalidation.outbox.reads",
+            "{read}",
+            "Reads of the Postgres invalidation outbox (at most one per notification, forged ones included).",
+            self.invalidations.outbox_reads.get(),
+        ));
+        families.push(Family::counter(
+            "switchboard.invalidation.probes.unheard",
+            "{probe}",
+            "Probe notifications this replica sent that its own listener did not receive in time.",
+            self.invalidations.probes_unheard.get(),
+        ));
         let in_use = gauges.pool_size.saturating_sub(gauges.pool_idle);
         families.push(Family::by_label(
             (
@@ -620,10 +608,23 @@ impl<'a> Series<'a> {
 impl Family<'_> {
     /// A gauge of one unlabelled series.
     fn gauge(name: &'static str, unit: &'static str, help: &'static str, value: u64) -> Self {
+        Family::unlabelled((name, unit, Kind::Gauge), help, value)
+    }
+
+    /// A counter of one unlabelled series.
+    fn counter(name: &'static str, unit: &'static str, help: &'static str, value: u64) -> Self {
+        Family::unlabelled((name, unit, Kind::Counter), help, value)
+    }
+
+    fn unlabelled(
+        (name, unit, kind): (&'static str, &'static str, Kind),
+        help: &'static str,
+        value: u64,
+    ) -> Self {
         Family {
             name,
             unit,
-            kind: Kind::Gauge,
+            kind,
             help,
             series: vec![Series::labelled(Vec::new(), Value::Number(value))],
         }

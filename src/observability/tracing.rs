@@ -1,16 +1,15 @@
-//! Logs and traces.
+//! The process-wide subscriber (logs and traces) and W3C trace context.
 //!
-//! * Logs: one line per request (see `grpc::request_log`), text or JSON;
+//! * Logs: one line per request (see `layers::call_log`), text or JSON;
 //!   `RUST_LOG` filters them.
-//! * Metrics are not here: `metrics` counts, `admin` serves `/metrics`,
-//!   `otlp_metrics` pushes the same numbers over OTLP.
 //! * Traces: our spans (request, auth, each cache tier, each database
 //!   statement) are `DEBUG` spans of `switchboard` targets. With
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) set, an
-//!   OpenTelemetry layer takes them and exports OTLP over gRPC; the standard
-//!   `OTEL_*` variables (service name, resource attributes, sampler, batch
-//!   sizes, headers, timeout) are read by the SDK. Without an endpoint no
-//!   layer wants them, so creating one is a check of the global max level.
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) set
+//!   (`otel_env` decides), an OpenTelemetry layer takes them and exports
+//!   OTLP over gRPC; the standard `OTEL_*` variables (service name, resource
+//!   attributes, sampler, batch sizes, headers, timeout) are read by the
+//!   SDK. Without an endpoint no layer wants them, so creating one is a
+//!   check of the global max level.
 //!
 //! What may go into a span: ids and names of our own (org id, method, tier,
 //! status, the statement's operation name). Never a token, a claim set, a
@@ -31,15 +30,14 @@ use tracing_subscriber::{
     EnvFilter, Layer, Registry,
 };
 
-pub const DEFAULT_SERVICE_NAME: &str = "switchboard";
+use super::otel_env::{OtelEnv, OtelEnvError, Signal, DEFAULT_SERVICE_NAME};
+
 const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,h2=warn,tower=warn";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error(
-        "OTEL_EXPORTER_OTLP_PROTOCOL {0:?} is not supported: switchboard exports OTLP over gRPC (\"grpc\")"
-    )]
-    Protocol(String),
+    #[error(transparent)]
+    Env(#[from] OtelEnvError),
     #[error("the OTLP exporter cannot be built (check OTEL_EXPORTER_OTLP_ENDPOINT): {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
@@ -57,21 +55,16 @@ pub enum TraceExport {
 impl TraceExport {
     /// On when an OTLP endpoint is configured and the SDK is not disabled.
     pub fn from_env() -> Result<Self, TelemetryError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        Self::read(&OtelEnv::process())
+    }
+
+    fn read<F: Fn(&str) -> Option<String>>(env: &OtelEnv<F>) -> Result<Self, TelemetryError> {
+        if env.sdk_disabled() || env.endpoint(Signal::Traces).is_none() {
             return Ok(TraceExport::Off);
         }
-        if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-            && var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-        {
-            return Ok(TraceExport::Off);
-        }
-        let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        match protocol {
-            Some(protocol) if protocol.trim() != "grpc" => Err(TelemetryError::Protocol(protocol)),
-            _ => Ok(TraceExport::Otlp { endpoint: None }),
-        }
+        env.require_grpc(Signal::Traces)?;
+        // The SDK's exporter reads the endpoint and the rest itself.
+        Ok(TraceExport::Otlp { endpoint: None })
     }
 }
 
@@ -189,17 +182,18 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
-/// The trace a request belongs to, for its log line: the exported span's
-/// trace when traces are on, otherwise the caller's `traceparent`.
-pub fn trace_id_of(span: &tracing::Span, incoming: Option<TraceId>) -> Option<TraceId> {
-    if !span.is_disabled() {
-        let context = span.context();
-        let span_context = context.span().span_context().clone();
-        if span_context.is_valid() {
-            return Some(span_context.trace_id());
-        }
-    }
-    incoming
+/// The trace the call being served belongs to, for its log line: the
+/// exported request span's trace, else the caller's `traceparent`
+/// (`incoming`). Read inside the request span: entering it makes its
+/// OpenTelemetry context the current one (tracing-opentelemetry's context
+/// activation), so no span handle has to be passed down the layers.
+pub fn current_trace_id(incoming: Option<TraceId>) -> Option<TraceId> {
+    opentelemetry::Context::map_current(|context| {
+        let span = context.span();
+        let span_context = span.span_context();
+        span_context.is_valid().then(|| span_context.trace_id())
+    })
+    .or(incoming)
 }
 
 /// The trace id of a valid W3C `traceparent` header, parsed without
