@@ -523,10 +523,10 @@ fn micro(c: &mut Criterion) {
     rt.block_on(async {
         for i in 0..10_000u32 {
             memory
-                .routes
-                .insert(
+                .insert_route(
                     format!("+1800{i:07}").into(),
-                    (packed.clone(), switchboard::cache::Tier::Db),
+                    packed.clone(),
+                    switchboard::cache::Tier::Db,
                 )
                 .await;
         }
@@ -535,8 +535,7 @@ fn micro(c: &mut Criterion) {
     group.bench_function("memory tier hit (lookup + decode)", |b| {
         b.to_async(&rt).iter(|| async {
             memory
-                .routes
-                .get(std::hint::black_box(&key))
+                .route(std::hint::black_box(&key))
                 .await
                 .and_then(|(packed, _)| switchboard::cache::unpack(&packed))
         })
@@ -561,7 +560,7 @@ fn micro(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let span = tracing::debug_span!(target: "switchboard::cache", "cache.memory");
             let found = tracing::Instrument::instrument(
-                memory.routes.get(std::hint::black_box(&key)),
+                memory.route(std::hint::black_box(&key)),
                 span.clone(),
             )
             .await;

@@ -3,6 +3,8 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and their invariants.
 
+pub mod api;
+pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -13,15 +15,7 @@ pub mod grpc;
 pub mod load;
 pub mod migrate;
 pub mod observability;
-pub mod resolver;
 pub mod startup;
 pub mod store;
 
-/// Generated protobuf and gRPC code for `switchboard.v1`.
-pub mod pb {
-    tonic::include_proto!("switchboard.v1");
-
-    /// Served by gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_descriptor.bin"));
-}
+pub use api::pb;

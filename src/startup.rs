@@ -10,6 +10,7 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use tower::ServiceBuilder;
 
 use crate::{
+    app::{AgentsService, CustomersService, ResolveService},
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{
         identity,
@@ -28,7 +29,6 @@ use crate::{
         self, agent_service_server::AgentServiceServer,
         customer_service_server::CustomerServiceServer,
     },
-    resolver::Resolver,
     store::PgStore,
 };
 
@@ -236,7 +236,6 @@ impl Application {
         // through a transaction pooler) stops start-up: it would never
         // see a change made outside the service.
         let started = std::time::Instant::now();
-        let redis_ready = |cache: &Cache| cache.redis.as_ref().is_none_or(|r| r.is_connected());
         loop {
             let state = *listener_state.borrow();
             if state == ListenerState::Deaf {
@@ -256,20 +255,20 @@ impl Application {
                     waited >= LISTENER_START_WAIT
                 }
             };
-            if listener_settled && (redis_ready(&cache) || waited >= LISTENER_START_WAIT) {
+            if listener_settled && (cache.redis_ready() || waited >= LISTENER_START_WAIT) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let resolver = Resolver::new(self.store.clone(), cache.clone());
+        let resolve = ResolveService::new(self.store.clone(), cache.clone());
         if settings.preload {
-            preload(&resolver).await;
+            preload(&resolve).await;
         }
         let sources = admin::Sources {
             metrics: metrics.clone(),
             store: self.store.clone(),
             cache: cache.clone(),
-            resolver: resolver.clone(),
+            resolve: resolve.clone(),
         };
         let metrics_push = match self.metrics_export {
             MetricsExport::Off => None,
@@ -296,12 +295,17 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                AgentServiceServer::new(AgentApi::new(resolver, self.store.clone()))
-                    .max_decoding_message_size(limits.max_message_bytes),
+                AgentServiceServer::new(AgentApi::new(
+                    resolve,
+                    AgentsService::new(self.store.clone(), cache.clone()),
+                ))
+                .max_decoding_message_size(limits.max_message_bytes),
             )
             .add_service(
-                CustomerServiceServer::new(CustomerApi::new(self.store, cache))
-                    .max_decoding_message_size(limits.max_message_bytes),
+                CustomerServiceServer::new(CustomerApi::new(CustomersService::new(
+                    self.store, cache,
+                )))
+                .max_decoding_message_size(limits.max_message_bytes),
             );
 
         let (stop, stopped) = oneshot::channel::<()>();
@@ -330,9 +334,9 @@ impl Application {
 
 /// Warms the memory tier before serving; a failure only means calls fill it
 /// lazily.
-async fn preload(resolver: &Resolver) {
+async fn preload(resolve: &ResolveService) {
     let started = std::time::Instant::now();
-    match resolver.preload(PRELOAD_PAGE).await {
+    match resolve.preload(PRELOAD_PAGE).await {
         Ok(routes) => tracing::info!(
             routes,
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -355,7 +355,7 @@ impl Session<'_> {
                     let Some(notification) = received? else { return Ok(()) };
                     // The payload is never trusted: at most it is our probe.
                     let heard = self.probes.is_ours(notification.payload());
-                    self.cache.metrics.invalidations.notifications.inc();
+                    self.cache.invalidations().notifications.inc();
                     self.catch_up(cursor, true).await?;
                     woken = self.drain_buffered();
                     if heard {
@@ -378,7 +378,7 @@ impl Session<'_> {
                 }
                 _ = ticker.tick() => {
                     if self.probes.overdue() {
-                        self.cache.metrics.invalidations.probes_unheard.inc();
+                        self.cache.invalidations().probes_unheard.inc();
                         if self.probes.unheard() >= DEAF_AFTER {
                             self.deaf();
                         }
@@ -407,7 +407,7 @@ impl Session<'_> {
     fn drain_buffered(&mut self) -> bool {
         let mut any = false;
         while self.listener.next_buffered().is_some() {
-            self.cache.metrics.invalidations.notifications.inc();
+            self.cache.invalidations().notifications.inc();
             any = true;
         }
         any
@@ -420,7 +420,7 @@ impl Session<'_> {
         apply: bool,
     ) -> Result<(), sqlx::Error> {
         loop {
-            self.cache.metrics.invalidations.outbox_reads.inc();
+            self.cache.invalidations().outbox_reads.inc();
             let read = outbox::read_outbox(
                 &mut *self.listener,
                 cursor.top,
@@ -645,7 +645,7 @@ async fn apply_rows(cache: &Cache, read: &OutboxRead) {
     // A notification alone (a probe, or a forged one) is not an
     // invalidation: rows are, once this replica's memory no longer holds
     // what they name.
-    cache.metrics.invalidations.postgres.add(count);
+    cache.invalidations().postgres.add(count);
     for eviction in &evictions {
         cache.evict_shared(eviction).await;
     }
@@ -712,7 +712,7 @@ pub fn spawn_redis_subscriber(cache: Cache, redis: RedisTier) -> JoinHandle<()> 
             attempt = 0;
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {
-                cache.metrics.invalidations.redis.inc();
+                cache.invalidations().redis.inc();
                 let payload: String = message.get_payload().unwrap_or_default();
                 cache.evict_local(&Invalidation::parse(&payload)).await;
             }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use prost::Message;
 
-use crate::{domain::OrgId, pb};
+use crate::{api::pb, domain::OrgId};
 
 /// What `ResolveAgent` answers for a number, minus the caller: agent and
 /// organization, in wire form so a hit costs no conversion.
@@ -51,17 +51,23 @@ impl Tier {
     }
 }
 
+/// A caller record as the memory tier keeps it: `None` for a caller the
+/// org does not know (remembered too, so an unknown caller costs one read).
+pub type CallerRecord = Option<Arc<pb::Customer>>;
+
+/// Fields are the cache's own: what is kept, and when, is decided in
+/// `cache/lookup.rs` (fills) and `cache/mod.rs` (evictions) only.
 #[derive(Clone)]
 pub struct MemoryTier {
     /// False when configured with no room for routes: every call then goes
     /// to Redis or Postgres (for measuring those tiers, or to rule the
     /// memory tier out while debugging).
-    pub enabled: bool,
+    pub(super) enabled: bool,
     /// Called number (E.164) → route (encoded) and the tier that filled it.
-    pub routes: Cache<Arc<str>, (PackedRoute, Tier)>,
+    pub(super) routes: Cache<Arc<str>, (PackedRoute, Tier)>,
     /// (org, caller number) → that org's customer record, or `None` for a
     /// caller the org does not know. Keyed by org: never shared across tenants.
-    pub callers: Cache<(OrgId, Arc<str>), Option<Arc<pb::Customer>>>,
+    pub(super) callers: Cache<(OrgId, Arc<str>), CallerRecord>,
 }
 
 impl MemoryTier {
@@ -79,13 +85,25 @@ impl MemoryTier {
         }
     }
 
-    pub async fn evict_numbers(&self, numbers: &[String]) {
+    /// The route kept for `number`, as kept: no span, no counter, no fill
+    /// rule (the micro benchmarks measure the bare tier through this).
+    pub async fn route(&self, number: &str) -> Option<(PackedRoute, Tier)> {
+        self.routes.get(number).await
+    }
+
+    /// Keeps a route as is, outside every fill rule (benchmarks; the
+    /// service fills through `Cache::route_or_fill` and `Preload`).
+    pub async fn insert_route(&self, number: Arc<str>, packed: PackedRoute, tier: Tier) {
+        self.routes.insert(number, (packed, tier)).await;
+    }
+
+    pub(super) async fn evict_numbers(&self, numbers: &[String]) {
         for number in numbers {
             self.routes.invalidate(number.as_str()).await;
         }
     }
 
-    pub async fn evict_callers(&self, callers: &[(OrgId, String)]) {
+    pub(super) async fn evict_callers(&self, callers: &[(OrgId, String)]) {
         for (org, phone) in callers {
             self.callers
                 .invalidate(&(*org, Arc::<str>::from(phone.as_str())))
@@ -94,14 +112,14 @@ impl MemoryTier {
     }
 
     /// How many routes the tier holds at most.
-    pub fn capacity(&self) -> u64 {
+    pub(super) fn capacity(&self) -> u64 {
         if !self.enabled {
             return 0;
         }
         self.routes.policy().max_capacity().unwrap_or(u64::MAX)
     }
 
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.routes.invalidate_all();
         self.callers.invalidate_all();
     }

@@ -4,15 +4,20 @@
 //!
 //! Invariants:
 //! * Only routes and callers are cached, keyed by called number and by
-//!   (org, caller number). Who may *see* an entry is decided by the resolver,
-//!   never by the cache: cached answers are served to `service_role` only.
+//!   (org, caller number). Who may *see* an entry is decided by the core
+//!   (`app::ResolveService`), never by the cache: cached answers are served
+//!   to `service_role` only.
+//! * The fill rules live in `lookup.rs`, behind `route_or_fill`,
+//!   `caller_or_fill` and `preload`; evictions here. `Cache`'s fields are
+//!   private: no one outside this module puts anything in a tier.
 //! * Every eviction bumps `generation`; a fill that started before an
-//!   eviction does not stay in the memory tier (see `Resolver`).
+//!   eviction does not stay in the memory tier.
 //! * A Redis failure is a miss, never an error.
 
 mod breaker;
 pub mod identity;
 pub mod invalidation;
+mod lookup;
 mod memory;
 mod redis;
 pub mod redis_link;
@@ -22,22 +27,23 @@ use std::sync::{
     Arc,
 };
 
-use crate::observability::metrics::Metrics;
+use crate::observability::metrics::{Invalidations, Metrics};
 
 pub use self::{
     breaker::Breaker,
     invalidation::Invalidation,
-    memory::{pack, unpack, MemoryTier, PackedRoute, Route, Tier},
+    lookup::{FoundRoute, Preload},
+    memory::{pack, unpack, CallerRecord, MemoryTier, PackedRoute, Route, Tier},
     redis::{RedisTier, Scope, KEY_VERSION},
     redis_link::RedisTarget,
 };
 
 #[derive(Clone)]
 pub struct Cache {
-    pub memory: MemoryTier,
-    pub redis: Option<RedisTier>,
+    memory: MemoryTier,
+    redis: Option<RedisTier>,
     /// Lookups per tier and invalidations received are counted here.
-    pub metrics: Metrics,
+    metrics: Metrics,
     generation: Arc<AtomicU64>,
     /// True while the Postgres listener is connected and has heard its own
     /// probe. Only then may a fill stay in the memory tier: without the
@@ -77,15 +83,31 @@ impl Cache {
         self.listening.load(Ordering::Acquire)
     }
 
+    /// Whether the Redis tier, if there is one, can be reached (start-up
+    /// waits a little for it).
+    pub fn redis_ready(&self) -> bool {
+        self.redis.as_ref().is_none_or(|r| r.is_connected())
+    }
+
+    /// Whether the Redis tier's breaker is open; `None` without a Redis tier.
+    pub fn redis_breaker_open(&self) -> Option<bool> {
+        self.redis.as_ref().map(|r| r.is_open())
+    }
+
+    /// Where the listener and the subscriber count what they receive.
+    fn invalidations(&self) -> &Invalidations {
+        &self.metrics.invalidations
+    }
+
     /// Whether a fill that began at `generation` may be kept.
-    pub fn may_keep(&self, generation: u64) -> bool {
+    fn may_keep(&self, generation: u64) -> bool {
         self.is_listening() && self.generation() == generation
     }
 
     /// The listener is connected, caught up with the outbox, and heard its
     /// own probe: fills may be kept. (What was cached before stays: the
     /// catch-up evicted whatever changed meanwhile.)
-    pub fn listener_hearing(&self) {
+    fn listener_hearing(&self) {
         self.deaf.store(false, Ordering::Release);
         self.listening.store(true, Ordering::Release);
     }
@@ -93,7 +115,7 @@ impl Cache {
     /// The listener is connected but its own notification did not arrive:
     /// invalidations may be missed for as long as it lasts, so nothing
     /// cached is kept, old or new.
-    pub fn listener_deaf(&self) {
+    fn listener_deaf(&self) {
         self.listening.store(false, Ordering::Release);
         self.deaf.store(true, Ordering::Release);
         self.drop_memory();
@@ -105,18 +127,18 @@ impl Cache {
 
     /// The listener lost its connection: keep serving what is cached (a
     /// call must not fail because the database blinked), keep nothing new.
-    pub fn listener_disconnected(&self) {
+    fn listener_disconnected(&self) {
         self.listening.store(false, Ordering::Release);
         self.deaf.store(false, Ordering::Release);
     }
 
-    pub fn generation(&self) -> u64 {
+    fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// Evicts from this replica's memory tier only (a fan-out message from
     /// another replica: Redis was already dealt with).
-    pub async fn evict_local(&self, invalidation: &Invalidation) {
+    async fn evict_local(&self, invalidation: &Invalidation) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         match invalidation {
             Invalidation::Numbers { numbers } => self.memory.evict_numbers(numbers).await,
@@ -140,7 +162,7 @@ impl Cache {
 
     /// Evicts from Redis and every other replica's memory (pub/sub); the
     /// second half of `invalidate`, for a caller that evicted locally first.
-    pub async fn evict_shared(&self, invalidation: &Invalidation) {
+    async fn evict_shared(&self, invalidation: &Invalidation) {
         let Some(redis) = &self.redis else { return };
         match invalidation {
             Invalidation::Numbers { numbers } => {
@@ -157,7 +179,7 @@ impl Cache {
     /// After a reconnect notifications may have been missed: drop this
     /// replica's memory tier (Redis keeps its entries; they are evicted by
     /// whichever replica's listener saw the change, and expire by TTL).
-    pub fn drop_memory(&self) {
+    fn drop_memory(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.memory.clear();
     }

@@ -39,7 +39,7 @@ use super::{
     memory::Route,
     redis_link::{Link, LinkTimeouts, NewMaster, RedisTarget},
 };
-use crate::{observability::metrics::Metrics, pb, store::DatabaseIdentity};
+use crate::{api::pb, observability::metrics::Metrics, store::DatabaseIdentity};
 
 /// Every key and channel starts with this; bump `v1` when the value format
 /// changes, so old and new replicas never read each other's bytes.

@@ -5,40 +5,31 @@ use tonic::{Request, Response, Status};
 use tonic::metadata::MetadataValue;
 
 use super::{
-    convert::{agent_change_to_pb, agent_to_pb, in_field, target_org, with_org},
+    parse::{in_field, target_org, with_org},
     LoggedOrg, CACHE_TIER_HEADER,
 };
 use crate::{
+    api::{
+        convert::{agent_change_to_pb, agent_to_pb},
+        pb::{self, agent_service_server::AgentService},
+    },
+    app::{AgentsService, ResolveService},
     auth::{claims_of, Claims},
-    cache::Invalidation,
     domain::{
         model::{parse_text, MAX_NAME_CHARS, MAX_VOICE_ID_CHARS},
         AgentField, AgentId, AgentPatch, LlmConfig, NewAgent, PageRequest, PhoneNumber, Seq,
     },
     error::Error,
-    pb::{self, agent_service_server::AgentService},
-    resolver::Resolver,
-    store::PgStore,
 };
 
 pub struct AgentApi {
-    resolver: Resolver,
-    store: PgStore,
+    resolve: ResolveService,
+    agents: AgentsService,
 }
 
 impl AgentApi {
-    pub fn new(resolver: Resolver, store: PgStore) -> Self {
-        AgentApi { resolver, store }
-    }
-
-    /// A write through the service is visible on the next `ResolveAgent`
-    /// from any replica: evict here, in Redis and (pub/sub) everywhere,
-    /// before answering. The trigger's notification follows and is harmless.
-    async fn evict(&self, numbers: &[&str]) {
-        self.resolver
-            .cache()
-            .invalidate(&Invalidation::numbers(numbers.iter().copied()))
-            .await;
+    pub fn new(resolve: ResolveService, agents: AgentsService) -> Self {
+        AgentApi { resolve, agents }
     }
 }
 
@@ -117,7 +108,7 @@ impl AgentService for AgentApi {
             Some(PhoneNumber::parse(&request.caller_number).map_err(in_field("caller_number"))?)
         };
         let resolved = self
-            .resolver
+            .resolve
             .resolve(&claims, &called, caller.as_ref())
             .await?;
         let mut response = Response::new(resolved.response);
@@ -137,7 +128,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::Agent>, Status> {
         let claims = claims_of(&request)?;
         let id = AgentId::parse(&request.get_ref().id)?;
-        let agent = self.store.get_agent(&claims, id).await?;
+        let agent = self.agents.get(&claims, id).await?;
         Ok(with_org(agent_to_pb(&agent), agent.org_id))
     }
 
@@ -147,7 +138,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let claims = claims_of(&request)?;
         let page = PageRequest::parse(request.get_ref().page_size, &request.get_ref().page_token)?;
-        let page = self.store.list_agents(&claims, page).await?;
+        let page = self.agents.list(&claims, page).await?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: page.items.iter().map(agent_to_pb).collect(),
             next_page_token: page.next_page_token,
@@ -164,8 +155,7 @@ impl AgentService for AgentApi {
             .agent
             .ok_or_else(|| Error::invalid("agent is required"))?;
         let new_agent = parse_new_agent(&claims, agent)?;
-        let agent = self.store.create_agent(&claims, &new_agent).await?;
-        self.evict(&[agent.phone_number.as_str()]).await;
+        let agent = self.agents.create(&claims, &new_agent).await?;
         Ok(with_org(agent_to_pb(&agent), agent.org_id))
     }
 
@@ -180,9 +170,7 @@ impl AgentService for AgentApi {
             .ok_or_else(|| Error::invalid("agent is required"))?;
         let id = AgentId::parse(&agent.id).map_err(in_field("agent"))?;
         let patch = parse_patch(agent, request.update_mask)?;
-        let (agent, previous_number) = self.store.update_agent(&claims, id, &patch).await?;
-        self.evict(&[previous_number.as_str(), agent.phone_number.as_str()])
-            .await;
+        let agent = self.agents.update(&claims, id, &patch).await?;
         Ok(with_org(agent_to_pb(&agent), agent.org_id))
     }
 
@@ -192,8 +180,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<()>, Status> {
         let claims = claims_of(&request)?;
         let id = AgentId::parse(&request.get_ref().id)?;
-        let agent = self.store.delete_agent(&claims, id).await?;
-        self.evict(&[agent.phone_number.as_str()]).await;
+        let agent = self.agents.delete(&claims, id).await?;
         Ok(with_org((), agent.org_id))
     }
 
@@ -205,7 +192,7 @@ impl AgentService for AgentApi {
         let request = request.into_inner();
         let id = AgentId::parse(&request.agent_id).map_err(in_field("agent_id"))?;
         let page = PageRequest::<Seq>::parse(request.page_size, &request.page_token)?;
-        let page = self.store.list_agent_history(&claims, id, page).await?;
+        let page = self.agents.history(&claims, id, page).await?;
         Ok(Response::new(pb::ListAgentHistoryResponse {
             changes: page.items.iter().map(agent_change_to_pb).collect(),
             next_page_token: page.next_page_token,

@@ -2,44 +2,28 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{customer_to_pb, in_field, target_org, with_org};
+use super::parse::{in_field, target_org, with_org};
 use crate::{
+    api::{
+        convert::customer_to_pb,
+        pb::{self, customer_service_server::CustomerService},
+    },
+    app::CustomersService,
     auth::claims_of,
-    cache::{invalidation::CallerKey, Cache, Invalidation},
     domain::{
         model::{parse_optional_text, MAX_EMAIL_CHARS, MAX_NAME_CHARS},
-        Customer, CustomerId, CustomerUpsert, OrgId, PageRequest, PhoneNumber,
+        CustomerId, CustomerUpsert, OrgId, PageRequest, PhoneNumber,
     },
     error::Error,
-    pb::{self, customer_service_server::CustomerService},
-    store::PgStore,
 };
 
 pub struct CustomerApi {
-    store: PgStore,
-    /// Caller records are cached for `ResolveAgent`.
-    cache: Cache,
+    customers: CustomersService,
 }
 
 impl CustomerApi {
-    pub fn new(store: PgStore, cache: Cache) -> Self {
-        CustomerApi { store, cache }
-    }
-
-    /// A write through the service is on the next `ResolveAgent` of any
-    /// replica, as for agents: evict the caller record here and (pub/sub)
-    /// everywhere before answering, not only when the trigger's
-    /// notification arrives.
-    async fn evict(&self, customer: &Customer) {
-        let caller = CallerKey {
-            org_id: customer.org_id,
-            phone: customer.phone.as_str().to_owned(),
-        };
-        self.cache
-            .invalidate(&Invalidation::Callers {
-                callers: vec![caller],
-            })
-            .await;
+    pub fn new(customers: CustomersService) -> Self {
+        CustomerApi { customers }
     }
 }
 
@@ -55,7 +39,7 @@ impl CustomerService for CustomerApi {
             "" => None,
             org_id => Some(OrgId::parse(org_id)?),
         };
-        let customer = self.store.lookup_customer(&claims, &phone, org_id).await?;
+        let customer = self.customers.lookup(&claims, &phone, org_id).await?;
         Ok(with_org(customer_to_pb(&customer), customer.org_id))
     }
 
@@ -65,7 +49,7 @@ impl CustomerService for CustomerApi {
     ) -> Result<Response<pb::Customer>, Status> {
         let claims = claims_of(&request)?;
         let id = CustomerId::parse(&request.get_ref().id)?;
-        let customer = self.store.get_customer(&claims, id).await?;
+        let customer = self.customers.get(&claims, id).await?;
         Ok(with_org(customer_to_pb(&customer), customer.org_id))
     }
 
@@ -75,7 +59,7 @@ impl CustomerService for CustomerApi {
     ) -> Result<Response<pb::ListCustomersResponse>, Status> {
         let claims = claims_of(&request)?;
         let page = PageRequest::parse(request.get_ref().page_size, &request.get_ref().page_token)?;
-        let page = self.store.list_customers(&claims, page).await?;
+        let page = self.customers.list(&claims, page).await?;
         Ok(Response::new(pb::ListCustomersResponse {
             customers: page.items.iter().map(customer_to_pb).collect(),
             next_page_token: page.next_page_token,
@@ -97,8 +81,7 @@ impl CustomerService for CustomerApi {
             name: parse_optional_text("name", &customer.name, MAX_NAME_CHARS)?,
             email: parse_optional_text("email", &customer.email, MAX_EMAIL_CHARS)?,
         };
-        let customer = self.store.upsert_customer(&claims, &upsert).await?;
-        self.evict(&customer).await;
+        let customer = self.customers.upsert(&claims, &upsert).await?;
         Ok(with_org(customer_to_pb(&customer), customer.org_id))
     }
 
@@ -108,8 +91,7 @@ impl CustomerService for CustomerApi {
     ) -> Result<Response<()>, Status> {
         let claims = claims_of(&request)?;
         let id = CustomerId::parse(&request.get_ref().id)?;
-        let customer = self.store.delete_customer(&claims, id).await?;
-        self.evict(&customer).await;
+        let customer = self.customers.delete(&claims, id).await?;
         Ok(with_org((), customer.org_id))
     }
 }

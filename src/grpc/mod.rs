@@ -1,12 +1,12 @@
 //! The gRPC transport: thin handlers that parse requests into domain types,
-//! call the resolver or the store, and convert the answer back. No SQL, no
-//! caching decisions, no tenant filtering here.
+//! call the core (`app/`), and convert the answer back (`api::convert`).
+//! No store, no cache, no SQL, no tenant filtering here.
 
 mod agents;
 mod connection;
-pub(crate) mod convert;
 mod customers;
 mod limits;
+mod parse;
 
 /// Handlers put these in a response for the request layers: the org for the
 /// log line, the cache tier for the log, the metrics and the trailer.

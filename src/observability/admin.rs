@@ -8,7 +8,7 @@ use axum::{extract::State, http::header, response::IntoResponse, routing::get, R
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::metrics::{Gauges, Metrics, Snapshot};
-use crate::{cache::Cache, resolver::Resolver, store::PgStore};
+use crate::{app::ResolveService, cache::Cache, store::PgStore};
 
 /// What a scrape (and an OTLP push) reads: the counters, and the parts whose
 /// state the gauges mirror (read at scrape time, so they cost the call path
@@ -18,7 +18,7 @@ pub struct Sources {
     pub metrics: Metrics,
     pub store: PgStore,
     pub cache: Cache,
-    pub resolver: Resolver,
+    pub resolve: ResolveService,
 }
 
 impl Sources {
@@ -34,8 +34,8 @@ impl Sources {
             pool_size: pool.size,
             pool_idle: pool.idle,
             pool_waiting: pool.waiting,
-            database_breaker_open: self.resolver.database_breaker_open(),
-            redis_breaker_open: self.cache.redis.as_ref().map(|r| r.is_open()),
+            database_breaker_open: self.resolve.database_breaker_open(),
+            redis_breaker_open: self.cache.redis_breaker_open(),
             invalidation_listener_connected: self.cache.is_listening(),
             invalidation_listener_deaf: self.cache.is_listener_deaf(),
         }

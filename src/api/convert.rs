@@ -1,19 +1,13 @@
-//! Domain ↔ protobuf conversions, and request parsing helpers.
+//! Domain → protobuf conversions (and back, where an answer kept encoded
+//! is read). Pure functions: no I/O, no transport.
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
-use tonic::Response;
-
-use super::LoggedOrg;
-use crate::{
-    auth::Claims,
-    domain::{
-        json_to_value, Agent, AgentChange, ChangeOperation, Customer, OrgId, Organization,
-        PlanTier, Resolution,
-    },
-    error::Error,
-    pb,
+use super::pb;
+use crate::domain::{
+    json_to_value, Agent, AgentChange, ChangeOperation, Customer, OrgId, Organization, PlanTier,
+    Resolution,
 };
 
 pub fn timestamp(at: DateTime<Utc>) -> Option<Timestamp> {
@@ -21,15 +15,6 @@ pub fn timestamp(at: DateTime<Utc>) -> Option<Timestamp> {
         seconds: at.timestamp(),
         nanos: at.timestamp_subsec_nanos() as i32,
     })
-}
-
-/// Prefixes a parse error with the request field it came from, so a client
-/// with two phone fields knows which one was wrong.
-pub fn in_field(field: &'static str) -> impl Fn(Error) -> Error {
-    move |error| match error {
-        Error::InvalidArgument(message) => Error::InvalidArgument(format!("{field}: {message}")),
-        other => other,
-    }
 }
 
 pub fn agent_to_pb(agent: &Agent) -> pb::Agent {
@@ -112,23 +97,11 @@ pub fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentResponse {
     }
 }
 
-/// A response that names the org it concerns, for the request log.
-pub fn with_org<T>(message: T, org: OrgId) -> Response<T> {
-    let mut response = Response::new(message);
-    response.extensions_mut().insert(LoggedOrg(org));
-    response
-}
-
-/// A tenant's writes go to its own org (RLS refuses any other, so naming
-/// another is PERMISSION_DENIED); a service_role caller must say which org.
-pub fn target_org(claims: &Claims, org_id: &str) -> Result<Option<OrgId>, Error> {
-    if org_id.trim().is_empty() {
-        if claims.is_service_role() {
-            return Err(Error::invalid(
-                "org_id is required for service_role callers",
-            ));
-        }
-        return Ok(None);
-    }
-    OrgId::parse(org_id).map(Some)
+/// The org a route answers for (`None` only for a route that is not one of
+/// ours: every route `resolution_to_pb` makes names its org).
+pub fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
+    route
+        .organization
+        .as_ref()
+        .and_then(|o| OrgId::parse(&o.id).ok())
 }

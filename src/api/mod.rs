@@ -1,0 +1,19 @@
+//! The protobuf layer: the generated `switchboard.v1` types and their
+//! conversions from the domain. The transport (`grpc/`), the core (`app/`)
+//! and the cache (`cache/`, which keeps answers encoded) all use it, so
+//! none of them imports another's types to speak protobuf.
+//!
+//! Invariant: nothing here knows a transport, a store or a cache: no tonic
+//! service, no request or response wrapper, no sqlx. (The generated client
+//! and server stubs sit in `pb` because tonic generates them there.)
+
+pub mod convert;
+
+/// Generated protobuf and gRPC code for `switchboard.v1`.
+pub mod pb {
+    tonic::include_proto!("switchboard.v1");
+
+    /// Served by gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_descriptor.bin"));
+}

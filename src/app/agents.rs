@@ -1,0 +1,67 @@
+//! Agents: reads under the caller's claims, and writes that evict the
+//! routes they changed (through `Data::write`).
+
+use super::data::Data;
+use crate::{
+    auth::Claims,
+    cache::Cache,
+    domain::{Agent, AgentChange, AgentId, AgentPatch, NewAgent, Page, PageRequest, Seq},
+    error::Error,
+    store::PgStore,
+};
+
+#[derive(Clone)]
+pub struct AgentsService {
+    data: Data,
+}
+
+impl AgentsService {
+    pub fn new(store: PgStore, cache: Cache) -> Self {
+        AgentsService {
+            data: Data::new(store, cache),
+        }
+    }
+
+    pub async fn get(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
+        self.data.reads().get_agent(claims, id).await
+    }
+
+    pub async fn list(&self, claims: &Claims, page: PageRequest) -> Result<Page<Agent>, Error> {
+        self.data.reads().list_agents(claims, page).await
+    }
+
+    /// The agent's changes, newest first (the trail the database keeps).
+    pub async fn history(
+        &self,
+        claims: &Claims,
+        id: AgentId,
+        page: PageRequest<Seq>,
+    ) -> Result<Page<AgentChange>, Error> {
+        self.data.reads().list_agent_history(claims, id, page).await
+    }
+
+    pub async fn create(&self, claims: &Claims, agent: &NewAgent) -> Result<Agent, Error> {
+        self.data
+            .write(|store| store.create_agent(claims, agent))
+            .await
+    }
+
+    pub async fn update(
+        &self,
+        claims: &Claims,
+        id: AgentId,
+        patch: &AgentPatch,
+    ) -> Result<Agent, Error> {
+        let (agent, _previous_number) = self
+            .data
+            .write(|store| store.update_agent(claims, id, patch))
+            .await?;
+        Ok(agent)
+    }
+
+    pub async fn delete(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
+        self.data
+            .write(|store| store.delete_agent(claims, id))
+            .await
+    }
+}

@@ -1,0 +1,24 @@
+//! The application core: one service per use case, between the transport
+//! (`grpc/`) and storage (`store/`, `cache/`). Each owns the store and the
+//! cache it needs; the transport hands it parsed domain values and gets
+//! back domain values, or for `ResolveAgent` the answer in its wire form
+//! (the cache keeps answers encoded, so that form is the core's too).
+//!
+//! Invariants:
+//! * Every write goes through `Data::write`, which evicts what the write
+//!   changed from this replica's memory, Redis and every other replica
+//!   before it returns, so the write is on the next `ResolveAgent` of any
+//!   replica once it is answered. A service reads through `Data::reads`;
+//!   it holds no store of its own to write through.
+//! * The core decides who gets a cached answer (`service_role` only) and
+//!   hands the cache its fetches; the cache decides what it keeps.
+//! * Nothing here knows tonic or sqlx.
+
+mod agents;
+mod customers;
+mod data;
+mod resolve;
+
+pub use agents::AgentsService;
+pub use customers::CustomersService;
+pub use resolve::{ResolveService, Resolved};
