@@ -29,12 +29,10 @@ use switchboard::{
     pb::{self, agent_service_client::AgentServiceClient},
     startup::Application,
 };
+use switchboard_testkit::keys;
 use tonic::{transport::Channel, Request};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use uuid::Uuid;
-
-#[path = "../tests/api/keys.rs"]
-mod keys;
 
 const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
 const ACME_NUMBER: &str = "+18005550100";

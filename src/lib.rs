@@ -11,7 +11,6 @@ pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod grpc;
-pub mod load;
 pub mod metrics;
 pub mod migrate;
 pub mod otlp_metrics;

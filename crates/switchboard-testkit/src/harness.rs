@@ -4,15 +4,20 @@
 //! Environment:
 //! * `SWITCHBOARD_TEST_DATABASE_URL`: a superuser URL to the server the tests
 //!   create their databases on (default `postgres://postgres@127.0.0.1:5432/postgres`).
-//! * `SWITCHBOARD_TEST_POOLER_URL`: in the `pooled` test binary, a transaction
-//!   pooler to use (e.g. `postgres://postgres@127.0.0.1:6543`) instead of the
-//!   PgBouncer the tests start themselves. The service's queries go through
-//!   it; migrations and fixtures always go direct.
+//! * `SWITCHBOARD_TEST_POOLER_URL`: for a [`ThroughPooler`] harness (the
+//!   `pooled` test binary), a transaction pooler to use (e.g.
+//!   `postgres://postgres@127.0.0.1:6543`) instead of the PgBouncer the tests
+//!   start themselves. The service's queries go through it; migrations and
+//!   fixtures always go direct.
 //! * `SWITCHBOARD_TEST_REDIS_URL`: Redis (default `redis://127.0.0.1:6379`).
+//!
+//! Whether the service reaches Postgres directly or through the pooler is a
+//! type parameter of [`TestDb`] and [`TestApp`] ([`Direct`] or
+//! [`ThroughPooler`]), fixed once per test binary by the prelude it names
+//! (`switchboard_testkit::direct` or `::pooled`), so the same test files run
+//! both ways unchanged.
 
-#![allow(dead_code)]
-
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{marker::PhantomData, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use serde_json::{Map, Value};
 use sqlx::{
@@ -201,7 +206,27 @@ fn with_database(url: &str, name: &str) -> String {
     format!("postgres://{user}@{host}:{port}/{name}")
 }
 
-/// The transaction pooler every test of the `pooled` binary shares.
+/// How the service under test reaches Postgres.
+pub trait PoolerMode: Send + Sync + 'static {
+    const THROUGH_POOLER: bool;
+}
+
+/// The service talks to Postgres directly.
+pub enum Direct {}
+
+/// Every query of the service goes through a transaction pooler (a
+/// PgBouncer the tests start, or `SWITCHBOARD_TEST_POOLER_URL`).
+pub enum ThroughPooler {}
+
+impl PoolerMode for Direct {
+    const THROUGH_POOLER: bool = false;
+}
+
+impl PoolerMode for ThroughPooler {
+    const THROUGH_POOLER: bool = true;
+}
+
+/// The transaction pooler every test of a `ThroughPooler` binary shares.
 async fn shared_pooler_url() -> String {
     static POOLER: tokio::sync::OnceCell<(String, Option<crate::pgbouncer::PgBouncer>)> =
         tokio::sync::OnceCell::const_new();
@@ -228,7 +253,7 @@ async fn shared_pooler_url() -> String {
 }
 
 /// A database of its own for one test, dropped (with force) when it ends.
-pub struct TestDb {
+pub struct TestDb<M: PoolerMode> {
     pub name: String,
     /// Direct connection URL: migrations, fixtures, assertions.
     pub direct_url: String,
@@ -236,11 +261,12 @@ pub struct TestDb {
     pub service_url: String,
     /// A superuser pool on the test database, for fixtures and checks.
     pub pool: PgPool,
+    mode: PhantomData<M>,
 }
 
-impl TestDb {
+impl<M: PoolerMode> TestDb<M> {
     /// Creates an empty database (no migrations).
-    pub async fn empty() -> TestDb {
+    pub async fn empty() -> TestDb<M> {
         let admin = admin_url();
         let name = format!("switchboard_test_{}", Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin)
@@ -251,7 +277,7 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("create database: {e}"));
         let _ = conn.close().await;
         let direct_url = with_database(&admin, &name);
-        let service_url = if crate::THROUGH_POOLER {
+        let service_url = if M::THROUGH_POOLER {
             with_database(&shared_pooler_url().await, &name)
         } else {
             direct_url.clone()
@@ -265,11 +291,12 @@ impl TestDb {
             direct_url,
             service_url,
             pool,
+            mode: PhantomData,
         }
     }
 
     /// A database with the migrations and the demo data.
-    pub async fn seeded() -> TestDb {
+    pub async fn seeded() -> TestDb<M> {
         let db = TestDb::empty().await;
         db.migrate_and_seed().await;
         db
@@ -294,7 +321,7 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
+impl<M: PoolerMode> Drop for TestDb<M> {
     fn drop(&mut self) {
         let name = self.name.clone();
         let admin = admin_url();
@@ -338,7 +365,7 @@ impl Drop for TestDb {
 }
 
 /// Changes a test makes to the server's settings.
-pub type AdjustArgs = std::sync::Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
+pub type AdjustArgs = Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
 
 /// Settings a test may change before the server starts.
 pub struct AppOptions {
@@ -387,32 +414,32 @@ impl Default for AppOptions {
 }
 
 /// The service running on a loopback port over its own database.
-pub struct TestApp {
+pub struct TestApp<M: PoolerMode> {
     pub addr: SocketAddr,
     /// The admin HTTP port (`/metrics`).
     pub admin_addr: SocketAddr,
     /// Shared by replicas of the same deployment (`spawn_replica`).
-    pub db: std::sync::Arc<TestDb>,
+    pub db: Arc<TestDb<M>>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
-impl TestApp {
-    pub async fn spawn() -> TestApp {
+impl<M: PoolerMode> TestApp<M> {
+    pub async fn spawn() -> TestApp<M> {
         TestApp::spawn_with(TestDb::seeded().await, AppOptions::default()).await
     }
 
-    pub async fn spawn_with(db: TestDb, options: AppOptions) -> TestApp {
-        TestApp::spawn_on(std::sync::Arc::new(db), options).await
+    pub async fn spawn_with(db: TestDb<M>, options: AppOptions) -> TestApp<M> {
+        TestApp::spawn_on(Arc::new(db), options).await
     }
 
     /// Another replica of the same deployment: same database, same Redis
     /// namespace, its own memory tier.
-    pub async fn spawn_replica(&self, options: AppOptions) -> TestApp {
+    pub async fn spawn_replica(&self, options: AppOptions) -> TestApp<M> {
         TestApp::spawn_on(self.db.clone(), options).await
     }
 
-    pub async fn spawn_on(db: std::sync::Arc<TestDb>, options: AppOptions) -> TestApp {
+    pub async fn spawn_on(db: Arc<TestDb<M>>, options: AppOptions) -> TestApp<M> {
         let mut args = ServeArgs {
             database_url: Some(
                 options
@@ -512,7 +539,7 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
+impl<M: PoolerMode> Drop for TestApp<M> {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -690,7 +717,7 @@ where
     }
 }
 
-impl TestDb {
+impl<M: PoolerMode> TestDb<M> {
     /// `switchboard:v1:<namespace>:<database identity>:`, how every Redis
     /// key and the channel of a `TestApp` on this database begin.
     pub async fn redis_prefix(&self) -> String {
