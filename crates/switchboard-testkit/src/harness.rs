@@ -264,28 +264,38 @@ pub struct TestDb<M: PoolerMode> {
     mode: PhantomData<M>,
 }
 
+// `TestDb` and `TestApp` are generic over the mode only to pick it; their
+// work is done by functions that are not, so a test binary does not compile
+// it again.
+
+/// A new empty database: (name, direct URL, service URL, superuser pool).
+async fn create_database(through_pooler: bool) -> (String, String, String, PgPool) {
+    let admin = admin_url();
+    let name = format!("switchboard_test_{}", Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin}: {e}"));
+    conn.execute(format!("create database {name}").as_str())
+        .await
+        .unwrap_or_else(|e| panic!("create database: {e}"));
+    let _ = conn.close().await;
+    let direct_url = with_database(&admin, &name);
+    let service_url = if through_pooler {
+        with_database(&shared_pooler_url().await, &name)
+    } else {
+        direct_url.clone()
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_lazy(&direct_url)
+        .unwrap_or_else(|e| panic!("pool: {e}"));
+    (name, direct_url, service_url, pool)
+}
+
 impl<M: PoolerMode> TestDb<M> {
     /// Creates an empty database (no migrations).
     pub async fn empty() -> TestDb<M> {
-        let admin = admin_url();
-        let name = format!("switchboard_test_{}", Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin}: {e}"));
-        conn.execute(format!("create database {name}").as_str())
-            .await
-            .unwrap_or_else(|e| panic!("create database: {e}"));
-        let _ = conn.close().await;
-        let direct_url = with_database(&admin, &name);
-        let service_url = if M::THROUGH_POOLER {
-            with_database(&shared_pooler_url().await, &name)
-        } else {
-            direct_url.clone()
-        };
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_lazy(&direct_url)
-            .unwrap_or_else(|e| panic!("pool: {e}"));
+        let (name, direct_url, service_url, pool) = create_database(M::THROUGH_POOLER).await;
         TestDb {
             name,
             direct_url,
@@ -323,45 +333,49 @@ impl<M: PoolerMode> TestDb<M> {
 
 impl<M: PoolerMode> Drop for TestDb<M> {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = admin_url();
-        // Drop runs inside the test's runtime; do the async work on a thread
-        // of its own and wait for it so nothing is left behind.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        drop_database(self.name.clone());
+    }
+}
+
+/// Drops a test's database (with force) and its Redis keys.
+fn drop_database(name: String) {
+    let admin = admin_url();
+    // Drop runs inside the test's runtime; do the async work on a thread
+    // of its own and wait for it so nothing is left behind.
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let Ok(options) = PgConnectOptions::from_str(&admin) else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(options) = PgConnectOptions::from_str(&admin) else {
-                    return;
-                };
-                if let Ok(mut conn) = options.connect().await {
-                    let _ = conn
-                        .execute(format!("drop database if exists {name} with (force)").as_str())
-                        .await;
-                    let _ = conn.close().await;
-                }
-                // And the test's Redis keys (its namespace is the db name).
-                if let Ok(client) = redis::Client::open(redis_url()) {
-                    if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("switchboard:v1:{name}:*"))
-                            .query_async(&mut redis)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: Result<i64, _> =
-                                redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
-                        }
+            if let Ok(mut conn) = options.connect().await {
+                let _ = conn
+                    .execute(format!("drop database if exists {name} with (force)").as_str())
+                    .await;
+                let _ = conn.close().await;
+            }
+            // And the test's Redis keys (its namespace is the db name).
+            if let Ok(client) = redis::Client::open(redis_url()) {
+                if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("switchboard:v1:{name}:*"))
+                        .query_async(&mut redis)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<i64, _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
                     }
                 }
-            });
-        })
-        .join();
-    }
+            }
+        });
+    })
+    .join();
 }
 
 /// Changes a test makes to the server's settings.
@@ -418,10 +432,17 @@ pub struct TestApp<M: PoolerMode> {
     pub addr: SocketAddr,
     /// The admin HTTP port (`/metrics`).
     pub admin_addr: SocketAddr,
+    // Before `db`: fields drop in order, so the server is stopped before
+    // the last replica's database is dropped.
+    server: Server,
     /// Shared by replicas of the same deployment (`spawn_replica`).
     pub db: Arc<TestDb<M>>,
+}
+
+/// The task serving one `TestApp`, stopped on drop.
+struct Server {
     stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl<M: PoolerMode> TestApp<M> {
@@ -440,12 +461,32 @@ impl<M: PoolerMode> TestApp<M> {
     }
 
     pub async fn spawn_on(db: Arc<TestDb<M>>, options: AppOptions) -> TestApp<M> {
+        let (addr, admin_addr, server) =
+            Server::start(&db.name, &db.direct_url, &db.service_url, options).await;
+        TestApp {
+            addr,
+            admin_addr,
+            server,
+            db,
+        }
+    }
+}
+
+impl Server {
+    /// The service over the test database `name`: (gRPC address, admin
+    /// address, the running server).
+    async fn start(
+        name: &str,
+        direct_url: &str,
+        service_url: &str,
+        options: AppOptions,
+    ) -> (SocketAddr, SocketAddr, Server) {
         let mut args = ServeArgs {
             database_url: Some(
                 options
                     .database_url
                     .clone()
-                    .unwrap_or_else(|| db.service_url.clone()),
+                    .unwrap_or_else(|| service_url.to_owned()),
             ),
             redis_url: options
                 .redis
@@ -457,9 +498,9 @@ impl<M: PoolerMode> TestApp<M> {
             db_acquire_timeout_ms: 1_000,
             request_timeout_ms: options.request_timeout_ms,
             shutdown_timeout_ms: 1_000,
-            listener_database_url: Some(db.direct_url.clone()),
+            listener_database_url: Some(direct_url.to_owned()),
             redis_timeout_ms: 20,
-            redis_namespace: Some(db.name.clone()),
+            redis_namespace: Some(name.to_owned()),
             cache_preload: options.preload,
             cache_max_routes: if options.memory_tier {
                 ServeArgs::defaults().cache_max_routes
@@ -484,7 +525,7 @@ impl<M: PoolerMode> TestApp<M> {
         let addr = app.local_addr();
         let admin_addr = app.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let served = app
                 .run_until(async {
                     let _ = stopped.await;
@@ -496,15 +537,35 @@ impl<M: PoolerMode> TestApp<M> {
                 eprintln!("switchboard stopped: {error}");
             }
         });
-        TestApp {
-            addr,
-            admin_addr,
-            db,
+        let server = Server {
             stop: Some(stop),
-            server: Some(server),
-        }
+            task: Some(task),
+        };
+        (addr, admin_addr, server)
     }
 
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl<M: PoolerMode> TestApp<M> {
     pub async fn channel(&self) -> Channel {
         let endpoint = format!("http://{}", self.addr);
         for _ in 0..50 {
@@ -530,23 +591,7 @@ impl<M: PoolerMode> TestApp<M> {
 
     /// Stops the server and waits for it to drain.
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
-        }
-    }
-}
-
-impl<M: PoolerMode> Drop for TestApp<M> {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
+        self.server.stop().await;
     }
 }
 
