@@ -360,19 +360,7 @@ fn drop_database(name: String) {
                 let _ = conn.close().await;
             }
             // And the test's Redis keys (its namespace is the db name).
-            if let Ok(client) = redis::Client::open(redis_url()) {
-                if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("switchboard:v1:{name}:*"))
-                        .query_async(&mut redis)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<i64, _> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
-                    }
-                }
-            }
+            delete_redis_namespace(&redis_url(), &name).await;
         });
     })
     .join();
@@ -565,20 +553,44 @@ impl Drop for Server {
     }
 }
 
+/// Every Redis key of a deployment namespace (`switchboard:v1:<namespace>:`),
+/// deleted; failures ignored (a clean-up).
+pub async fn delete_redis_namespace(redis_url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("switchboard:v1:{namespace}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
+    }
+}
+
+/// A channel to a server that may still be starting: retried for 2 s.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    let endpoint = format!("http://{addr}");
+    for _ in 0..100 {
+        if let Ok(channel) = Channel::from_shared(endpoint.clone())
+            .unwrap_or_else(|e| panic!("endpoint: {e}"))
+            .connect()
+            .await
+        {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("server at {endpoint} never accepted a connection");
+}
+
 impl<M: PoolerMode> TestApp<M> {
     pub async fn channel(&self) -> Channel {
-        let endpoint = format!("http://{}", self.addr);
-        for _ in 0..50 {
-            if let Ok(channel) = Channel::from_shared(endpoint.clone())
-                .unwrap_or_else(|e| panic!("endpoint: {e}"))
-                .connect()
-                .await
-            {
-                return channel;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("server at {endpoint} never accepted a connection");
+        connect(self.addr).await
     }
 
     pub async fn agents(&self) -> AgentServiceClient<Channel> {

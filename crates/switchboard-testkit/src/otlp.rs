@@ -23,7 +23,10 @@ use opentelemetry_proto::tonic::{
     trace::v1::Span,
 };
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataMap;
+use tonic::{
+    metadata::MetadataMap,
+    transport::{server::Router, Server},
+};
 
 /// Every span a trace collector received, with its resource's attributes.
 pub type ReceivedSpans = Arc<Mutex<Vec<(Vec<KeyValue>, Span)>>>;
@@ -76,44 +79,35 @@ impl MetricsService for MetricsCollector {
     }
 }
 
-/// A listener on a free loopback port.
-async fn loopback() -> (SocketAddr, TcpListenerStream) {
+/// Serves `router` on a free loopback port, on the current runtime.
+async fn serve_on_loopback(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("collector bind: {e}"));
     let addr = listener
         .local_addr()
         .unwrap_or_else(|e| panic!("collector addr: {e}"));
-    (addr, TcpListenerStream::new(listener))
+    tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+    addr
 }
 
 /// An OTLP/gRPC trace collector, served on the current runtime.
 pub async fn trace_collector() -> (SocketAddr, ReceivedSpans) {
-    let (addr, incoming) = loopback().await;
     let received = ReceivedSpans::default();
-    let service = TraceServiceServer::new(TraceCollector {
+    let collector = TraceServiceServer::new(TraceCollector {
         received: received.clone(),
     });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming),
-    );
+    let addr = serve_on_loopback(Server::builder().add_service(collector)).await;
     (addr, received)
 }
 
 /// An OTLP/gRPC metrics collector, served on the current runtime.
 pub async fn metrics_collector() -> (SocketAddr, ReceivedMetrics) {
-    let (addr, incoming) = loopback().await;
     let received = ReceivedMetrics::default();
-    let service = MetricsServiceServer::new(MetricsCollector {
+    let collector = MetricsServiceServer::new(MetricsCollector {
         received: received.clone(),
     });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming),
-    );
+    let addr = serve_on_loopback(Server::builder().add_service(collector)).await;
     (addr, received)
 }
 
