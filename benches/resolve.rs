@@ -29,12 +29,13 @@ use switchboard::{
     pb::{self, agent_service_client::AgentServiceClient},
     startup::Application,
 };
-use tonic::{transport::Channel, Request};
+use switchboard_testkit::{
+    direct::{authed, connect, delete_redis_namespace},
+    keys,
+};
+use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use uuid::Uuid;
-
-#[path = "../tests/api/keys.rs"]
-mod keys;
 
 const SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
 const ACME_NUMBER: &str = "+18005550100";
@@ -183,47 +184,13 @@ impl Deployment {
                 .execute(format!("drop database if exists {} with (force)", self.database).as_str())
                 .await;
         }
-        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
-            if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("switchboard:v1:{}:*", self.namespace))
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<i64, _> =
-                        redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
-                }
-            }
-        }
+        delete_redis_namespace(&self.redis_url, &self.namespace).await;
     }
-}
-
-async fn channel(addr: std::net::SocketAddr) -> Channel {
-    for _ in 0..100 {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .connect()
-            .await
-        {
-            return channel;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("server at {addr} did not accept");
 }
 
 /// A day-long token signed with the bench's secret.
 fn bench_token(role: DbRole, sub: Option<Uuid>) -> String {
     mint_token(SECRET, role, sub, 86_400, Default::default()).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn authed<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }
 
 fn resolve_request() -> pb::ResolveAgentRequest {
@@ -277,10 +244,10 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Record
         let full = deployment.serve(true, true).await;
         let redis_only = deployment.serve(false, true).await;
         let db_only = deployment.serve(false, false).await;
-        let full_channel = channel(full).await;
+        let full_channel = connect(full).await;
         let mut full = AgentServiceClient::new(full_channel.clone());
-        let mut redis_only = AgentServiceClient::new(channel(redis_only).await);
-        let mut db_only = AgentServiceClient::new(channel(db_only).await);
+        let mut redis_only = AgentServiceClient::new(connect(redis_only).await);
+        let mut db_only = AgentServiceClient::new(connect(db_only).await);
         // Warm: the first call fills memory and Redis.
         full.resolve_agent(authed(&service, resolve_request()))
             .await
@@ -618,7 +585,7 @@ fn scale(rt: &tokio::runtime::Runtime, recorder: &Recorder) -> Vec<ScaleRow> {
             let rss_before = resident_bytes();
             let started = Instant::now();
             let (addr, stop) = deployment.serve_preloaded().await;
-            let channel = channel(addr).await;
+            let channel = connect(addr).await;
             let mut client = AgentServiceClient::new(channel.clone());
             let mut health = HealthClient::new(channel);
             // The server answers once the preload is done.

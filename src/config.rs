@@ -36,6 +36,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up and matched once: the size of `Serve` costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Apply the migrations in migrations/ to DATABASE_URL (a direct or
@@ -52,9 +55,6 @@ pub enum Command {
     /// Local development in one command: create and migrate the database,
     /// load the demo data, print tokens, and serve.
     Dev(DevArgs),
-    /// Load-test any method of a gRPC server, ghz style (found by server
-    /// reflection, requests in JSON).
-    Bench(crate::load::BenchArgs),
 }
 
 #[derive(Args, Debug)]

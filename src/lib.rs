@@ -12,7 +12,6 @@ pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod grpc;
-pub mod load;
 pub mod migrate;
 pub mod observability;
 pub mod startup;

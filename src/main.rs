@@ -85,9 +85,6 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Dev(args) => dev(args).await,
-        Command::Bench(args) => switchboard::load::run_cli(args)
-            .await
-            .map_err(|e| e.to_string()),
     }
 }
 

@@ -13,9 +13,6 @@
 //! slowest call and its largest allocation: no test depends on another's
 //! order).
 
-#[path = "api/keys.rs"]
-mod keys;
-
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
@@ -37,6 +34,7 @@ use switchboard::{
     auth::{DbRole, Jwks, JwtVerifier},
     domain::{model::parse_text, AgentField, LlmConfig, Page, PageRequest, PhoneNumber},
 };
+use switchboard_testkit::keys;
 use uuid::Uuid;
 
 // ---- Measuring each call ---------------------------------------------------

@@ -14,18 +14,12 @@ mod auth;
 mod cache;
 #[path = "api/customers.rs"]
 mod customers;
-#[path = "api/helpers.rs"]
-mod helpers;
 #[path = "api/isolation.rs"]
 mod isolation;
 #[path = "api/operations.rs"]
 mod operations;
-#[path = "api/pgbouncer.rs"]
-mod pgbouncer;
 #[path = "api/property.rs"]
 mod property;
-#[path = "api/redis_server.rs"]
-mod redis_server;
 #[path = "api/references.rs"]
 mod references;
 #[path = "api/resolve.rs"]
@@ -33,4 +27,5 @@ mod resolve;
 #[path = "api/stock_pooler.rs"]
 mod stock_pooler;
 
-pub const THROUGH_POOLER: bool = true;
+use switchboard_testkit::pooled as helpers;
+use switchboard_testkit::{pgbouncer, redis_server};

@@ -24,16 +24,6 @@
 //! This is its own test binary so that the resident memory measured is the
 //! soak's alone.
 
-#[path = "api/helpers.rs"]
-mod helpers;
-#[path = "api/pgbouncer.rs"]
-mod pgbouncer;
-#[path = "api/redis_server.rs"]
-mod redis_server;
-
-/// Read by the helpers: this binary's service goes through its own PgBouncer.
-pub const THROUGH_POOLER: bool = false;
-
 use std::{
     collections::{BTreeMap, HashMap},
     str::FromStr,
@@ -44,7 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use helpers::*;
 use prost::bytes::{Buf, BufMut};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
@@ -52,6 +41,7 @@ use switchboard::pb::{
     agent_service_client::AgentServiceClient, customer_service_client::CustomerServiceClient,
     LookupCustomerRequest, ResolveAgentRequest, UpsertCustomerRequest,
 };
+use switchboard_testkit::{direct::*, pgbouncer, redis_server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},

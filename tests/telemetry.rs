@@ -8,33 +8,15 @@
 //! pointing at the collector, on a runtime that outlives every test (the
 //! exporter's gRPC channel lives on the runtime it was built on).
 
-#[path = "api/helpers.rs"]
-mod helpers;
-#[path = "api/pgbouncer.rs"]
-mod pgbouncer;
-
-pub const THROUGH_POOLER: bool = false;
-
 use std::{
     collections::BTreeMap,
-    io::Write,
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use helpers::*;
 use opentelemetry_proto::tonic::{
-    collector::{
-        metrics::v1::{
-            metrics_service_server::{MetricsService, MetricsServiceServer},
-            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-        },
-        trace::v1::{
-            trace_service_server::{TraceService, TraceServiceServer},
-            ExportTraceServiceRequest, ExportTraceServiceResponse,
-        },
-    },
+    collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::{any_value::Value as AnyValue, KeyValue},
     metrics::v1::{
         metric::Data, number_data_point, AggregationTemporality, HistogramDataPoint, Metric,
@@ -49,79 +31,20 @@ use switchboard::{
     },
     pb::{GetAgentRequest, ResolveAgentRequest},
 };
+use switchboard_testkit::{
+    direct::*,
+    otlp::{metrics_collector, trace_collector, LogSink, ReceivedMetrics, ReceivedSpans},
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{metadata::MetadataValue, Code, Request};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------- harness
 
-/// Everything the collector received: (resource attributes, span).
-type Received = Arc<Mutex<Vec<(Vec<KeyValue>, Span)>>>;
-
-struct Collector {
-    received: Received,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
-        for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans
-                .resource
-                .map(|r| r.attributes)
-                .unwrap_or_default();
-            for scope in resource_spans.scope_spans {
-                for span in scope.spans {
-                    received.push((resource.clone(), span));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// The request log, as written by the subscriber.
-#[derive(Clone, Default)]
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogSink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogSink {
-    fn lines(&self) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
-            })
-            .collect()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
-
 struct Harness {
     /// Runs the collector and the exporter's channel for the whole process.
     _runtime: tokio::runtime::Runtime,
-    received: Received,
+    received: ReceivedSpans,
     logs: LogSink,
     telemetry: Telemetry,
 }
@@ -136,26 +59,7 @@ fn harness() -> &'static Harness {
                 .enable_all()
                 .build()
                 .unwrap_or_else(|e| panic!("runtime: {e}"));
-            let received = Received::default();
-            let addr: SocketAddr = runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .unwrap_or_else(|e| panic!("collector bind: {e}"));
-                let addr = listener
-                    .local_addr()
-                    .unwrap_or_else(|e| panic!("collector addr: {e}"));
-                let service = TraceServiceServer::new(Collector {
-                    received: received.clone(),
-                });
-                tokio::spawn(
-                    tonic::transport::Server::builder()
-                        .add_service(service)
-                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                            listener,
-                        )),
-                );
-                addr
-            });
+            let (addr, received) = runtime.block_on(trace_collector());
             let logs = LogSink::default();
             let writer = logs.clone();
             let telemetry = {
@@ -927,49 +831,6 @@ async fn calls_queued_for_a_connection_show_as_waiting() {
 
 // ------------------------------------------------------------ OTLP metrics
 
-/// Every metrics export a collector received, with the request's metadata.
-type MetricsReceived = Arc<Mutex<Vec<(tonic::metadata::MetadataMap, ExportMetricsServiceRequest)>>>;
-
-struct MetricsCollector {
-    received: MetricsReceived,
-}
-
-#[tonic::async_trait]
-impl MetricsService for MetricsCollector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let metadata = request.metadata().clone();
-        self.received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((metadata, request.into_inner()));
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-/// A metrics collector on a loopback port, on the test's own runtime (the
-/// push belongs to one server, not to the process).
-async fn metrics_collector() -> (SocketAddr, MetricsReceived) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("collector bind: {e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("collector addr: {e}"));
-    let received = MetricsReceived::default();
-    let service = MetricsServiceServer::new(MetricsCollector {
-        received: received.clone(),
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (addr, received)
-}
-
 /// The settings the service would read from these `OTEL_*` variables (read
 /// from a map, so no test changes the process's environment).
 fn metrics_export_to(collector: SocketAddr, interval_ms: u64) -> MetricsExport {
@@ -1004,7 +865,7 @@ async fn app_pushing_to(collector: SocketAddr, interval_ms: u64) -> TestApp {
 }
 
 fn pushes(
-    received: &MetricsReceived,
+    received: &ReceivedMetrics,
 ) -> Vec<(tonic::metadata::MetadataMap, ExportMetricsServiceRequest)> {
     received.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Load benchmark with the shipped load tool (`switchboard bench`, ghz's
-# flags and report): ResolveAgent from each tier and the health-check floor
+# Load benchmark with the load tool (`switchboard-bench`, ghz's flags and
+# report): ResolveAgent from each tier and the health-check floor
 # at 16 concurrent calls, plus the raw floors of the parts (redis-benchmark
 # GET, pgbench on the same indexed lookup, bare and claims-applying), all
 # in one run on this machine. Prints Markdown for BENCHMARKS.md.
@@ -34,8 +34,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p switchboard -p switchboard-bench
 BIN=target/release/switchboard
+BENCH=target/release/switchboard-bench
 
 psql -q "$PG/postgres" -c "create database $DB" >/dev/null
 DATABASE_URL="$PG/$DB" "$BIN" migrate >/dev/null
@@ -54,7 +55,7 @@ serve() {
   PIDS+=($!)
   echo $! >"$OUT/pid-$port"
   for _ in $(seq 100); do
-    "$BIN" bench --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$port >/dev/null 2>&1 && return
+    "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$port >/dev/null 2>&1 && return
     sleep 0.1
   done
   echo "server on $port did not start:" >&2; cat "$OUT/server-$port.log" >&2; exit 1
@@ -73,8 +74,8 @@ load() {
   local auth=()
   [[ -n $token ]] && auth=(-H "authorization: Bearer $token")
   # Warm up (fills caches, opens pool connections), then measure.
-  "$BIN" bench --call "$method" -d "$data" "${auth[@]}" -c "$C" --connections "$CONNS" -z 2s -O json 127.0.0.1:$port >/dev/null
-  "$BIN" bench --call "$method" -d "$data" "${auth[@]}" -c "$C" --connections "$CONNS" -z "${SECS}s" \
+  "$BENCH" --call "$method" -d "$data" "${auth[@]}" -c "$C" --connections "$CONNS" -z 2s -O json 127.0.0.1:$port >/dev/null
+  "$BENCH" --call "$method" -d "$data" "${auth[@]}" -c "$C" --connections "$CONNS" -z "${SECS}s" \
     -O json -o "$OUT/$name.json" 127.0.0.1:$port
   grep VmHWM "/proc/$(cat "$OUT/pid-$port")/status" | awk '{print $2}' >"$OUT/$name.hwm"
 }
@@ -98,21 +99,21 @@ load health-end  ${BASE_PORT}1 ""         grpc.health.v1.Health.Check '{}'
 CAPACITY=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(int(r["statusCodeDistribution"].get("OK",0)/(r["total"]/1e9)))' "$OUT/pg-tenant.json")
 serve ${BASE_PORT}4 REDIS_URL=$REDIS SWITCHBOARD_DB_MAX_CONNECTIONS=2 SWITCHBOARD_DB_MAX_WAITING=0
 serve ${BASE_PORT}5 SWITCHBOARD_MAX_CONCURRENT_REQUESTS=${OVERLOAD_LIMIT:-4}
-"$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE" -n 100 -c 1 -O json 127.0.0.1:${BASE_PORT}4 >/dev/null
+"$BENCH" --call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE" -n 100 -c 1 -O json 127.0.0.1:${BASE_PORT}4 >/dev/null
 # $1 case name, $2 port, then extra load running beside it (in the background)
 overload() {
   local name=$1 port=$2
-  "$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 16 --connections "$CONNS" -z 1s -O json 127.0.0.1:$port >/dev/null
-  "$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 64 --connections "$CONNS" \
+  "$BENCH" --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 16 --connections "$CONNS" -z 1s -O json 127.0.0.1:$port >/dev/null
+  "$BENCH" --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c 64 --connections "$CONNS" \
     -r $((CAPACITY * 2)) -z "${SECS}s" -O json -o "$OUT/$name.json" 127.0.0.1:$port &
   local pids=($!)
   if [[ $name == overload-db ]]; then
-    "$BIN" bench --call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE" -c 4 -r 1000 -z "${SECS}s" \
+    "$BENCH" --call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE" -c 4 -r 1000 -z "${SECS}s" \
       -O json -o "$OUT/$name-hits.json" 127.0.0.1:$port &
     pids+=($!)
   fi
   # Health checks beside the overload: probes must keep answering.
-  "$BIN" bench --call grpc.health.v1.Health.Check -c 1 -r 20 -z "${SECS}s" -O json -o "$OUT/$name-health.json" 127.0.0.1:$port
+  "$BENCH" --call grpc.health.v1.Health.Check -c 1 -r 20 -z "${SECS}s" -O json -o "$OUT/$name-health.json" 127.0.0.1:$port
   wait "${pids[@]}"
 }
 overload overload-db ${BASE_PORT}4
@@ -152,7 +153,7 @@ def pct(r, p):
     return float("nan")
 health = rep("health")
 floor = health["rps"]  # every health call answers OK
-print(f"## gRPC, {c} concurrent calls over {conns} connections, {secs} s per case (switchboard bench)\n")
+print(f"## gRPC, {c} concurrent calls over {conns} connections, {secs} s per case (switchboard-bench)\n")
 print("| case | calls | OK rps | p50 | p99 | p99.9 | errors | server peak RSS | rps / health |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 cases = [("health", "floor: grpc.health.v1.Health/Check"),

@@ -222,9 +222,6 @@ async fn health_and_reflection_need_no_token() {
 
 // ---- Asymmetric keys (JWKS) ----------------------------------------------
 
-#[path = "keys.rs"]
-mod keys;
-
 use std::{
     io::Write as _,
     sync::{
@@ -235,13 +232,13 @@ use std::{
 };
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use keys::{ec_key, jwks_document, rsa_key, TestKey};
 use switchboard::{
     auth::{Jwks, JwtVerifier},
     config::{ServeArgs, ServeConfig},
     pb::ResolveAgentRequest,
     startup::Application,
 };
+use switchboard_testkit::keys::{ec_key, jwks_document, rsa_key, TestKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One RSA key for the whole binary: generating one takes a moment.

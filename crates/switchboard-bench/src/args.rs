@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{duration::parse_go_duration, LoadError};
 
-/// `switchboard bench [flags] <host>`: ghz's flags, a subset that covers
+/// `switchboard-bench [flags] <host>`: ghz's flags, a subset that covers
 /// what operators use.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -208,7 +208,7 @@ fn endpoint(host: &str) -> Result<String, LoadError> {
     }
     if host.starts_with("https://") {
         return Err(usage(
-            "TLS is not supported: point switchboard bench at the plaintext port",
+            "TLS is not supported: point switchboard-bench at the plaintext port",
         ));
     }
     let bare = host.strip_prefix("http://").unwrap_or(host);

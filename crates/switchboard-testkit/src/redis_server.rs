@@ -1,9 +1,6 @@
 //! A Redis of a test's own, on its own port, that the test may stop and
 //! start again (the shared one on 6379 is never touched).
 
-// Not every binary that includes this module uses every method.
-#![allow(dead_code)]
-
 use std::{
     net::TcpListener,
     process::{Child, Command, Stdio},

@@ -1,5 +1,7 @@
-//! `switchboard bench`: a load tool that speaks ghz's language, for
-//! operators who cannot install ghz.
+//! `switchboard-bench`: a load tool that speaks ghz's language, for
+//! operators who cannot install ghz. A client of any gRPC server with
+//! reflection: it depends on nothing of the service (not even its protobuf
+//! types), and the service's binary and image do not carry it.
 //!
 //! Shape: `args` turns ghz-style flags into a validated [`Plan`]; `reflect`
 //! asks the server (by gRPC reflection, as ghz does) for the method's input

@@ -1,5 +1,6 @@
-//! `switchboard bench`, the ghz-compatible load tool, against the real
-//! server: reflection, JSON requests, metadata, counts and the report.
+//! `switchboard-bench`, the ghz-compatible load tool, against a real
+//! switchboard (the test kit's server over its own database): reflection,
+//! JSON requests, metadata, counts and the report.
 
 use std::{process::Output, time::Duration};
 
@@ -7,9 +8,8 @@ use tokio::process::Command;
 
 use clap::Parser;
 use serde_json::Value;
-use switchboard::load::{self, BenchArgs, Report};
-
-use crate::helpers::*;
+use switchboard_bench::{BenchArgs, LoadError, Report};
+use switchboard_testkit::direct::*;
 
 #[derive(Parser)]
 struct Cli {
@@ -17,27 +17,26 @@ struct Cli {
     args: BenchArgs,
 }
 
-async fn run(flags: &[&str]) -> Result<Report, load::LoadError> {
+async fn run(flags: &[&str]) -> Result<Report, LoadError> {
     let mut argv = vec!["bench"];
     argv.extend_from_slice(flags);
     let plan = Cli::try_parse_from(argv)
-        .map_err(|e| load::LoadError::Usage(e.to_string()))?
+        .map_err(|e| LoadError::Usage(e.to_string()))?
         .args
         .into_plan()?;
-    load::run(&plan).await
+    switchboard_bench::run(&plan).await
 }
 
-/// `switchboard bench …` as a user runs it; killed if it outlives 20 s.
+/// `switchboard-bench …` as a user runs it; killed if it outlives 20 s.
 async fn bench_binary(flags: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("bench")
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
         .args(flags)
         .kill_on_drop(true)
         .output();
     tokio::time::timeout(Duration::from_secs(20), child)
         .await
-        .unwrap_or_else(|_| panic!("switchboard bench {flags:?} did not finish in 20 s"))
-        .unwrap_or_else(|e| panic!("cannot run switchboard bench: {e}"))
+        .unwrap_or_else(|_| panic!("switchboard-bench {flags:?} did not finish in 20 s"))
+        .unwrap_or_else(|e| panic!("cannot run switchboard-bench: {e}"))
 }
 
 const RESOLVE: &str = "--call=switchboard.v1.AgentService.ResolveAgent";

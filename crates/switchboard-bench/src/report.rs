@@ -91,12 +91,25 @@ pub struct StatusName(pub &'static str);
 
 impl StatusName {
     pub fn of(code: Code) -> StatusName {
-        StatusName(
-            crate::observability::metrics::CODE_NAMES
-                .get(code as usize)
-                .copied()
-                .unwrap_or("Unknown"),
-        )
+        StatusName(match code {
+            Code::Ok => "OK",
+            Code::Cancelled => "Canceled",
+            Code::Unknown => "Unknown",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::DeadlineExceeded => "DeadlineExceeded",
+            Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::PermissionDenied => "PermissionDenied",
+            Code::ResourceExhausted => "ResourceExhausted",
+            Code::FailedPrecondition => "FailedPrecondition",
+            Code::Aborted => "Aborted",
+            Code::OutOfRange => "OutOfRange",
+            Code::Unimplemented => "Unimplemented",
+            Code::Internal => "Internal",
+            Code::Unavailable => "Unavailable",
+            Code::DataLoss => "DataLoss",
+            Code::Unauthenticated => "Unauthenticated",
+        })
     }
 }
 
@@ -291,7 +304,7 @@ fn histogram(ok: &hdrhistogram::Histogram<u64>) -> Vec<Bucket> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::args::OutputFormat;
+    use crate::args::OutputFormat;
 
     fn plan() -> Plan {
         Plan {

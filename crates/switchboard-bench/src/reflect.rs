@@ -96,7 +96,7 @@ pub async fn resolve_method(plan: &Plan) -> Result<Method, LoadError> {
         })?;
     if method.is_client_streaming() || method.is_server_streaming() {
         return Err(LoadError::Usage(format!(
-            "{}.{} is a streaming method; switchboard bench calls unary methods",
+            "{}.{} is a streaming method; switchboard-bench calls unary methods",
             plan.service, plan.method
         )));
     }

@@ -4,15 +4,20 @@
 //! Environment:
 //! * `SWITCHBOARD_TEST_DATABASE_URL`: a superuser URL to the server the tests
 //!   create their databases on (default `postgres://postgres@127.0.0.1:5432/postgres`).
-//! * `SWITCHBOARD_TEST_POOLER_URL`: in the `pooled` test binary, a transaction
-//!   pooler to use (e.g. `postgres://postgres@127.0.0.1:6543`) instead of the
-//!   PgBouncer the tests start themselves. The service's queries go through
-//!   it; migrations and fixtures always go direct.
+//! * `SWITCHBOARD_TEST_POOLER_URL`: for a [`ThroughPooler`] harness (the
+//!   `pooled` test binary), a transaction pooler to use (e.g.
+//!   `postgres://postgres@127.0.0.1:6543`) instead of the PgBouncer the tests
+//!   start themselves. The service's queries go through it; migrations and
+//!   fixtures always go direct.
 //! * `SWITCHBOARD_TEST_REDIS_URL`: Redis (default `redis://127.0.0.1:6379`).
+//!
+//! Whether the service reaches Postgres directly or through the pooler is a
+//! type parameter of [`TestDb`] and [`TestApp`] ([`Direct`] or
+//! [`ThroughPooler`]), fixed once per test binary by the prelude it names
+//! (`switchboard_testkit::direct` or `::pooled`), so the same test files run
+//! both ways unchanged.
 
-#![allow(dead_code)]
-
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{marker::PhantomData, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 
 use serde_json::{Map, Value};
 use sqlx::{
@@ -201,7 +206,27 @@ fn with_database(url: &str, name: &str) -> String {
     format!("postgres://{user}@{host}:{port}/{name}")
 }
 
-/// The transaction pooler every test of the `pooled` binary shares.
+/// How the service under test reaches Postgres.
+pub trait PoolerMode: Send + Sync + 'static {
+    const THROUGH_POOLER: bool;
+}
+
+/// The service talks to Postgres directly.
+pub enum Direct {}
+
+/// Every query of the service goes through a transaction pooler (a
+/// PgBouncer the tests start, or `SWITCHBOARD_TEST_POOLER_URL`).
+pub enum ThroughPooler {}
+
+impl PoolerMode for Direct {
+    const THROUGH_POOLER: bool = false;
+}
+
+impl PoolerMode for ThroughPooler {
+    const THROUGH_POOLER: bool = true;
+}
+
+/// The transaction pooler every test of a `ThroughPooler` binary shares.
 async fn shared_pooler_url() -> String {
     static POOLER: tokio::sync::OnceCell<(String, Option<crate::pgbouncer::PgBouncer>)> =
         tokio::sync::OnceCell::const_new();
@@ -228,7 +253,7 @@ async fn shared_pooler_url() -> String {
 }
 
 /// A database of its own for one test, dropped (with force) when it ends.
-pub struct TestDb {
+pub struct TestDb<M: PoolerMode> {
     pub name: String,
     /// Direct connection URL: migrations, fixtures, assertions.
     pub direct_url: String,
@@ -236,40 +261,52 @@ pub struct TestDb {
     pub service_url: String,
     /// A superuser pool on the test database, for fixtures and checks.
     pub pool: PgPool,
+    mode: PhantomData<M>,
 }
 
-impl TestDb {
+// `TestDb` and `TestApp` are generic over the mode only to pick it; their
+// work is done by functions that are not, so a test binary does not compile
+// it again.
+
+/// A new empty database: (name, direct URL, service URL, superuser pool).
+async fn create_database(through_pooler: bool) -> (String, String, String, PgPool) {
+    let admin = admin_url();
+    let name = format!("switchboard_test_{}", Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin}: {e}"));
+    conn.execute(format!("create database {name}").as_str())
+        .await
+        .unwrap_or_else(|e| panic!("create database: {e}"));
+    let _ = conn.close().await;
+    let direct_url = with_database(&admin, &name);
+    let service_url = if through_pooler {
+        with_database(&shared_pooler_url().await, &name)
+    } else {
+        direct_url.clone()
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_lazy(&direct_url)
+        .unwrap_or_else(|e| panic!("pool: {e}"));
+    (name, direct_url, service_url, pool)
+}
+
+impl<M: PoolerMode> TestDb<M> {
     /// Creates an empty database (no migrations).
-    pub async fn empty() -> TestDb {
-        let admin = admin_url();
-        let name = format!("switchboard_test_{}", Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test Postgres at {admin}: {e}"));
-        conn.execute(format!("create database {name}").as_str())
-            .await
-            .unwrap_or_else(|e| panic!("create database: {e}"));
-        let _ = conn.close().await;
-        let direct_url = with_database(&admin, &name);
-        let service_url = if crate::THROUGH_POOLER {
-            with_database(&shared_pooler_url().await, &name)
-        } else {
-            direct_url.clone()
-        };
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_lazy(&direct_url)
-            .unwrap_or_else(|e| panic!("pool: {e}"));
+    pub async fn empty() -> TestDb<M> {
+        let (name, direct_url, service_url, pool) = create_database(M::THROUGH_POOLER).await;
         TestDb {
             name,
             direct_url,
             service_url,
             pool,
+            mode: PhantomData,
         }
     }
 
     /// A database with the migrations and the demo data.
-    pub async fn seeded() -> TestDb {
+    pub async fn seeded() -> TestDb<M> {
         let db = TestDb::empty().await;
         db.migrate_and_seed().await;
         db
@@ -294,51 +331,43 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
+impl<M: PoolerMode> Drop for TestDb<M> {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = admin_url();
-        // Drop runs inside the test's runtime; do the async work on a thread
-        // of its own and wait for it so nothing is left behind.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(options) = PgConnectOptions::from_str(&admin) else {
-                    return;
-                };
-                if let Ok(mut conn) = options.connect().await {
-                    let _ = conn
-                        .execute(format!("drop database if exists {name} with (force)").as_str())
-                        .await;
-                    let _ = conn.close().await;
-                }
-                // And the test's Redis keys (its namespace is the db name).
-                if let Ok(client) = redis::Client::open(redis_url()) {
-                    if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("switchboard:v1:{name}:*"))
-                            .query_async(&mut redis)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: Result<i64, _> =
-                                redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
-                        }
-                    }
-                }
-            });
-        })
-        .join();
+        drop_database(self.name.clone());
     }
 }
 
+/// Drops a test's database (with force) and its Redis keys.
+fn drop_database(name: String) {
+    let admin = admin_url();
+    // Drop runs inside the test's runtime; do the async work on a thread
+    // of its own and wait for it so nothing is left behind.
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let Ok(options) = PgConnectOptions::from_str(&admin) else {
+                return;
+            };
+            if let Ok(mut conn) = options.connect().await {
+                let _ = conn
+                    .execute(format!("drop database if exists {name} with (force)").as_str())
+                    .await;
+                let _ = conn.close().await;
+            }
+            // And the test's Redis keys (its namespace is the db name).
+            delete_redis_namespace(&redis_url(), &name).await;
+        });
+    })
+    .join();
+}
+
 /// Changes a test makes to the server's settings.
-pub type AdjustArgs = std::sync::Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
+pub type AdjustArgs = Arc<dyn Fn(&mut ServeArgs) + Send + Sync>;
 
 /// Settings a test may change before the server starts.
 pub struct AppOptions {
@@ -387,38 +416,65 @@ impl Default for AppOptions {
 }
 
 /// The service running on a loopback port over its own database.
-pub struct TestApp {
+pub struct TestApp<M: PoolerMode> {
     pub addr: SocketAddr,
     /// The admin HTTP port (`/metrics`).
     pub admin_addr: SocketAddr,
+    // Before `db`: fields drop in order, so the server is stopped before
+    // the last replica's database is dropped.
+    server: Server,
     /// Shared by replicas of the same deployment (`spawn_replica`).
-    pub db: std::sync::Arc<TestDb>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    pub db: Arc<TestDb<M>>,
 }
 
-impl TestApp {
-    pub async fn spawn() -> TestApp {
+/// The task serving one `TestApp`, stopped on drop.
+struct Server {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl<M: PoolerMode> TestApp<M> {
+    pub async fn spawn() -> TestApp<M> {
         TestApp::spawn_with(TestDb::seeded().await, AppOptions::default()).await
     }
 
-    pub async fn spawn_with(db: TestDb, options: AppOptions) -> TestApp {
-        TestApp::spawn_on(std::sync::Arc::new(db), options).await
+    pub async fn spawn_with(db: TestDb<M>, options: AppOptions) -> TestApp<M> {
+        TestApp::spawn_on(Arc::new(db), options).await
     }
 
     /// Another replica of the same deployment: same database, same Redis
     /// namespace, its own memory tier.
-    pub async fn spawn_replica(&self, options: AppOptions) -> TestApp {
+    pub async fn spawn_replica(&self, options: AppOptions) -> TestApp<M> {
         TestApp::spawn_on(self.db.clone(), options).await
     }
 
-    pub async fn spawn_on(db: std::sync::Arc<TestDb>, options: AppOptions) -> TestApp {
+    pub async fn spawn_on(db: Arc<TestDb<M>>, options: AppOptions) -> TestApp<M> {
+        let (addr, admin_addr, server) =
+            Server::start(&db.name, &db.direct_url, &db.service_url, options).await;
+        TestApp {
+            addr,
+            admin_addr,
+            server,
+            db,
+        }
+    }
+}
+
+impl Server {
+    /// The service over the test database `name`: (gRPC address, admin
+    /// address, the running server).
+    async fn start(
+        name: &str,
+        direct_url: &str,
+        service_url: &str,
+        options: AppOptions,
+    ) -> (SocketAddr, SocketAddr, Server) {
         let mut args = ServeArgs {
             database_url: Some(
                 options
                     .database_url
                     .clone()
-                    .unwrap_or_else(|| db.service_url.clone()),
+                    .unwrap_or_else(|| service_url.to_owned()),
             ),
             redis_url: options
                 .redis
@@ -430,9 +486,9 @@ impl TestApp {
             db_acquire_timeout_ms: 1_000,
             request_timeout_ms: options.request_timeout_ms,
             shutdown_timeout_ms: 1_000,
-            listener_database_url: Some(db.direct_url.clone()),
+            listener_database_url: Some(direct_url.to_owned()),
             redis_timeout_ms: 20,
-            redis_namespace: Some(db.name.clone()),
+            redis_namespace: Some(name.to_owned()),
             cache_preload: options.preload,
             cache_max_routes: if options.memory_tier {
                 ServeArgs::defaults().cache_max_routes
@@ -457,7 +513,7 @@ impl TestApp {
         let addr = app.local_addr();
         let admin_addr = app.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let served = app
                 .run_until(async {
                     let _ = stopped.await;
@@ -469,28 +525,72 @@ impl TestApp {
                 eprintln!("switchboard stopped: {error}");
             }
         });
-        TestApp {
-            addr,
-            admin_addr,
-            db,
+        let server = Server {
             stop: Some(stop),
-            server: Some(server),
-        }
+            task: Some(task),
+        };
+        (addr, admin_addr, server)
     }
 
-    pub async fn channel(&self) -> Channel {
-        let endpoint = format!("http://{}", self.addr);
-        for _ in 0..50 {
-            if let Ok(channel) = Channel::from_shared(endpoint.clone())
-                .unwrap_or_else(|e| panic!("endpoint: {e}"))
-                .connect()
-                .await
-            {
-                return channel;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        panic!("server at {endpoint} never accepted a connection");
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Every Redis key of a deployment namespace (`switchboard:v1:<namespace>:`),
+/// deleted; failures ignored (a clean-up).
+pub async fn delete_redis_namespace(redis_url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("switchboard:v1:{namespace}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut redis).await;
+    }
+}
+
+/// A channel to a server that may still be starting: retried for 2 s.
+pub async fn connect(addr: SocketAddr) -> Channel {
+    let endpoint = format!("http://{addr}");
+    for _ in 0..100 {
+        if let Ok(channel) = Channel::from_shared(endpoint.clone())
+            .unwrap_or_else(|e| panic!("endpoint: {e}"))
+            .connect()
+            .await
+        {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("server at {endpoint} never accepted a connection");
+}
+
+impl<M: PoolerMode> TestApp<M> {
+    pub async fn channel(&self) -> Channel {
+        connect(self.addr).await
     }
 
     pub async fn agents(&self) -> AgentServiceClient<Channel> {
@@ -503,23 +603,7 @@ impl TestApp {
 
     /// Stops the server and waits for it to drain.
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
+        self.server.stop().await;
     }
 }
 
@@ -690,7 +774,7 @@ where
     }
 }
 
-impl TestDb {
+impl<M: PoolerMode> TestDb<M> {
     /// `switchboard:v1:<namespace>:<database identity>:`, how every Redis
     /// key and the channel of a `TestApp` on this database begin.
     pub async fn redis_prefix(&self) -> String {
