@@ -24,13 +24,16 @@ tokio::task_local! {
 
 /// Runs `call` with `deadline` visible to `remaining`. A named future, so
 /// the layer that sets it need not box its own.
-pub fn scope<F: Future>(deadline: Option<Instant>, call: F) -> TaskLocalFuture<Option<Instant>, F> {
+pub(crate) fn scope<F: Future>(
+    deadline: Option<Instant>,
+    call: F,
+) -> TaskLocalFuture<Option<Instant>, F> {
     DEADLINE.scope(deadline, call)
 }
 
 /// Time left before the current call's deadline; `None` outside a call or
 /// for a call without one.
-pub fn remaining() -> Option<Duration> {
+pub(crate) fn remaining() -> Option<Duration> {
     DEADLINE
         .try_with(|deadline| deadline.map(|d| d.saturating_duration_since(Instant::now())))
         .ok()

@@ -10,14 +10,14 @@ use crate::domain::{
     Resolution,
 };
 
-pub fn timestamp(at: DateTime<Utc>) -> Option<Timestamp> {
+pub(crate) fn timestamp(at: DateTime<Utc>) -> Option<Timestamp> {
     Some(Timestamp {
         seconds: at.timestamp(),
         nanos: at.timestamp_subsec_nanos() as i32,
     })
 }
 
-pub fn agent_to_pb(agent: &Agent) -> pb::Agent {
+pub(crate) fn agent_to_pb(agent: &Agent) -> pb::Agent {
     pb::Agent {
         id: agent.id.to_string(),
         org_id: agent.org_id.to_string(),
@@ -31,7 +31,7 @@ pub fn agent_to_pb(agent: &Agent) -> pb::Agent {
     }
 }
 
-pub fn agent_change_to_pb(change: &AgentChange) -> pb::AgentChange {
+pub(crate) fn agent_change_to_pb(change: &AgentChange) -> pb::AgentChange {
     let operation = match change.operation {
         ChangeOperation::Insert => pb::ChangeOperation::Insert,
         ChangeOperation::Update => pb::ChangeOperation::Update,
@@ -61,7 +61,7 @@ pub fn agent_change_to_pb(change: &AgentChange) -> pb::AgentChange {
     }
 }
 
-pub fn customer_to_pb(customer: &Customer) -> pb::Customer {
+pub(crate) fn customer_to_pb(customer: &Customer) -> pb::Customer {
     pb::Customer {
         id: customer.id.to_string(),
         org_id: customer.org_id.to_string(),
@@ -73,7 +73,7 @@ pub fn customer_to_pb(customer: &Customer) -> pb::Customer {
     }
 }
 
-pub fn organization_to_pb(org: &Organization) -> pb::Organization {
+pub(crate) fn organization_to_pb(org: &Organization) -> pb::Organization {
     let plan_tier = match org.plan_tier {
         Some(PlanTier::Starter) => pb::PlanTier::Starter,
         Some(PlanTier::Pro) => pb::PlanTier::Pro,
@@ -89,7 +89,7 @@ pub fn organization_to_pb(org: &Organization) -> pb::Organization {
     }
 }
 
-pub fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentResponse {
+pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentResponse {
     pb::ResolveAgentResponse {
         agent: Some(agent_to_pb(&resolution.agent)),
         organization: Some(organization_to_pb(&resolution.organization)),
@@ -99,7 +99,7 @@ pub fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentResponse {
 
 /// The org a route answers for (`None` only for a route that is not one of
 /// ours: every route `resolution_to_pb` makes names its org).
-pub fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
+pub(crate) fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
     route
         .organization
         .as_ref()

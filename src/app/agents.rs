@@ -16,22 +16,26 @@ pub struct AgentsService {
 }
 
 impl AgentsService {
-    pub fn new(store: PgStore, cache: Cache) -> Self {
+    pub(crate) fn new(store: PgStore, cache: Cache) -> Self {
         AgentsService {
             data: Data::new(store, cache),
         }
     }
 
-    pub async fn get(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
+    pub(crate) async fn get(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
         self.data.reads().get_agent(claims, id).await
     }
 
-    pub async fn list(&self, claims: &Claims, page: PageRequest) -> Result<Page<Agent>, Error> {
+    pub(crate) async fn list(
+        &self,
+        claims: &Claims,
+        page: PageRequest,
+    ) -> Result<Page<Agent>, Error> {
         self.data.reads().list_agents(claims, page).await
     }
 
     /// The agent's changes, newest first (the trail the database keeps).
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         claims: &Claims,
         id: AgentId,
@@ -40,13 +44,13 @@ impl AgentsService {
         self.data.reads().list_agent_history(claims, id, page).await
     }
 
-    pub async fn create(&self, claims: &Claims, agent: &NewAgent) -> Result<Agent, Error> {
+    pub(crate) async fn create(&self, claims: &Claims, agent: &NewAgent) -> Result<Agent, Error> {
         self.data
             .write(|store| store.create_agent(claims, agent))
             .await
     }
 
-    pub async fn update(
+    pub(crate) async fn update(
         &self,
         claims: &Claims,
         id: AgentId,
@@ -59,7 +63,7 @@ impl AgentsService {
         Ok(agent)
     }
 
-    pub async fn delete(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
+    pub(crate) async fn delete(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {
         self.data
             .write(|store| store.delete_agent(claims, id))
             .await

@@ -17,7 +17,7 @@ pub struct CustomersService {
 }
 
 impl CustomersService {
-    pub fn new(store: PgStore, cache: Cache) -> Self {
+    pub(crate) fn new(store: PgStore, cache: Cache) -> Self {
         CustomersService {
             data: Data::new(store, cache),
         }
@@ -25,7 +25,7 @@ impl CustomersService {
 
     /// By phone number; `org_id` narrows it to one org (a caller in
     /// several orgs otherwise has several records).
-    pub async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         claims: &Claims,
         phone: &PhoneNumber,
@@ -37,15 +37,19 @@ impl CustomersService {
             .await
     }
 
-    pub async fn get(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
+    pub(crate) async fn get(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
         self.data.reads().get_customer(claims, id).await
     }
 
-    pub async fn list(&self, claims: &Claims, page: PageRequest) -> Result<Page<Customer>, Error> {
+    pub(crate) async fn list(
+        &self,
+        claims: &Claims,
+        page: PageRequest,
+    ) -> Result<Page<Customer>, Error> {
         self.data.reads().list_customers(claims, page).await
     }
 
-    pub async fn upsert(
+    pub(crate) async fn upsert(
         &self,
         claims: &Claims,
         customer: &CustomerUpsert,
@@ -55,7 +59,7 @@ impl CustomersService {
             .await
     }
 
-    pub async fn delete(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
+    pub(crate) async fn delete(&self, claims: &Claims, id: CustomerId) -> Result<Customer, Error> {
         self.data
             .write(|store| store.delete_customer(claims, id))
             .await

@@ -25,10 +25,10 @@ use crate::{
 
 /// A `ResolveAgent` answer and where it came from.
 pub struct Resolved {
-    pub response: pb::ResolveAgentResponse,
-    pub org_id: Option<OrgId>,
+    pub(crate) response: pb::ResolveAgentResponse,
+    pub(crate) org_id: Option<OrgId>,
     /// Which tier answered for the agent.
-    pub tier: Tier,
+    pub(crate) tier: Tier,
 }
 
 #[derive(Clone)]
@@ -58,7 +58,7 @@ fn check_active(route: &pb::ResolveAgentResponse) -> Result<(), Error> {
 }
 
 impl ResolveService {
-    pub fn new(store: PgStore, cache: Cache) -> Self {
+    pub(crate) fn new(store: PgStore, cache: Cache) -> Self {
         ResolveService {
             fill_store: store.primary_only(),
             store,
@@ -68,11 +68,11 @@ impl ResolveService {
     }
 
     /// Whether cache misses fail at once because Postgres is unreachable.
-    pub fn database_breaker_open(&self) -> bool {
+    pub(crate) fn database_breaker_open(&self) -> bool {
         self.database.is_open()
     }
 
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         claims: &Claims,
         called: &PhoneNumber,
@@ -137,7 +137,7 @@ impl ResolveService {
     /// Caller records are not preloaded. If anything is invalidated while
     /// it runs, the preload stops and drops what it loaded (a page read
     /// before the change could be stale); calls then fill lazily.
-    pub async fn preload(&self, page: i64) -> Result<u64, Error> {
+    pub(crate) async fn preload(&self, page: i64) -> Result<u64, Error> {
         let Some(preload) = self.cache.preload() else {
             return Ok(0);
         };

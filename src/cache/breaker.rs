@@ -19,7 +19,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
         Breaker {
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
@@ -36,7 +36,7 @@ impl Breaker {
     /// Whether a call may go out now. Once the cooldown is over, exactly one
     /// caller wins the compare-exchange and probes; the rest keep skipping
     /// until that probe reports.
-    pub fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let open_until = self.open_until_ms.load(Ordering::Acquire);
         if open_until == 0 {
             return true;
@@ -51,12 +51,12 @@ impl Breaker {
             .is_ok()
     }
 
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         self.failures.store(0, Ordering::Release);
         self.open_until_ms.store(0, Ordering::Release);
     }
 
-    pub fn record_failure(&self) {
+    pub(crate) fn record_failure(&self) {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= self.threshold {
             let until = self.now_ms() + self.cooldown.as_millis() as u64;
@@ -64,7 +64,7 @@ impl Breaker {
         }
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open_until_ms.load(Ordering::Acquire) != 0
     }
 }

@@ -37,7 +37,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Watches the identity until aborted; owns the Redis subscriber.
-pub fn spawn_identity_watcher(cache: Cache, redis: RedisTier, store: PgStore) -> JoinHandle<()> {
+pub(crate) fn spawn_identity_watcher(
+    cache: Cache,
+    redis: RedisTier,
+    store: PgStore,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut subscriber: Option<AbortOnDrop> = None;
         let mut unreadable = false;

@@ -44,7 +44,7 @@ use crate::{
     store::outbox::{self, OutboxRead, OutboxRow},
 };
 
-pub const PG_CHANNEL: &str = "switchboard_invalidate";
+pub(crate) const PG_CHANNEL: &str = "switchboard_invalidate";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -59,19 +59,19 @@ pub enum Invalidation {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CallerKey {
-    pub org_id: OrgId,
-    pub phone: String,
+    pub(crate) org_id: OrgId,
+    pub(crate) phone: String,
 }
 
 impl Invalidation {
-    pub fn numbers<'a>(numbers: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn numbers<'a>(numbers: impl IntoIterator<Item = &'a str>) -> Self {
         let mut numbers: Vec<String> = numbers.into_iter().map(str::to_owned).collect();
         numbers.dedup();
         Invalidation::Numbers { numbers }
     }
 
     /// An unreadable message evicts everything: safe, if not cheap.
-    pub fn parse(payload: &str) -> Self {
+    pub(crate) fn parse(payload: &str) -> Self {
         serde_json::from_str(payload).unwrap_or_else(|error| {
             tracing::warn!(%error, "unreadable invalidation; dropping the whole cache");
             Invalidation::All
@@ -82,30 +82,30 @@ impl Invalidation {
 /// How long the listener's own probe may take to come back, from its
 /// commit, before it counts as unheard. Generous: a false alarm costs the
 /// memory tier (and at start-up, the start).
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unheard probes among the last `PROBE_WINDOW` that make the listener
 /// deaf. One probe delayed past its timeout (a machine under load) is not
 /// deafness. Through a transaction pooler most probes go unheard, but not
 /// all: a statement of the listener's that lands on the server connection
 /// its LISTEN ran on picks up what waited there. So not "in a row".
-pub const DEAF_AFTER: u32 = 2;
-pub const PROBE_WINDOW: u32 = 3;
+pub(crate) const DEAF_AFTER: u32 = 2;
+pub(crate) const PROBE_WINDOW: u32 = 3;
 /// The longest a connected listener takes to reach a verdict: a window of
 /// probes, unheard ones timing out and heard ones waiting `PROBE_EVERY`
 /// for the next (a probe follows an unheard one at once).
-pub const VERDICT_WITHIN: Duration =
+pub(crate) const VERDICT_WITHIN: Duration =
     Duration::from_secs(PROBE_TIMEOUT.as_secs() * PROBE_WINDOW as u64 + PROBE_EVERY.as_secs() * 2);
 /// How often the listener proves it hears, and reads the outbox even if
 /// nothing woke it.
-pub const PROBE_EVERY: Duration = Duration::from_secs(3);
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(3);
 /// How often it looks whether a probe is overdue or one is due.
 const PROBE_TICK: Duration = Duration::from_millis(200);
 /// Outbox rows older than this are pruned, every `PRUNE_EVERY`, by every
 /// replica's listener. So the outbox holds the changes of the last
 /// 11 minutes at most (plus those of transactions still open), and a
 /// listener disconnected for less than 10 minutes catches up exactly.
-pub const OUTBOX_RETENTION: Duration = Duration::from_secs(600);
-pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const OUTBOX_RETENTION: Duration = Duration::from_secs(600);
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Rows read per statement while catching up.
 const READ_BATCH: i64 = 1_000;
 
@@ -115,7 +115,7 @@ fn backoff(attempt: u32) -> Duration {
 
 /// What start-up (and anyone watching) learns from the listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenerState {
+pub(crate) enum ListenerState {
     /// Never connected yet.
     Starting,
     /// Cannot reach Postgres; retrying (not a reason to refuse to start).
@@ -148,7 +148,7 @@ pub enum ListenerState {
 /// A gap whose transaction is open keeps being read (by range, on the
 /// primary key) until it commits or rolls back, however long that takes.
 #[derive(Debug, Default)]
-pub struct OutboxCursor {
+pub(crate) struct OutboxCursor {
     /// Every sequence number above it is unread.
     top: i64,
     /// Numbers at or below `top` not read, that may still commit.
@@ -239,7 +239,7 @@ impl OutboxCursor {
 
 /// Listens to Postgres until aborted; `probe_pool` is the store's pool, the
 /// "other connection" the listener's probes come from.
-pub fn spawn_pg_listener(
+pub(crate) fn spawn_pg_listener(
     cache: Cache,
     database_url: String,
     probe_pool: PgPool,
@@ -485,7 +485,8 @@ impl Session<'_> {
 }
 
 /// Why a deaf listener is deaf, and what to do: for the log and start-up.
-pub const DEAF: &str = "the invalidation listener is connected but does not receive its own \
+pub(crate) const DEAF: &str =
+    "the invalidation listener is connected but does not receive its own \
     notifications (LISTEN through a transaction pooler?): set \
     SWITCHBOARD_LISTENER_DATABASE_URL to a direct or session-mode Postgres URL";
 
@@ -679,7 +680,7 @@ fn evictions<'a>(rows: impl Iterator<Item = &'a OutboxRow>) -> Vec<Invalidation>
 }
 
 /// Subscribes to the Redis fan-out until aborted.
-pub fn spawn_redis_subscriber(cache: Cache, redis: RedisTier) -> JoinHandle<()> {
+pub(crate) fn spawn_redis_subscriber(cache: Cache, redis: RedisTier) -> JoinHandle<()> {
     tokio::spawn(async move {
         let target = redis.target().clone();
         let channel = redis.channel();

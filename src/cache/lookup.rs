@@ -35,13 +35,13 @@ use crate::{
 /// A route and where it came from.
 pub struct FoundRoute {
     /// Agent and organization; no caller.
-    pub route: Route,
-    pub tier: Tier,
+    pub(crate) route: Route,
+    pub(crate) tier: Tier,
     /// The caller's record, when this call's own fetch from Postgres
     /// brought it along (the statement reads both); `None` when the route
     /// came from memory or Redis or from a fetch another call ran, so the
     /// caller is still to be looked up (`Cache::caller_or_fill`).
-    pub caller: Option<CallerRecord>,
+    pub(crate) caller: Option<CallerRecord>,
 }
 
 /// What the memory tier keeps for a number no agent answers: a flood of
@@ -116,7 +116,7 @@ impl Cache {
     ///
     /// `fetch` runs at most twice: a second time only for a call that
     /// joined a fetch an eviction overtook after the call began.
-    pub async fn route_or_fill<F, Fut>(
+    pub(crate) async fn route_or_fill<F, Fut>(
         &self,
         called: &str,
         caller: Option<&str>,
@@ -286,7 +286,7 @@ impl Cache {
     /// The record of the caller `number` in `org_id`: memory, else `fetch`.
     /// A failed fetch answers "no record" for this call only and keeps
     /// nothing: a missing CRM record must not drop a call.
-    pub async fn caller_or_fill<F, Fut>(
+    pub(crate) async fn caller_or_fill<F, Fut>(
         &self,
         org_id: OrgId,
         number: &str,
@@ -320,7 +320,7 @@ impl Cache {
 
     /// Starts filling the memory tier ahead of calls; `None` when it would
     /// keep nothing (no room for routes, or no listener to evict them).
-    pub fn preload(&self) -> Option<Preload<'_>> {
+    pub(crate) fn preload(&self) -> Option<Preload<'_>> {
         if !self.memory.enabled || !self.is_listening() {
             return None;
         }
@@ -339,7 +339,7 @@ pub struct Preload<'a> {
 
 impl Preload<'_> {
     /// How many routes the memory tier holds at most.
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.cache.memory.capacity()
     }
 
@@ -347,7 +347,7 @@ impl Preload<'_> {
     /// something was evicted since the preload began, so a page may predate
     /// it; the memory tier is dropped (everything this preload kept with
     /// it) and the preload must stop.
-    pub async fn keep(&self, routes: &[(&str, pb::ResolveAgentResponse)]) -> bool {
+    pub(crate) async fn keep(&self, routes: &[(&str, pb::ResolveAgentResponse)]) -> bool {
         for (number, route) in routes {
             self.cache
                 .memory

@@ -92,7 +92,7 @@ struct Inner {
 
 impl RedisTier {
     /// `namespace` separates deployments (or tests) that share one Redis.
-    pub fn new(
+    pub(crate) fn new(
         target: RedisTarget,
         namespace: Option<&str>,
         timeout: Duration,
@@ -129,12 +129,12 @@ impl RedisTier {
     }
 
     /// Where the tier lives (the subscriber connects on its own).
-    pub fn target(&self) -> &RedisTarget {
+    pub(crate) fn target(&self) -> &RedisTarget {
         &self.inner.target
     }
 
     /// Scopes every key and the channel to `identity` from now on.
-    pub fn set_database_identity(&self, identity: &DatabaseIdentity) -> Scope {
+    pub(crate) fn set_database_identity(&self, identity: &DatabaseIdentity) -> Scope {
         let prefix = format!("{}{identity}:", self.inner.base);
         // Only a change replaces the `Arc`: calls compare it by pointer.
         // One writer (the watcher), so load-then-store does not race.
@@ -169,7 +169,7 @@ impl RedisTier {
     /// The pub/sub channel replicas fan invalidations out on: the current
     /// identity's (the subscriber is started once it is known, and again
     /// when it changes). Before that, a channel no one publishes on.
-    pub fn channel(&self) -> String {
+    pub(crate) fn channel(&self) -> String {
         match self.prefix() {
             Some(prefix) => format!("{prefix}invalidate"),
             None => format!("{}no-database-identity:invalidate", self.inner.base),
@@ -220,17 +220,17 @@ impl RedisTier {
     }
 
     /// Runs `tell` on every new master from now on (set once).
-    pub fn on_new_master(&self, tell: impl Fn() + Send + Sync + 'static) {
+    pub(crate) fn on_new_master(&self, tell: impl Fn() + Send + Sync + 'static) {
         let _ = self.inner.on_new_master.set(Box::new(tell));
     }
 
     /// Whether calls can reach the tier: the first connection is made and
     /// the database's identity is known (until then every call is a miss).
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.inner.connection.get().is_some() && self.inner.prefix.load().is_some()
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.inner.breaker.is_open()
     }
 
@@ -298,7 +298,7 @@ impl RedisTier {
 
     /// The route cached for `number`, counted as a hit, a miss, or an error
     /// (Redis could not answer) in `switchboard_cache_lookups_total`.
-    pub async fn get_route(&self, number: &str) -> Option<Route> {
+    pub(crate) async fn get_route(&self, number: &str) -> Option<Route> {
         let span = tracing::debug_span!(
             target: "switchboard::cache",
             "cache.redis",
@@ -358,7 +358,7 @@ impl RedisTier {
         route
     }
 
-    pub async fn put_route(&self, number: &str, route: &Route) {
+    pub(crate) async fn put_route(&self, number: &str, route: &Route) {
         let (Some(mut connection), Some(prefix)) = (self.connection(), self.prefix()) else {
             return;
         };
@@ -369,7 +369,7 @@ impl RedisTier {
             .await;
     }
 
-    pub async fn delete_routes(&self, numbers: &[String]) -> bool {
+    pub(crate) async fn delete_routes(&self, numbers: &[String]) -> bool {
         if numbers.is_empty() {
             return true;
         }
@@ -392,7 +392,7 @@ impl RedisTier {
 
     /// Deletes every route key (after an invalidation was too large to name
     /// its numbers). SCAN, never KEYS, so Redis is not blocked.
-    pub async fn delete_all_routes(&self) {
+    pub(crate) async fn delete_all_routes(&self) {
         let wanted = self.inner.flush_wanted.fetch_add(1, Ordering::AcqRel) + 1;
         self.flush(wanted).await;
     }
@@ -453,7 +453,7 @@ impl RedisTier {
         connection.master_address() == master && self.is_current(&prefix)
     }
 
-    pub async fn publish(&self, payload: &str) {
+    pub(crate) async fn publish(&self, payload: &str) {
         let (Some(mut connection), Some(_)) = (self.connection(), self.prefix()) else {
             return;
         };

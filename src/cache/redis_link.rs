@@ -79,7 +79,7 @@ impl std::fmt::Debug for RedisTarget {
 
 impl RedisTarget {
     /// Checks every URL parses, without connecting.
-    pub fn validate(&self) -> RedisResult<()> {
+    pub(crate) fn validate(&self) -> RedisResult<()> {
         match self {
             RedisTarget::Standalone(url) => url.as_str().into_connection_info().map(drop),
             RedisTarget::Cluster(seeds) => {
@@ -90,7 +90,7 @@ impl RedisTarget {
         }
     }
 
-    pub fn mode(&self) -> &'static str {
+    pub(crate) fn mode(&self) -> &'static str {
         match self {
             RedisTarget::Standalone(_) => "standalone",
             RedisTarget::Cluster(_) => "cluster",
@@ -130,7 +130,7 @@ impl RedisTarget {
     /// A client for the node a subscriber should listen on; `attempt`
     /// rotates through a cluster's seeds so one dead seed is not retried
     /// forever.
-    pub async fn pubsub_client(&self, attempt: u32) -> RedisResult<redis::Client> {
+    pub(crate) async fn pubsub_client(&self, attempt: u32) -> RedisResult<redis::Client> {
         match self {
             RedisTarget::Standalone(url) => redis::Client::open(url.as_str()),
             RedisTarget::Cluster(seeds) => {
@@ -148,21 +148,21 @@ impl RedisTarget {
 
 /// Called when a master the link had not used before takes over: what it
 /// holds may predate writes the old one acknowledged.
-pub type NewMaster = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type NewMaster = Arc<dyn Fn() + Send + Sync>;
 
 /// How often a link checks who the masters are, when nothing failed.
 const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
 
 /// Per-connection settings.
 #[derive(Clone, Copy, Debug)]
-pub struct LinkTimeouts {
-    pub connect: Duration,
-    pub response: Duration,
+pub(crate) struct LinkTimeouts {
+    pub(crate) connect: Duration,
+    pub(crate) response: Duration,
 }
 
 /// A connection to the tier, whatever the topology. Cheap to clone.
 #[derive(Clone)]
-pub enum Link {
+pub(crate) enum Link {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(SentinelLink),
@@ -172,7 +172,7 @@ pub enum Link {
 /// shard, named by a slot it owns, so the cluster client routes it by its
 /// own slot map (a node it has no connection for cannot be asked).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ScanTarget {
+pub(crate) enum ScanTarget {
     Link,
     Shard { slot: u16 },
 }
@@ -182,16 +182,16 @@ const CLUSTER_SLOTS: u32 = 16_384;
 
 /// One master of a cluster as `CLUSTER NODES` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterMaster {
-    pub id: String,
+pub(crate) struct ClusterMaster {
+    pub(crate) id: String,
     /// Inclusive slot ranges it owns.
-    pub slots: Vec<(u16, u16)>,
+    pub(crate) slots: Vec<(u16, u16)>,
 }
 
 impl Link {
     /// Connects; `new_master` is called on every failover seen afterwards,
     /// until `alive` can no longer be upgraded (the tier is gone).
-    pub async fn connect(
+    pub(crate) async fn connect(
         target: &RedisTarget,
         timeouts: LinkTimeouts,
         new_master: NewMaster,
@@ -255,7 +255,7 @@ impl Link {
     /// Where a full SCAN must go: one slot of every master of a cluster
     /// (together they own all slots, else an error: a flush that left a
     /// shard out must not count as done), else the one node.
-    pub async fn scan_targets(&mut self) -> RedisResult<Vec<ScanTarget>> {
+    pub(crate) async fn scan_targets(&mut self) -> RedisResult<Vec<ScanTarget>> {
         if !matches!(self, Link::Cluster(_)) {
             return Ok(vec![ScanTarget::Link]);
         }
@@ -272,7 +272,7 @@ impl Link {
     }
 
     /// One SCAN step on `target`: the next cursor and the keys found.
-    pub async fn scan(
+    pub(crate) async fn scan(
         &mut self,
         target: &ScanTarget,
         cursor: u64,
@@ -309,7 +309,7 @@ impl Link {
 
 impl Link {
     /// The master a Sentinel link uses now (`None` for the others).
-    pub fn master_address(&self) -> Option<String> {
+    pub(crate) fn master_address(&self) -> Option<String> {
         match self {
             Link::Sentinel(sentinel) => sentinel.master_address(),
             Link::Standalone(_) | Link::Cluster(_) => None,
@@ -379,7 +379,7 @@ async fn poll_masters(
 /// where a slot field is `n`, `n-m`, or `[n->-id]` / `[n-<-id]` (a slot
 /// being migrated, still owned here). A master marked failing is kept: if
 /// it is down, the SCAN routed to its slots fails, and so does the flush.
-pub fn cluster_masters(nodes: &str) -> Vec<ClusterMaster> {
+pub(crate) fn cluster_masters(nodes: &str) -> Vec<ClusterMaster> {
     let mut masters: Vec<ClusterMaster> = nodes
         .lines()
         .filter_map(|line| {
@@ -441,7 +441,7 @@ impl ConnectionLike for Link {
 
 /// The connection to the master Sentinel names, moved when it changes.
 #[derive(Clone)]
-pub struct SentinelLink {
+pub(crate) struct SentinelLink {
     shared: Arc<SentinelShared>,
 }
 
@@ -477,7 +477,7 @@ impl SentinelLink {
     }
 
     /// The address of the master in use, `host:port`.
-    pub fn master_address(&self) -> Option<String> {
+    pub(crate) fn master_address(&self) -> Option<String> {
         self.shared
             .master
             .read()

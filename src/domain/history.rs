@@ -16,7 +16,7 @@ pub enum ChangeOperation {
 
 impl ChangeOperation {
     /// From `agent_history.operation` (a check constraint allows only these).
-    pub fn from_db(value: &str) -> Option<Self> {
+    pub(crate) fn from_db(value: &str) -> Option<Self> {
         match value {
             "insert" => Some(ChangeOperation::Insert),
             "update" => Some(ChangeOperation::Update),
@@ -30,29 +30,29 @@ impl ChangeOperation {
 /// on delete (there was no row); `Some(Json::Null)` is a real null.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FieldChange {
-    pub field: String,
-    pub old: Option<Json>,
-    pub new: Option<Json>,
+    pub(crate) field: String,
+    pub(crate) old: Option<Json>,
+    pub(crate) new: Option<Json>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentChange {
     /// Increases with every recorded change: newest first is highest first.
-    pub seq: Seq,
-    pub agent_id: AgentId,
-    pub org_id: OrgId,
-    pub changed_at: DateTime<Utc>,
+    pub(crate) seq: Seq,
+    pub(crate) agent_id: AgentId,
+    pub(crate) org_id: OrgId,
+    pub(crate) changed_at: DateTime<Utc>,
     /// The token's `sub`; `None` for service_role tokens and changes made
     /// without claims (plain SQL, migrations).
-    pub changed_by: Option<Uuid>,
+    pub(crate) changed_by: Option<Uuid>,
     /// The token's role, or the SQL role for a change made without claims.
-    pub actor_role: String,
+    pub(crate) actor_role: String,
     /// The SQL role the session acted as (claims do not change it); `None`
     /// for changes recorded before the column existed.
-    pub actor_sql_role: Option<String>,
-    pub operation: ChangeOperation,
+    pub(crate) actor_sql_role: Option<String>,
+    pub(crate) operation: ChangeOperation,
     /// Sorted by field name.
-    pub fields: Vec<FieldChange>,
+    pub(crate) fields: Vec<FieldChange>,
 }
 
 /// `agent_history.changes` ({"field": {"old": …, "new": …}}) as a list.

@@ -7,8 +7,8 @@ use serde_json::{Map, Number, Value as Json};
 use crate::error::Error;
 
 /// Bounds on what `llm_config` may hold. Named in the error a client gets.
-pub const MAX_DEPTH: usize = 16;
-pub const MAX_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmConfig(Map<String, Json>);
@@ -38,7 +38,7 @@ impl LlmConfig {
     }
 
     /// From the database, which only ever holds objects (a check constraint).
-    pub fn from_json(value: Json) -> Self {
+    pub(crate) fn from_json(value: Json) -> Self {
         match value {
             Json::Object(map) => LlmConfig(map),
             _ => LlmConfig::default(),

@@ -15,7 +15,7 @@ pub enum PlanTier {
 
 impl PlanTier {
     /// From the database enum `public.plan_tier`.
-    pub fn from_db(value: &str) -> Option<Self> {
+    pub(crate) fn from_db(value: &str) -> Option<Self> {
         match value {
             "starter" => Some(PlanTier::Starter),
             "pro" => Some(PlanTier::Pro),
@@ -27,44 +27,44 @@ impl PlanTier {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Organization {
-    pub id: OrgId,
-    pub name: String,
-    pub slug: String,
-    pub plan_tier: Option<PlanTier>,
-    pub created_at: DateTime<Utc>,
+    pub(crate) id: OrgId,
+    pub(crate) name: String,
+    pub(crate) slug: String,
+    pub(crate) plan_tier: Option<PlanTier>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Agent {
-    pub id: AgentId,
-    pub org_id: OrgId,
-    pub name: String,
-    pub phone_number: PhoneNumber,
-    pub voice_id: String,
-    pub llm_config: LlmConfig,
-    pub is_active: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub(crate) id: AgentId,
+    pub(crate) org_id: OrgId,
+    pub(crate) name: String,
+    pub(crate) phone_number: PhoneNumber,
+    pub(crate) voice_id: String,
+    pub(crate) llm_config: LlmConfig,
+    pub(crate) is_active: bool,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Customer {
-    pub id: CustomerId,
-    pub org_id: OrgId,
-    pub phone: PhoneNumber,
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    pub(crate) id: CustomerId,
+    pub(crate) org_id: OrgId,
+    pub(crate) phone: PhoneNumber,
+    pub(crate) name: Option<String>,
+    pub(crate) email: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 /// The answer to `ResolveAgent`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resolution {
-    pub agent: Agent,
-    pub organization: Organization,
+    pub(crate) agent: Agent,
+    pub(crate) organization: Organization,
     /// The caller's record in the agent's organization, when known.
-    pub caller: Option<Customer>,
+    pub(crate) caller: Option<Customer>,
 }
 
 /// Text fields a client sets. Bounded like the database's check constraints,
@@ -100,7 +100,11 @@ fn shortened(input: &str) -> String {
     }
 }
 
-pub fn parse_optional_text(field: &str, value: &str, max: usize) -> Result<Option<String>, Error> {
+pub(crate) fn parse_optional_text(
+    field: &str,
+    value: &str,
+    max: usize,
+) -> Result<Option<String>, Error> {
     if value.trim().is_empty() {
         Ok(None)
     } else {
@@ -108,20 +112,20 @@ pub fn parse_optional_text(field: &str, value: &str, max: usize) -> Result<Optio
     }
 }
 
-pub const MAX_NAME_CHARS: usize = 200;
-pub const MAX_VOICE_ID_CHARS: usize = 200;
-pub const MAX_EMAIL_CHARS: usize = 320;
+pub(crate) const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_VOICE_ID_CHARS: usize = 200;
+pub(crate) const MAX_EMAIL_CHARS: usize = 320;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewAgent {
     /// Required for service_role; tenant callers leave it empty and the
     /// database puts the agent in their own org.
-    pub org_id: Option<OrgId>,
-    pub name: String,
-    pub phone_number: PhoneNumber,
-    pub voice_id: String,
-    pub llm_config: LlmConfig,
-    pub is_active: bool,
+    pub(crate) org_id: Option<OrgId>,
+    pub(crate) name: String,
+    pub(crate) phone_number: PhoneNumber,
+    pub(crate) voice_id: String,
+    pub(crate) llm_config: LlmConfig,
+    pub(crate) is_active: bool,
 }
 
 /// The fields `UpdateAgent` may change.
@@ -161,20 +165,20 @@ impl AgentField {
 /// A partial update: `None` leaves the column as it is.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentPatch {
-    pub name: Option<String>,
-    pub phone_number: Option<PhoneNumber>,
-    pub voice_id: Option<String>,
-    pub llm_config: Option<LlmConfig>,
-    pub is_active: Option<bool>,
+    pub(crate) name: Option<String>,
+    pub(crate) phone_number: Option<PhoneNumber>,
+    pub(crate) voice_id: Option<String>,
+    pub(crate) llm_config: Option<LlmConfig>,
+    pub(crate) is_active: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CustomerUpsert {
     /// Required for service_role; tenant callers leave it empty.
-    pub org_id: Option<OrgId>,
-    pub phone: PhoneNumber,
-    pub name: Option<String>,
-    pub email: Option<String>,
+    pub(crate) org_id: Option<OrgId>,
+    pub(crate) phone: PhoneNumber,
+    pub(crate) name: Option<String>,
+    pub(crate) email: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-pub const MAX_PAGE_SIZE: u32 = 500;
+pub(crate) const DEFAULT_PAGE_SIZE: u32 = 50;
+pub(crate) const MAX_PAGE_SIZE: u32 = 500;
 const TOKEN_PREFIX: &str = "v1:";
 
 /// The key a list is ordered by, as it appears inside a page token.
@@ -83,7 +83,7 @@ fn decode_token<C: Cursor>(token: &str) -> Option<C> {
     C::from_token_text(text.strip_prefix(TOKEN_PREFIX)?)
 }
 
-pub fn encode_token<C: Cursor>(last: C) -> String {
+pub(crate) fn encode_token<C: Cursor>(last: C) -> String {
     URL_SAFE_NO_PAD.encode(format!("{TOKEN_PREFIX}{}", last.to_token_text()))
 }
 

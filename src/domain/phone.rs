@@ -91,7 +91,7 @@ impl PhoneNumber {
     /// first use, synchronously. Start-up calls this on a blocking thread, so
     /// that the first write of a process does not block a runtime worker,
     /// and the calls sharing it, while that happens.
-    pub fn load_metadata() {
+    pub(crate) fn load_metadata() {
         let _ = Self::parse_for_write("+18005550100");
     }
 

@@ -28,7 +28,7 @@ pub struct AgentApi {
 }
 
 impl AgentApi {
-    pub fn new(resolve: ResolveService, agents: AgentsService) -> Self {
+    pub(crate) fn new(resolve: ResolveService, agents: AgentsService) -> Self {
         AgentApi { resolve, agents }
     }
 }

@@ -37,7 +37,7 @@ const WRITE_BUFFER: usize = 32 * 1024;
 pub struct Connection(BufWriter<TcpStream>);
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: TcpStream) -> Self {
         Connection(BufWriter::with_capacity(WRITE_BUFFER, stream))
     }
 }

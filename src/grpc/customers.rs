@@ -22,7 +22,7 @@ pub struct CustomerApi {
 }
 
 impl CustomerApi {
-    pub fn new(customers: CustomersService) -> Self {
+    pub(crate) fn new(customers: CustomersService) -> Self {
         CustomerApi { customers }
     }
 }

@@ -60,7 +60,7 @@ pub struct Limits {
 
 impl Limits {
     /// What HTTP/2 is told (`SETTINGS_MAX_HEADER_LIST_SIZE`).
-    pub fn http2_max_header_list_bytes(&self) -> u32 {
+    pub(crate) fn http2_max_header_list_bytes(&self) -> u32 {
         self.max_header_list_bytes.saturating_mul(2)
     }
 }
@@ -89,7 +89,7 @@ pub struct GlobalLimitLayer {
 }
 
 impl GlobalLimitLayer {
-    pub fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits) -> Self {
         GlobalLimitLayer {
             permits: (limits.max_concurrent_requests > 0)
                 .then(|| Arc::new(Semaphore::new(limits.max_concurrent_requests))),
@@ -245,7 +245,7 @@ fn percent_decode(input: &[u8]) -> String {
 /// `ResolveAgent` is served from memory in microseconds; the global cap
 /// covers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TenantKey {
+pub(crate) enum TenantKey {
     Org(OrgId),
     User(Uuid),
     Anonymous,
@@ -268,7 +268,7 @@ struct TenantState {
 }
 
 impl TenantLimitLayer {
-    pub fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits) -> Self {
         TenantLimitLayer {
             state: (limits.tenant_max_concurrent > 0).then(|| {
                 Arc::new(TenantState {

@@ -8,7 +8,7 @@ use crate::{auth::Claims, domain::OrgId, error::Error};
 
 /// Prefixes a parse error with the request field it came from, so a client
 /// with two phone fields knows which one was wrong.
-pub fn in_field(field: &'static str) -> impl Fn(Error) -> Error {
+pub(crate) fn in_field(field: &'static str) -> impl Fn(Error) -> Error {
     move |error| match error {
         Error::InvalidArgument(message) => Error::InvalidArgument(format!("{field}: {message}")),
         other => other,
@@ -17,7 +17,7 @@ pub fn in_field(field: &'static str) -> impl Fn(Error) -> Error {
 
 /// A tenant's writes go to its own org (RLS refuses any other, so naming
 /// another is PERMISSION_DENIED); a service_role caller must say which org.
-pub fn target_org(claims: &Claims, org_id: &str) -> Result<Option<OrgId>, Error> {
+pub(crate) fn target_org(claims: &Claims, org_id: &str) -> Result<Option<OrgId>, Error> {
     if org_id.trim().is_empty() {
         if claims.is_service_role() {
             return Err(Error::invalid(
@@ -30,7 +30,7 @@ pub fn target_org(claims: &Claims, org_id: &str) -> Result<Option<OrgId>, Error>
 }
 
 /// A response that names the org it concerns, for the request log.
-pub fn with_org<T>(message: T, org: OrgId) -> Response<T> {
+pub(crate) fn with_org<T>(message: T, org: OrgId) -> Response<T> {
     let mut response = Response::new(message);
     response.extensions_mut().insert(LoggedOrg(org));
     response

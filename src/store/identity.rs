@@ -44,7 +44,7 @@ const RETIRE: &str = "\
 impl PgStore {
     /// The identity as the primary has it now. One simple query (no named
     /// statement), so it works through a transaction pooler.
-    pub async fn database_identity(&self) -> Result<DatabaseIdentity, sqlx::Error> {
+    pub(crate) async fn database_identity(&self) -> Result<DatabaseIdentity, sqlx::Error> {
         let rows = sqlx::raw_sql(READ).fetch_all(self.pool()).await?;
         let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
         DatabaseIdentity::from_row(row, 0)

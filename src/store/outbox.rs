@@ -7,34 +7,34 @@ use sqlx::{Executor, PgPool, Postgres, Row};
 
 /// One outbox row: its sequence number and what changed (JSON).
 #[derive(Debug)]
-pub struct OutboxRow {
-    pub seq: i64,
-    pub change: String,
+pub(crate) struct OutboxRow {
+    pub(crate) seq: i64,
+    pub(crate) change: String,
 }
 
 /// What one read saw, all under one snapshot.
 #[derive(Debug)]
-pub struct OutboxRead {
+pub(crate) struct OutboxRead {
     /// Rows above `after` (at most `limit`, in order), then rows in the
     /// ranges asked for.
-    pub above: Vec<OutboxRow>,
-    pub in_ranges: Vec<OutboxRow>,
+    pub(crate) above: Vec<OutboxRow>,
+    pub(crate) in_ranges: Vec<OutboxRow>,
     /// `pg_snapshot_xmin` of the read's snapshot: every transaction id
     /// below it had finished when the rows were read.
-    pub xmin: u64,
+    pub(crate) xmin: u64,
     /// The highest sequence number ever pruned.
-    pub pruned_upto: i64,
+    pub(crate) pruned_upto: i64,
     /// The highest sequence number ever taken (the sequence's own value,
     /// not transactional; 0 before the first). Below what a reader already
     /// read, the outbox is not the one it read: the database was made again
     /// or restored from a backup.
-    pub last_taken: i64,
+    pub(crate) last_taken: i64,
 }
 
 /// Rows with `seq > after` (the first `limit`) and rows with `seq` in any of
 /// `ranges` (inclusive), with the snapshot's xmin and the prune mark: one
 /// statement, so one snapshot; index scans on the primary key.
-pub async fn read_outbox<'c, E>(
+pub(crate) async fn read_outbox<'c, E>(
     executor: E,
     after: i64,
     limit: i64,
@@ -101,7 +101,7 @@ where
 /// A transaction id assigned now, so larger than that of every transaction
 /// that had one before this call (the fence a gap is settled against).
 /// Costs one transaction id; run only when a read found a new gap.
-pub async fn new_fence<'c, E>(executor: E) -> Result<u64, sqlx::Error>
+pub(crate) async fn new_fence<'c, E>(executor: E) -> Result<u64, sqlx::Error>
 where
     E: Executor<'c, Database = Postgres>,
 {
@@ -113,7 +113,7 @@ where
 }
 
 /// Deletes rows older than `retention`; returns how many went.
-pub async fn prune_outbox<'c, E>(
+pub(crate) async fn prune_outbox<'c, E>(
     executor: E,
     retention: std::time::Duration,
 ) -> Result<i64, sqlx::Error>
@@ -132,7 +132,7 @@ where
 
 /// Sends `payload` on `channel` from a connection of `pool` (not the
 /// listener's): the listener proves it hears by receiving it.
-pub async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
     sqlx::query("select pg_catalog.pg_notify($1, $2)")
         .persistent(false)
         .bind(channel)

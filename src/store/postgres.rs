@@ -51,15 +51,15 @@ use crate::{
 
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
-    pub max_connections: u32,
+    pub(crate) max_connections: u32,
     /// How long a request waits for a connection before UNAVAILABLE. Short:
     /// a call must not hang on a database that is down.
-    pub acquire_timeout: Duration,
+    pub(crate) acquire_timeout: Duration,
     /// Requests that may queue for a connection once every one is in use;
     /// beyond, RESOURCE_EXHAUSTED at once (0 = never queue).
-    pub max_waiting: u32,
+    pub(crate) max_waiting: u32,
     /// Applied to every statement run for a caller.
-    pub statement_timeout: Duration,
+    pub(crate) statement_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -126,11 +126,11 @@ impl Pool {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
-    pub max: u32,
+    pub(crate) max: u32,
     /// Open connections, in use or idle.
     pub size: u32,
-    pub idle: u32,
-    pub waiting: u64,
+    pub(crate) idle: u32,
+    pub(crate) waiting: u64,
 }
 
 const AGENT_COLUMNS: &str =
@@ -140,7 +140,10 @@ const CUSTOMER_COLUMNS: &str = "id, org_id, phone, name, email, created_at, upda
 impl PgStore {
     /// Parses the URL now (a bad one stops start-up); connects lazily, so the
     /// service starts, and answers from cache, while the database is down.
-    pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
+    pub(crate) fn connect_lazy(
+        database_url: &str,
+        settings: &PoolSettings,
+    ) -> Result<Self, sqlx::Error> {
         let pool = Pool::new(lazy_pool(database_url, settings)?);
         Ok(PgStore {
             read_pool: pool.clone(),
@@ -154,7 +157,7 @@ impl PgStore {
 
     /// Lookups go to `read_url` (a replica), writes to the primary. Each
     /// pool has `settings.max_connections`.
-    pub fn with_read_replica(
+    pub(crate) fn with_read_replica(
         self,
         read_url: &str,
         settings: &PoolSettings,
@@ -169,14 +172,14 @@ impl PgStore {
     /// answer is cached. Invalidation follows the primary (its NOTIFY), so a
     /// fill from a lagging replica could put back, for a whole TTL, what an
     /// invalidation just removed.
-    pub fn primary_only(&self) -> Self {
+    pub(crate) fn primary_only(&self) -> Self {
         PgStore {
             read_pool: self.pool.clone(),
             ..self.clone()
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool.pool
     }
 
@@ -247,7 +250,7 @@ impl PgStore {
     }
 
     /// Connections open, idle, waited for, and the limit: for `/metrics`.
-    pub fn pool_stats(&self) -> PoolStats {
+    pub(crate) fn pool_stats(&self) -> PoolStats {
         PoolStats {
             max: self.max_connections,
             size: self.pool.pool.size(),
@@ -257,7 +260,7 @@ impl PgStore {
     }
 
     /// The call path: one statement, one round trip.
-    pub async fn resolve_agent(
+    pub(crate) async fn resolve_agent(
         &self,
         claims: &Claims,
         called: &PhoneNumber,
@@ -282,7 +285,7 @@ impl PgStore {
 
     /// Routes (agent + organization, no caller) for numbers after `after`,
     /// in number order: the cache preload walks all numbers in pages.
-    pub async fn routes_after(
+    pub(crate) async fn routes_after(
         &self,
         claims: &Claims,
         after: Option<&str>,
@@ -308,7 +311,11 @@ impl PgStore {
         rows.iter().map(resolution_from_row).collect()
     }
 
-    pub async fn create_agent(&self, claims: &Claims, agent: &NewAgent) -> Result<Agent, Error> {
+    pub(crate) async fn create_agent(
+        &self,
+        claims: &Claims,
+        agent: &NewAgent,
+    ) -> Result<Agent, Error> {
         let sql = format!(
             "insert into public.agents (org_id, name, phone_number, voice_id, llm_config, is_active) \
              values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5, $6) \
@@ -331,7 +338,7 @@ impl PgStore {
 
     /// Returns the agent after the update, and the number it had before (the
     /// one a cache may hold it under).
-    pub async fn update_agent(
+    pub(crate) async fn update_agent(
         &self,
         claims: &Claims,
         id: AgentId,
@@ -373,7 +380,7 @@ impl PgStore {
     /// them. NOT_FOUND when, on the first page, the caller sees neither a
     /// change nor the agent itself; an agent recorded before the trail
     /// existed (or whose changes were all no-ops) is an empty list.
-    pub async fn list_agent_history(
+    pub(crate) async fn list_agent_history(
         &self,
         claims: &Claims,
         agent: AgentId,
@@ -406,7 +413,7 @@ impl PgStore {
         Ok(Page::from_rows(changes, page, |c| c.seq))
     }
 
-    pub async fn lookup_customer(
+    pub(crate) async fn lookup_customer(
         &self,
         claims: &Claims,
         phone: &PhoneNumber,
@@ -436,7 +443,7 @@ impl PgStore {
         }
     }
 
-    pub async fn upsert_customer(
+    pub(crate) async fn upsert_customer(
         &self,
         claims: &Claims,
         customer: &CustomerUpsert,
@@ -573,11 +580,11 @@ macro_rules! keyed {
         }
 
         impl PgStore {
-            pub async fn $get(&self, claims: &Claims, id: $id) -> Result<$kind, Error> {
+            pub(crate) async fn $get(&self, claims: &Claims, id: $id) -> Result<$kind, Error> {
                 self.get_by_id(claims, id.as_uuid()).await
             }
 
-            pub async fn $list(
+            pub(crate) async fn $list(
                 &self,
                 claims: &Claims,
                 page: PageRequest,
@@ -585,7 +592,7 @@ macro_rules! keyed {
                 self.list_by_id(claims, page).await
             }
 
-            pub async fn $delete(&self, claims: &Claims, id: $id) -> Result<$kind, Error> {
+            pub(crate) async fn $delete(&self, claims: &Claims, id: $id) -> Result<$kind, Error> {
                 self.delete_by_id(claims, id.as_uuid()).await
             }
         }
