@@ -448,12 +448,7 @@ impl PgStore {
         claims: &Claims,
         customer: &CustomerUpsert,
     ) -> Result<Customer, Error> {
-        let sql = format!(
-            "insert into public.customers (org_id, phone, name, email) \
-             values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4) \
-             on conflict (org_id, phone) do update set name = excluded.name, email = excluded.email \
-             returning {CUSTOMER_COLUMNS}"
-        );
+        let sql = customer_upsert_sql();
         let upsert = sqlx::query(&sql)
             .bind(customer.org_id.map(|o| o.as_uuid()))
             .bind(customer.phone.as_str())
@@ -748,4 +743,15 @@ fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
         organization,
         caller,
     })
+}
+
+/// One customer per (org, phone): the org named (service_role), else the
+/// caller's.
+fn customer_upsert_sql() -> String {
+    format!(
+        "insert into public.customers (org_id, phone, name, email) \
+         values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4) \
+         on conflict (org_id, phone) do update set name = excluded.name, email = excluded.email \
+         returning {CUSTOMER_COLUMNS}"
+    )
 }
