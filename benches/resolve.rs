@@ -110,8 +110,8 @@ impl Deployment {
         ServeArgs {
             database_url: Some(self.direct_url.clone()),
             jwt_secret: Some(SECRET.into()),
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            admin_listen: ([127, 0, 0, 1], 0).into(),
             db_max_connections: 8,
             redis_namespace: Some(self.namespace.clone()),
             ..ServeArgs::defaults()

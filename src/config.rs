@@ -116,10 +116,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
     pub jwks_min_refresh_secs: u64,
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "0.0.0.0:50051")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The admin HTTP port: Prometheus metrics at /metrics.
     #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    pub admin_listen: String,
+    pub admin_listen: SocketAddr,
     /// Postgres connections this replica may hold.
     #[arg(long, env = "SWITCHBOARD_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -221,43 +221,29 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The documented defaults, with nothing set: for `dev` and tests.
+    /// The documented defaults, with nothing set: for `dev` and tests. Read
+    /// from the clap attributes above, the one place a default is written,
+    /// with the environment switched off.
     pub fn defaults() -> Self {
-        ServeArgs {
-            database_url: None,
-            redis_url: None,
-            redis_cluster_urls: Vec::new(),
-            redis_sentinel_urls: Vec::new(),
-            redis_sentinel_master: None,
-            redis_sentinel_master_username: None,
-            redis_sentinel_master_password: None,
-            jwt_secret: None,
-            jwks_url: None,
-            jwks_file: None,
-            jwks_refresh_secs: 600,
-            jwks_min_refresh_secs: 30,
-            listen: "0.0.0.0:50051".into(),
-            admin_listen: "0.0.0.0:9090".into(),
-            db_max_connections: 16,
-            db_acquire_timeout_ms: 1000,
-            db_max_waiting: 64,
-            request_timeout_ms: 5000,
-            shutdown_timeout_ms: 10000,
-            listener_database_url: None,
-            redis_timeout_ms: 5,
-            cache_max_routes: 1_000_000,
-            cache_max_callers: 1_000_000,
-            cache_preload: false,
-            cache_ttl_secs: 300,
-            redis_ttl_secs: 3600,
-            redis_namespace: None,
-            database_read_url: None,
-            max_concurrent_requests: 512,
-            tenant_max_concurrent: 8,
-            max_message_bytes: 262_144,
-            max_header_list_bytes: 16_384,
+        use clap::{CommandFactory, FromArgMatches};
+        let command = DefaultsOnly::command().mut_args(|arg| arg.env(None));
+        match command
+            .try_get_matches_from(["switchboard"])
+            .and_then(|matches| DefaultsOnly::from_arg_matches(&matches))
+        {
+            Ok(defaults) => defaults.args,
+            // Every serve flag has a default or is optional: a unit test
+            // parses them.
+            Err(error) => unreachable!("the serve flags' defaults do not parse: {error}"),
         }
     }
+}
+
+/// `ServeArgs` alone, to read its defaults.
+#[derive(Parser)]
+struct DefaultsOnly {
+    #[command(flatten)]
+    args: ServeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -282,14 +268,14 @@ pub struct DevArgs {
     #[arg(long, env = "REDIS_URL", default_value = DEV_REDIS_URL)]
     pub redis_url: String,
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Prometheus metrics at /metrics.
     #[arg(
         long,
         env = "SWITCHBOARD_ADMIN_LISTEN",
         default_value = "127.0.0.1:9090"
     )]
-    pub admin_listen: String,
+    pub admin_listen: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -407,18 +393,7 @@ impl ServeConfig {
                 "SUPABASE_JWT_SECRET must be at least {MIN_SECRET_LEN} characters"
             )));
         }
-        let listen = args.listen.parse().map_err(|_| {
-            ConfigError(format!(
-                "SWITCHBOARD_LISTEN {:?} is not an address like 0.0.0.0:50051",
-                args.listen
-            ))
-        })?;
-        let admin_listen = args.admin_listen.parse().map_err(|_| {
-            ConfigError(format!(
-                "SWITCHBOARD_ADMIN_LISTEN {:?} is not an address like 0.0.0.0:9090",
-                args.admin_listen
-            ))
-        })?;
+        let (listen, admin_listen) = (args.listen, args.admin_listen);
         if args.db_max_connections == 0 {
             return Err(ConfigError(
                 "SWITCHBOARD_DB_MAX_CONNECTIONS must be at least 1".into(),
@@ -541,13 +516,50 @@ fn is_postgres_url(url: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_bad_address_is_refused_by_the_flag_parser_naming_it() {
+        for (flag, value) in [("--listen", "nowhere"), ("--admin-listen", "9090")] {
+            let error = match Cli::try_parse_from(["switchboard", "serve", flag, value]) {
+                Ok(_) => panic!("{flag} {value} was accepted"),
+                Err(error) => error.to_string(),
+            };
+            assert!(error.contains(flag) && error.contains(value), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let defaults = ServeArgs::defaults();
+        assert_eq!(defaults.listen.to_string(), "0.0.0.0:50051");
+        assert_eq!(defaults.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(defaults.db_max_connections, 16);
+        assert_eq!(defaults.db_acquire_timeout_ms, 1000);
+        assert_eq!(defaults.db_max_waiting, 64);
+        assert_eq!(defaults.request_timeout_ms, 5000);
+        assert_eq!(defaults.shutdown_timeout_ms, 10_000);
+        assert_eq!(defaults.redis_timeout_ms, 5);
+        assert_eq!(defaults.cache_max_routes, 1_000_000);
+        assert_eq!(defaults.cache_max_callers, 1_000_000);
+        assert!(!defaults.cache_preload);
+        assert_eq!(defaults.cache_ttl_secs, 300);
+        assert_eq!(defaults.redis_ttl_secs, 3600);
+        assert_eq!(defaults.jwks_refresh_secs, 600);
+        assert_eq!(defaults.jwks_min_refresh_secs, 30);
+        assert_eq!(defaults.max_concurrent_requests, 512);
+        assert_eq!(defaults.tenant_max_concurrent, 8);
+        assert_eq!(defaults.max_message_bytes, 262_144);
+        assert_eq!(defaults.max_header_list_bytes, 16_384);
+        assert!(defaults.database_url.is_none() && defaults.jwt_secret.is_none());
+        assert!(defaults.redis_cluster_urls.is_empty());
+    }
+
     fn args() -> ServeArgs {
         ServeArgs {
             database_url: Some("postgres://postgres@127.0.0.1/db".into()),
             redis_url: None,
             jwt_secret: Some(DEV_JWT_SECRET.into()),
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            admin_listen: ([127, 0, 0, 1], 0).into(),
             db_max_connections: 4,
             db_acquire_timeout_ms: 100,
             request_timeout_ms: 100,
@@ -592,16 +604,6 @@ mod tests {
             ..args()
         })
         .contains("at least 32"));
-        assert!(error(ServeArgs {
-            listen: "nowhere".into(),
-            ..args()
-        })
-        .starts_with("SWITCHBOARD_LISTEN"));
-        assert!(error(ServeArgs {
-            admin_listen: "9090".into(),
-            ..args()
-        })
-        .starts_with("SWITCHBOARD_ADMIN_LISTEN \"9090\""));
         assert_eq!(
             error(ServeArgs {
                 redis_url: Some("http://x".into()),

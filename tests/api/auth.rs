@@ -738,7 +738,7 @@ async fn a_jwks_that_cannot_be_loaded_stops_start_up() {
         let config = ServeConfig::from_args(ServeArgs {
             database_url: Some("postgres://postgres@127.0.0.1:5432/postgres".into()),
             jwt_secret: Some(SECRET.into()),
-            listen: "127.0.0.1:0".into(),
+            listen: ([127, 0, 0, 1], 0).into(),
             jwks_url: url,
             jwks_file: file,
             ..ServeArgs::defaults()

@@ -624,8 +624,8 @@ async fn a_listener_through_a_transaction_pooler_refuses_to_start() {
     let args = ServeArgs {
         database_url: Some(pooled.clone()),
         jwt_secret: Some(SECRET.into()),
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
         listener_database_url: None,
         ..ServeArgs::defaults()
     };

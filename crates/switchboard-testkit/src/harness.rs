@@ -480,8 +480,8 @@ impl Server {
                 .redis
                 .then(|| options.redis_url.clone().unwrap_or_else(redis_url)),
             jwt_secret: Some(SECRET.into()),
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            admin_listen: ([127, 0, 0, 1], 0).into(),
             db_max_connections: 4,
             db_acquire_timeout_ms: 1_000,
             request_timeout_ms: options.request_timeout_ms,
