@@ -342,28 +342,19 @@ impl Drop for TestRoles {
     fn drop(&mut self) {
         let roles = std::mem::take(&mut self.0);
         let admin = admin_url();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        cleanup_blocking(async move {
+            let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else {
-                    return;
-                };
-                for role in roles {
-                    let _ = sqlx::Executor::execute(
-                        &mut conn,
-                        format!("drop role if exists {role}").as_str(),
-                    )
-                    .await;
-                }
-                let _ = conn.close().await;
-            });
-        })
-        .join();
+            for role in roles {
+                let _ = sqlx::Executor::execute(
+                    &mut conn,
+                    format!("drop role if exists {role}").as_str(),
+                )
+                .await;
+            }
+            let _ = conn.close().await;
+        });
     }
 }
 

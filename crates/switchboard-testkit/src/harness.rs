@@ -340,8 +340,25 @@ impl<M: PoolerMode> Drop for TestDb<M> {
 /// Drops a test's database (with force) and its Redis keys.
 fn drop_database(name: String) {
     let admin = admin_url();
-    // Drop runs inside the test's runtime; do the async work on a thread
-    // of its own and wait for it so nothing is left behind.
+    cleanup_blocking(async move {
+        let Ok(options) = PgConnectOptions::from_str(&admin) else {
+            return;
+        };
+        if let Ok(mut conn) = options.connect().await {
+            let _ = conn
+                .execute(format!("drop database if exists {name} with (force)").as_str())
+                .await;
+            let _ = conn.close().await;
+        }
+        // And the test's Redis keys (its namespace is the db name).
+        delete_redis_namespace(&redis_url(), &name).await;
+    });
+}
+
+/// Runs `cleanup` to its end on a thread and runtime of its own, and waits:
+/// for `Drop`, which runs inside a test's runtime and cannot await, so that
+/// nothing is left behind.
+pub fn cleanup_blocking(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
     let _ = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -349,19 +366,7 @@ fn drop_database(name: String) {
         else {
             return;
         };
-        runtime.block_on(async move {
-            let Ok(options) = PgConnectOptions::from_str(&admin) else {
-                return;
-            };
-            if let Ok(mut conn) = options.connect().await {
-                let _ = conn
-                    .execute(format!("drop database if exists {name} with (force)").as_str())
-                    .await;
-                let _ = conn.close().await;
-            }
-            // And the test's Redis keys (its namespace is the db name).
-            delete_redis_namespace(&redis_url(), &name).await;
-        });
+        runtime.block_on(cleanup);
     })
     .join();
 }
