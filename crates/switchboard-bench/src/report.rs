@@ -348,15 +348,20 @@ mod tests {
         r
     }
 
-    #[test]
-    fn the_json_has_ghz_shape() {
-        let report = Report::new(
+    /// A normal end after 500 ms of `recorded()` calls.
+    fn half_second_report() -> Report {
+        Report::new(
             &plan(),
             Utc::now(),
             "normal",
             Duration::from_millis(500),
             recorded(),
-        );
+        )
+    }
+
+    #[test]
+    fn the_json_has_ghz_shape() {
+        let report = half_second_report();
         let json = serde_json::to_value(&report).unwrap();
         for key in [
             "date",
@@ -436,13 +441,7 @@ mod tests {
 
     #[test]
     fn the_summary_is_a_table() {
-        let report = Report::new(
-            &plan(),
-            Utc::now(),
-            "normal",
-            Duration::from_millis(500),
-            recorded(),
-        );
+        let report = half_second_report();
         let text = report.summary();
         for line in [
             "Summary:",
