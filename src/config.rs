@@ -218,6 +218,66 @@ pub struct ServeArgs {
         default_value_t = 16_384
     )]
     pub max_header_list_bytes: u32,
+    /// A call's slot is freed this long after its last StartCall,
+    /// AnswerCall or KeepCallAlive (its media server died). Media servers
+    /// renew every third of it.
+    #[arg(long, env = "SWITCHBOARD_CALL_LEASE_SECS", default_value_t = 30)]
+    pub call_lease_secs: u64,
+    /// How long a call's decision is remembered after its last activity:
+    /// a StartCall retry within it replays the decision; a renewal after
+    /// EndCall within it is refused.
+    #[arg(long, env = "SWITCHBOARD_CALL_REMEMBER_SECS", default_value_t = 3600)]
+    pub call_remember_secs: u64,
+    /// Timeout of each live-call script on Redis (admission, renewal, end).
+    #[arg(long, env = "SWITCHBOARD_CALL_REDIS_TIMEOUT_MS", default_value_t = 100)]
+    pub call_redis_timeout_ms: u64,
+    /// How long StartCall, AnswerCall and EndCall wait for Postgres to take
+    /// the call's record before leaving it to the Redis backlog.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CALL_RECORD_TIMEOUT_MS",
+        default_value_t = 250
+    )]
+    pub call_record_timeout_ms: u64,
+    /// Records of refused or transferred calls stored per organization and
+    /// reason per minute; the rest are counted only.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CALL_REFUSALS_RECORDED_PER_MINUTE",
+        default_value_t = 100
+    )]
+    pub call_refusals_recorded_per_minute: u32,
+    /// With Redis unreachable, StartCall answers calls to active agents
+    /// without checking limits (`answer`) or refuses them (`refuse`: SIP
+    /// 503, or the agent's fallback).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CALL_ADMISSION_WHEN_REDIS_DOWN",
+        default_value = "answer",
+        value_parser = ["answer", "refuse"]
+    )]
+    pub call_admission_when_redis_down: String,
+    /// How often each replica replays the Redis backlog of call records.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CALL_BACKLOG_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    pub call_backlog_interval_ms: u64,
+    /// How often a WatchActiveCalls stream reads the counts (changes within
+    /// it are sent as one message).
+    #[arg(long, env = "SWITCHBOARD_WATCH_INTERVAL_MS", default_value_t = 250)]
+    pub watch_interval_ms: u64,
+    /// How often a tenant's stream re-checks the caller's membership.
+    #[arg(long, env = "SWITCHBOARD_WATCH_RECHECK_SECS", default_value_t = 5)]
+    pub watch_recheck_secs: u64,
+    /// WatchActiveCalls streams open on this replica; beyond it,
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SWITCHBOARD_WATCH_MAX_STREAMS", default_value_t = 1000)]
+    pub watch_max_streams: usize,
+    /// WatchActiveCalls streams of one organization on this replica.
+    #[arg(long, env = "SWITCHBOARD_WATCH_MAX_PER_ORG", default_value_t = 8)]
+    pub watch_max_per_org: usize,
 }
 
 impl ServeArgs {
@@ -301,6 +361,24 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     pub listener_database_url: String,
     pub cache: CacheSettings,
+    pub calls: CallConfig,
+}
+
+/// Calls: leases, records, streams.
+#[derive(Clone, Debug)]
+pub struct CallConfig {
+    pub lease: Duration,
+    pub remember: Duration,
+    pub redis_timeout: Duration,
+    pub record_timeout: Duration,
+    pub refusals_recorded_per_minute: u32,
+    /// `false`: refuse when Redis is unreachable.
+    pub answer_when_redis_down: bool,
+    pub backlog_interval: Duration,
+    pub watch_interval: Duration,
+    pub watch_recheck: Duration,
+    pub watch_max_streams: usize,
+    pub watch_max_per_org: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -432,7 +510,43 @@ impl ServeConfig {
                  (a token alone may be 8 KiB)"
             )));
         }
+        if args.call_lease_secs < 3 {
+            return Err(ConfigError(
+                "SWITCHBOARD_CALL_LEASE_SECS must be at least 3 (media servers renew every third)"
+                    .into(),
+            ));
+        }
+        if args.call_remember_secs < args.call_lease_secs {
+            return Err(ConfigError(
+                "SWITCHBOARD_CALL_REMEMBER_SECS must be at least SWITCHBOARD_CALL_LEASE_SECS"
+                    .into(),
+            ));
+        }
+        if args
+            .redis_namespace
+            .as_deref()
+            .is_some_and(|n| n.contains(['{', '}']))
+        {
+            return Err(ConfigError(
+                "SWITCHBOARD_REDIS_NAMESPACE must not contain { or } (they name Redis Cluster hash slots)"
+                    .into(),
+            ));
+        }
+        let calls = CallConfig {
+            lease: Duration::from_secs(args.call_lease_secs),
+            remember: Duration::from_secs(args.call_remember_secs),
+            redis_timeout: Duration::from_millis(args.call_redis_timeout_ms.max(1)),
+            record_timeout: Duration::from_millis(args.call_record_timeout_ms.max(1)),
+            refusals_recorded_per_minute: args.call_refusals_recorded_per_minute,
+            answer_when_redis_down: args.call_admission_when_redis_down != "refuse",
+            backlog_interval: Duration::from_millis(args.call_backlog_interval_ms.max(10)),
+            watch_interval: Duration::from_millis(args.watch_interval_ms.max(10)),
+            watch_recheck: Duration::from_secs(args.watch_recheck_secs.max(1)),
+            watch_max_streams: args.watch_max_streams,
+            watch_max_per_org: args.watch_max_per_org,
+        };
         Ok(ServeConfig {
+            calls,
             listen,
             database_read_url,
             limits: Limits {

@@ -12,6 +12,7 @@ pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod live;
 pub mod migrate;
 pub mod observability;
 pub mod startup;

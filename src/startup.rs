@@ -10,7 +10,10 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use tower::ServiceBuilder;
 
 use crate::{
-    app::{AgentsService, CustomersService, ResolveService},
+    app::{
+        AgentsService, CallSettings, CallsService, CustomersService, ResolveService, WatchSettings,
+        WhenRedisDown,
+    },
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{
         identity,
@@ -18,7 +21,10 @@ use crate::{
         Cache, MemoryTier, RedisTier,
     },
     config::ServeConfig,
-    grpc::{AgentApi, Connection, CustomerApi, GlobalLimitLayer, Limits, TenantLimitLayer},
+    grpc::{
+        AgentApi, CallApi, Connection, CustomerApi, GlobalLimitLayer, Limits, TenantLimitLayer,
+    },
+    live::{LiveCalls, LiveSettings},
     observability::{
         admin,
         metrics::Metrics,
@@ -26,7 +32,7 @@ use crate::{
         RequestLayers,
     },
     pb::{
-        self, agent_service_server::AgentServiceServer,
+        self, agent_service_server::AgentServiceServer, call_service_server::CallServiceServer,
         customer_service_server::CustomerServiceServer,
     },
     store::PgStore,
@@ -73,10 +79,11 @@ pub struct Application {
 /// its probe's timeout on top, to prove it hears.
 const LISTENER_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-const SERVICE_NAMES: [&str; 3] = [
+const SERVICE_NAMES: [&str; 4] = [
     "",
     "switchboard.v1.AgentService",
     "switchboard.v1.CustomerService",
+    "switchboard.v1.CallService",
 ];
 
 impl Application {
@@ -146,10 +153,13 @@ impl Application {
             background,
             admin,
             metrics_push,
+            calls,
         } = server;
         for task in background {
             task.abort();
         }
+        // Streams would hold the drain until their tokens expire.
+        calls.close_streams();
         let _ = stop.send(());
         let served = match tokio::time::timeout(drain, handle).await {
             Ok(Ok(result)) => result.map_err(StartupError::Serve),
@@ -261,6 +271,41 @@ impl Application {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let resolve = ResolveService::new(self.store.clone(), cache.clone());
+        let call_config = &self.config.calls;
+        let live = LiveCalls::new(
+            cache.redis_tier().cloned(),
+            LiveSettings {
+                lease: call_config.lease,
+                remember: call_config.remember,
+                timeout: call_config.redis_timeout,
+                refusals_recorded_per_minute: call_config.refusals_recorded_per_minute,
+            },
+        );
+        let calls = CallsService::new(
+            resolve.clone(),
+            live,
+            self.store.clone(),
+            cache.clone(),
+            CallSettings {
+                when_redis_down: if call_config.answer_when_redis_down {
+                    WhenRedisDown::Answer
+                } else {
+                    WhenRedisDown::Refuse
+                },
+                record_timeout: call_config.record_timeout,
+            },
+            WatchSettings {
+                interval: call_config.watch_interval,
+                recheck: call_config.watch_recheck,
+                max_streams: call_config.watch_max_streams,
+                max_per_org: call_config.watch_max_per_org,
+            },
+            metrics.clone(),
+        );
+        background.push(spawn_backlog_drainer(
+            calls.clone(),
+            call_config.backlog_interval,
+        ));
         if settings.preload {
             preload(&resolve).await;
         }
@@ -306,6 +351,10 @@ impl Application {
                     self.store, cache,
                 )))
                 .max_decoding_message_size(limits.max_message_bytes),
+            )
+            .add_service(
+                CallServiceServer::new(CallApi::new(calls.clone()))
+                    .max_decoding_message_size(limits.max_message_bytes),
             );
 
         let (stop, stopped) = oneshot::channel::<()>();
@@ -327,9 +376,28 @@ impl Application {
                 background,
                 admin,
                 metrics_push,
+                calls,
             },
         ))
     }
+}
+
+/// Replays the call-record backlog every `interval` (and at once), as
+/// the consumer named by this replica's own id.
+fn spawn_backlog_drainer(calls: CallsService, interval: Duration) -> JoinHandle<()> {
+    let consumer = uuid::Uuid::new_v4().to_string();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match calls.drain_backlog(&consumer).await {
+                Ok(0) => {}
+                Ok(written) => tracing::info!(written, "call records replayed from the backlog"),
+                Err(error) => tracing::debug!(%error, "call-record backlog not read"),
+            }
+        }
+    })
 }
 
 /// Warms the memory tier before serving; a failure only means calls fill it
@@ -383,6 +451,7 @@ struct RunningServer {
     stop: oneshot::Sender<()>,
     handle: JoinHandle<Result<(), tonic::transport::Error>>,
     drain: std::time::Duration,
+    calls: CallsService,
     /// The invalidation listener and subscriber: stopped with the server.
     background: Vec<JoinHandle<()>>,
     admin: AdminServer,

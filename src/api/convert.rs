@@ -6,8 +6,9 @@ use prost_types::Timestamp;
 
 use super::pb;
 use crate::domain::{
-    json_to_value, Agent, AgentChange, ChangeOperation, Customer, OrgId, Organization, PlanTier,
-    Resolution,
+    json_to_value, Agent, AgentChange, AgentId, CallLimits, CallRecord, CallStatus,
+    ChangeOperation, Customer, Decision, DisconnectReason, OrgId, Organization, Outcome, PlanTier,
+    Reason, Resolution,
 };
 
 pub(crate) fn timestamp(at: DateTime<Utc>) -> Option<Timestamp> {
@@ -28,6 +29,12 @@ pub(crate) fn agent_to_pb(agent: &Agent) -> pb::Agent {
         is_active: Some(agent.is_active),
         created_at: timestamp(agent.created_at),
         updated_at: timestamp(agent.updated_at),
+        max_concurrent_calls: agent.max_concurrent_calls.map(|l| l as i32),
+        fallback_destination: agent
+            .fallback_destination
+            .as_ref()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 
@@ -86,6 +93,7 @@ pub(crate) fn organization_to_pb(org: &Organization) -> pb::Organization {
         slug: org.slug.clone(),
         plan_tier: plan_tier as i32,
         created_at: timestamp(org.created_at),
+        max_concurrent_calls: org.max_concurrent_calls as i32,
     }
 }
 
@@ -104,4 +112,195 @@ pub(crate) fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
         .organization
         .as_ref()
         .and_then(|o| OrgId::parse(&o.id).ok())
+}
+
+fn outcome_to_pb(outcome: Outcome) -> pb::CallOutcome {
+    match outcome {
+        Outcome::Answer => pb::CallOutcome::Answer,
+        Outcome::Transfer => pb::CallOutcome::Transfer,
+        Outcome::Reject => pb::CallOutcome::Reject,
+    }
+}
+
+fn reason_to_pb(reason: Reason) -> pb::CallReason {
+    match reason {
+        Reason::Answered => pb::CallReason::Answered,
+        Reason::NumberNotFound => pb::CallReason::NumberNotFound,
+        Reason::AgentInactive => pb::CallReason::AgentInactive,
+        Reason::OrganizationAtLimit => pb::CallReason::OrganizationAtLimit,
+        Reason::AgentAtLimit => pb::CallReason::AgentAtLimit,
+        Reason::LimitsUnavailable => pb::CallReason::LimitsUnavailable,
+    }
+}
+
+pub(crate) fn call_status_to_pb(status: CallStatus) -> pb::CallStatus {
+    match status {
+        CallStatus::Ringing => pb::CallStatus::Ringing,
+        CallStatus::InProgress => pb::CallStatus::InProgress,
+        CallStatus::Completed => pb::CallStatus::Completed,
+        CallStatus::Failed => pb::CallStatus::Failed,
+        CallStatus::Missed => pb::CallStatus::Missed,
+        CallStatus::Refused => pb::CallStatus::Refused,
+        CallStatus::Transferred => pb::CallStatus::Transferred,
+    }
+}
+
+pub(crate) fn call_status_from_pb(status: pb::CallStatus) -> Option<CallStatus> {
+    CallStatus::ALL
+        .iter()
+        .copied()
+        .find(|s| call_status_to_pb(*s) == status)
+}
+
+pub(crate) fn disconnect_reason_to_pb(reason: DisconnectReason) -> pb::DisconnectReason {
+    match reason {
+        DisconnectReason::CallerHungUp => pb::DisconnectReason::CallerHungUp,
+        DisconnectReason::AgentHungUp => pb::DisconnectReason::AgentHungUp,
+        DisconnectReason::Transferred => pb::DisconnectReason::Transferred,
+        DisconnectReason::Error => pb::DisconnectReason::Error,
+        DisconnectReason::Timeout => pb::DisconnectReason::Timeout,
+        DisconnectReason::NoAnswer => pb::DisconnectReason::NoAnswer,
+        DisconnectReason::Busy => pb::DisconnectReason::Busy,
+        DisconnectReason::Rejected => pb::DisconnectReason::Rejected,
+        DisconnectReason::LeaseExpired => pb::DisconnectReason::LeaseExpired,
+        DisconnectReason::Other => pb::DisconnectReason::Other,
+    }
+}
+
+pub(crate) fn disconnect_reason_from_pb(reason: pb::DisconnectReason) -> Option<DisconnectReason> {
+    DisconnectReason::ALL
+        .iter()
+        .copied()
+        .find(|r| disconnect_reason_to_pb(*r) == reason)
+}
+
+fn millis_timestamp(ms: i64) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    })
+}
+
+pub(crate) fn duration_to_pb(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
+/// `route` is the ResolveAgent answer the decision was made on.
+pub(crate) fn decision_to_pb(
+    call_id: &str,
+    decision: &Decision,
+    route: Option<pb::ResolveAgentResponse>,
+    lease_expires_ms: Option<i64>,
+    renew_every: std::time::Duration,
+    replayed: bool,
+    limits_unchecked: bool,
+) -> pb::CallDecision {
+    let route = route.unwrap_or_default();
+    let answered = decision.outcome == Outcome::Answer;
+    pb::CallDecision {
+        outcome: outcome_to_pb(decision.outcome) as i32,
+        reason: reason_to_pb(decision.reason) as i32,
+        call_id: call_id.to_owned(),
+        agent: route.agent,
+        organization: route.organization,
+        caller: route.caller,
+        transfer_to: decision
+            .transfer_to
+            .as_ref()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        sip_status: if decision.outcome == Outcome::Reject {
+            i32::from(decision.reason.sip_status())
+        } else {
+            0
+        },
+        lease_expires_at: lease_expires_ms.and_then(millis_timestamp),
+        renew_every: answered.then(|| duration_to_pb(renew_every)),
+        replayed,
+        limits_unchecked,
+    }
+}
+
+pub(crate) fn lease_to_pb(
+    expires_ms: i64,
+    renew_every: std::time::Duration,
+    rebuilt: bool,
+) -> pb::CallLease {
+    pb::CallLease {
+        lease_expires_at: millis_timestamp(expires_ms),
+        renew_every: Some(duration_to_pb(renew_every)),
+        rebuilt,
+    }
+}
+
+pub(crate) fn call_to_pb(call: &CallRecord) -> pb::Call {
+    pb::Call {
+        id: if call.id.is_nil() {
+            String::new()
+        } else {
+            call.id.to_string()
+        },
+        org_id: call.org_id.to_string(),
+        call_id: call.call_id.clone(),
+        agent_id: call.agent_id.map(|a| a.to_string()).unwrap_or_default(),
+        customer_id: call.customer_id.map(|c| c.to_string()).unwrap_or_default(),
+        called_number: call.called_number.clone(),
+        caller_number: call.caller_number.clone().unwrap_or_default(),
+        outcome: call.outcome.map_or(0, |o| outcome_to_pb(o) as i32),
+        reason: call.reason.map_or(0, |r| reason_to_pb(r) as i32),
+        transfer_to: call
+            .transfer_to
+            .as_ref()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        status: call.status.map_or(0, |s| call_status_to_pb(s) as i32),
+        started_at: timestamp(call.started_at),
+        answered_at: call.answered_at.and_then(timestamp),
+        ended_at: call.ended_at.and_then(timestamp),
+        duration_ms: call.duration_ms.unwrap_or(0),
+        disconnect_reason: call
+            .disconnect_reason
+            .map_or(0, |d| disconnect_reason_to_pb(d) as i32),
+    }
+}
+
+pub(crate) fn call_limits_to_pb(limits: &CallLimits) -> pb::CallLimits {
+    let plan_tier = match limits.plan_tier {
+        Some(PlanTier::Starter) => pb::PlanTier::Starter,
+        Some(PlanTier::Pro) => pb::PlanTier::Pro,
+        Some(PlanTier::Enterprise) => pb::PlanTier::Enterprise,
+        None => pb::PlanTier::Unspecified,
+    };
+    pb::CallLimits {
+        org_id: limits.org_id.to_string(),
+        plan_tier: plan_tier as i32,
+        plan_default: limits.plan_default as i32,
+        r#override: limits.override_limit.map(|l| l as i32),
+        in_force: limits.in_force as i32,
+    }
+}
+
+pub(crate) fn active_calls_to_pb(
+    org_id: OrgId,
+    active: u32,
+    limit: u32,
+    agents: &[(AgentId, u32, u32)],
+) -> pb::ActiveCalls {
+    pb::ActiveCalls {
+        org_id: org_id.to_string(),
+        active: active as i32,
+        limit: limit as i32,
+        agents: agents
+            .iter()
+            .map(|(agent, n, l)| pb::AgentActiveCalls {
+                agent_id: agent.to_string(),
+                active: *n as i32,
+                limit: *l as i32,
+            })
+            .collect(),
+        at: timestamp(Utc::now()),
+    }
 }

@@ -43,6 +43,13 @@ impl Evicts for Customer {
     }
 }
 
+/// An organization's limit: every route of its numbers carries it.
+impl Evicts for crate::store::OrgLimitWritten {
+    fn evictions(&self) -> Invalidation {
+        Invalidation::numbers(self.numbers.iter().map(String::as_str))
+    }
+}
+
 /// The store and the cache as the use cases see them. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Data {

@@ -15,10 +15,16 @@
 //! * Nothing here knows tonic or sqlx.
 
 mod agents;
+mod calls;
 mod customers;
 mod data;
 mod resolve;
+mod watch;
 
 pub use agents::AgentsService;
+pub use calls::{
+    ActiveCallsView, CallRef, CallSettings, CallsService, Lease, StartedCall, WatchSettings,
+    WhenRedisDown,
+};
 pub use customers::CustomersService;
 pub use resolve::{ResolveService, Resolved};

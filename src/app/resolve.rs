@@ -78,17 +78,34 @@ impl ResolveService {
         called: &PhoneNumber,
         caller: Option<&PhoneNumber>,
     ) -> Result<Resolved, Error> {
+        let resolved = self
+            .route(claims, called, caller)
+            .await?
+            .ok_or_else(no_agent)?;
+        check_active(&resolved.response)?;
+        Ok(resolved)
+    }
+
+    /// The route with the caller's record, active agent or not; `None`
+    /// when no agent answers the number. What `StartCall` decides on.
+    pub(crate) async fn route(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+        caller: Option<&PhoneNumber>,
+    ) -> Result<Option<Resolved>, Error> {
         if !claims.is_service_role() {
             return self.resolve_under_rls(claims, called, caller).await;
         }
-        let found = self
+        let Some(found) = self
             .cache
             .route_or_fill(called.as_str(), caller.map(PhoneNumber::as_str), || {
                 self.fetch_route(claims, called, caller)
             })
             .await?
-            .ok_or_else(no_agent)?;
-        check_active(&found.route)?;
+        else {
+            return Ok(None);
+        };
         let org_id = org_of(&found.route);
         // A route decoded for this call is ours alone: no copy needed.
         let mut response = Arc::try_unwrap(found.route).unwrap_or_else(|shared| (*shared).clone());
@@ -105,11 +122,11 @@ impl ResolveService {
             };
             response.caller = record.map(|c| (*c).clone());
         }
-        Ok(Resolved {
+        Ok(Some(Resolved {
             response,
             org_id,
             tier: found.tier,
-        })
+        }))
     }
 
     /// Tenants: one statement under their claims, RLS decides.
@@ -118,18 +135,18 @@ impl ResolveService {
         claims: &Claims,
         called: &PhoneNumber,
         caller: Option<&PhoneNumber>,
-    ) -> Result<Resolved, Error> {
-        let resolution = self
+    ) -> Result<Option<Resolved>, Error> {
+        let Some(resolution) = self
             .guarded(self.store.resolve_agent(claims, called, caller))
             .await?
-            .ok_or_else(no_agent)?;
-        let response = resolution_to_pb(&resolution);
-        check_active(&response)?;
-        Ok(Resolved {
-            response,
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Resolved {
+            response: resolution_to_pb(&resolution),
             org_id: Some(resolution.organization.id),
             tier: Tier::Db,
-        })
+        }))
     }
 
     /// Fills the memory tier with every route, up to its capacity, in pages

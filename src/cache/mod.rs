@@ -85,6 +85,11 @@ impl Cache {
 
     /// Whether the Redis tier, if there is one, can be reached (start-up
     /// waits a little for it).
+    /// The shared Redis, for state that lives beside the cache (`live/`).
+    pub(crate) fn redis_tier(&self) -> Option<&RedisTier> {
+        self.redis.as_ref()
+    }
+
     pub fn redis_ready(&self) -> bool {
         self.redis.as_ref().is_none_or(|r| r.is_connected())
     }

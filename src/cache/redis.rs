@@ -219,6 +219,14 @@ impl RedisTier {
         self.inner.connection.get().cloned()
     }
 
+    /// The tier's connection and current key prefix, for the live-call
+    /// state that shares this Redis (`live/`, with timeouts of its own and
+    /// no breaker: a failed admission is not a cache miss). `None` until
+    /// connected and the database's identity is known.
+    pub(crate) fn link(&self) -> Option<(Link, Arc<String>)> {
+        Some((self.inner.connection.get()?.clone(), self.prefix()?))
+    }
+
     /// Runs `tell` on every new master from now on (set once).
     pub(crate) fn on_new_master(&self, tell: impl Fn() + Send + Sync + 'static) {
         let _ = self.inner.on_new_master.set(Box::new(tell));

@@ -1,6 +1,7 @@
 //! Parsed domain types: once a value of these types exists, it is valid
 //! ("parse, don't validate"). Nothing here knows gRPC, SQL or Redis.
 
+pub mod call;
 mod history;
 mod ids;
 mod llm_config;
@@ -8,6 +9,10 @@ pub mod model;
 mod page;
 mod phone;
 
+pub use call::{
+    CallCursor, CallFact, CallFilter, CallId, CallLimits, CallRecord, CallStatus, Decision,
+    DisconnectReason, EndStatus, Fact, Outcome, Reason, TransferTarget,
+};
 pub use history::{field_changes, AgentChange, ChangeOperation, FieldChange};
 pub use ids::{AgentId, CustomerId, OrgId};
 pub use llm_config::{json_to_value, LlmConfig};

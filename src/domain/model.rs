@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{AgentId, CustomerId, LlmConfig, OrgId, PhoneNumber};
+use super::{AgentId, CustomerId, LlmConfig, OrgId, PhoneNumber, TransferTarget};
 use crate::error::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub struct Organization {
     pub(crate) slug: String,
     pub(crate) plan_tier: Option<PlanTier>,
     pub(crate) created_at: DateTime<Utc>,
+    /// The concurrent-call limit in force (override, else the plan's).
+    pub(crate) max_concurrent_calls: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +47,10 @@ pub struct Agent {
     pub(crate) is_active: bool,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
+    /// The agent's own concurrent-call limit, under the org's.
+    pub(crate) max_concurrent_calls: Option<u32>,
+    /// Where calls it cannot take go; refused when `None`.
+    pub(crate) fallback_destination: Option<TransferTarget>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +132,8 @@ pub struct NewAgent {
     pub(crate) voice_id: String,
     pub(crate) llm_config: LlmConfig,
     pub(crate) is_active: bool,
+    pub(crate) max_concurrent_calls: Option<u32>,
+    pub(crate) fallback_destination: Option<TransferTarget>,
 }
 
 /// The fields `UpdateAgent` may change.
@@ -136,15 +144,19 @@ pub enum AgentField {
     VoiceId,
     LlmConfig,
     IsActive,
+    MaxConcurrentCalls,
+    FallbackDestination,
 }
 
 impl AgentField {
-    pub const ALL: [AgentField; 5] = [
+    pub const ALL: [AgentField; 7] = [
         AgentField::Name,
         AgentField::PhoneNumber,
         AgentField::VoiceId,
         AgentField::LlmConfig,
         AgentField::IsActive,
+        AgentField::MaxConcurrentCalls,
+        AgentField::FallbackDestination,
     ];
 
     pub fn parse_path(path: &str) -> Result<Self, Error> {
@@ -154,15 +166,18 @@ impl AgentField {
             "voice_id" | "voiceId" => Ok(AgentField::VoiceId),
             "llm_config" | "llmConfig" => Ok(AgentField::LlmConfig),
             "is_active" | "isActive" => Ok(AgentField::IsActive),
+            "max_concurrent_calls" | "maxConcurrentCalls" => Ok(AgentField::MaxConcurrentCalls),
+            "fallback_destination" | "fallbackDestination" => Ok(AgentField::FallbackDestination),
             other => Err(Error::invalid(format!(
-                "update_mask path {:?} is not one of: name, phone_number, voice_id, llm_config, is_active",
+                "update_mask path {:?} is not one of: name, phone_number, voice_id, llm_config, is_active, max_concurrent_calls, fallback_destination",
                 shortened(other)
             ))),
         }
     }
 }
 
-/// A partial update: `None` leaves the column as it is.
+/// A partial update: `None` leaves the column as it is; for the two
+/// clearable columns, `Some(None)` clears it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentPatch {
     pub(crate) name: Option<String>,
@@ -170,6 +185,8 @@ pub struct AgentPatch {
     pub(crate) voice_id: Option<String>,
     pub(crate) llm_config: Option<LlmConfig>,
     pub(crate) is_active: Option<bool>,
+    pub(crate) max_concurrent_calls: Option<Option<u32>>,
+    pub(crate) fallback_destination: Option<Option<TransferTarget>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

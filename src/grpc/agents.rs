@@ -16,8 +16,10 @@ use crate::{
     app::{AgentsService, ResolveService},
     auth::{claims_of, Claims},
     domain::{
+        call::parse_call_limit,
         model::{parse_text, MAX_NAME_CHARS, MAX_VOICE_ID_CHARS},
         AgentField, AgentId, AgentPatch, LlmConfig, NewAgent, PageRequest, PhoneNumber, Seq,
+        TransferTarget,
     },
     error::Error,
 };
@@ -42,7 +44,21 @@ fn parse_new_agent(claims: &Claims, agent: pb::Agent) -> Result<NewAgent, Error>
         voice_id: parse_text("voice_id", &agent.voice_id, MAX_VOICE_ID_CHARS)?,
         llm_config: LlmConfig::from_struct(agent.llm_config)?,
         is_active: agent.is_active.unwrap_or(true),
+        max_concurrent_calls: agent
+            .max_concurrent_calls
+            .map(|l| parse_call_limit("max_concurrent_calls", l))
+            .transpose()?,
+        fallback_destination: parse_fallback(&agent.fallback_destination)?,
     })
+}
+
+/// Empty: none.
+fn parse_fallback(value: &str) -> Result<Option<TransferTarget>, Error> {
+    if value.trim().is_empty() {
+        Ok(None)
+    } else {
+        TransferTarget::parse("fallback_destination", value).map(Some)
+    }
 }
 
 fn parse_patch(
@@ -52,7 +68,7 @@ fn parse_patch(
     let paths = mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
         return Err(Error::invalid(
-            "update_mask must name at least one of: name, phone_number, voice_id, llm_config, is_active (or *)",
+            "update_mask must name at least one of: name, phone_number, voice_id, llm_config, is_active, max_concurrent_calls, fallback_destination (or *)",
         ));
     }
     let fields: Vec<AgentField> = if paths.iter().any(|p| p == "*") {
@@ -86,6 +102,19 @@ fn parse_patch(
                         .is_active
                         .ok_or_else(|| Error::invalid("is_active is in update_mask but not set"))?,
                 )
+            }
+            // Unset clears it: no agent limit.
+            AgentField::MaxConcurrentCalls => {
+                patch.max_concurrent_calls = Some(
+                    agent
+                        .max_concurrent_calls
+                        .map(|l| parse_call_limit("max_concurrent_calls", l))
+                        .transpose()?,
+                )
+            }
+            // Empty clears it: calls it cannot take are refused.
+            AgentField::FallbackDestination => {
+                patch.fallback_destination = Some(parse_fallback(&agent.fallback_destination)?)
             }
         }
     }

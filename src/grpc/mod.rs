@@ -3,6 +3,7 @@
 //! No store, no cache, no SQL, no tenant filtering here.
 
 mod agents;
+mod calls;
 mod connection;
 mod customers;
 mod limits;
@@ -12,6 +13,7 @@ mod parse;
 /// log line, the cache tier for the log, the metrics and the trailer.
 pub use crate::observability::{LoggedOrg, CACHE_TIER_HEADER};
 pub use agents::AgentApi;
+pub use calls::CallApi;
 pub use connection::Connection;
 pub use customers::CustomerApi;
 pub use limits::{GlobalLimitLayer, Limits, TenantLimitLayer};

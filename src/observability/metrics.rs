@@ -26,6 +26,8 @@ use std::{
 use prost::Message;
 use tonic::Code;
 
+use crate::domain::{Outcome, Reason};
+
 /// Upper bounds (inclusive, nanoseconds) of the latency buckets: from a
 /// memory hit (~100 µs end to end) to the request timeout.
 const LATENCY_BOUNDS_NS: [u64; 16] = [
@@ -158,6 +160,48 @@ pub struct Invalidations {
     pub probes_unheard: Counter,
 }
 
+/// Calls: decisions, admission, leases and records.
+#[derive(Default)]
+pub struct CallMetrics {
+    /// By `Outcome` × `Reason` (their `ALL` order).
+    decisions: [[Counter; Reason::ALL.len()]; Outcome::ALL.len()],
+    /// Redis could not be asked: answered anyway (open) or refused.
+    pub admission_failed_open: Counter,
+    pub admission_failed_refused: Counter,
+    /// Slots whose lease ran out (the media server stopped renewing).
+    pub lease_expiries: Counter,
+    /// Records Postgres did not take in time, kept in the Redis backlog.
+    pub records_backlogged: Counter,
+    /// Records written from the backlog.
+    pub records_replayed: Counter,
+    /// Records neither Postgres nor the backlog took: lost.
+    pub records_lost: Counter,
+    /// Refusals past the per-organization bound: counted, not stored.
+    pub records_skipped: Counter,
+    /// Backlog entries Postgres refused for good (the org deleted, or an
+    /// unreadable entry): dropped.
+    pub records_dropped: Counter,
+}
+
+impl CallMetrics {
+    pub fn decided(&self, outcome: Outcome, reason: Reason) {
+        let o = Outcome::ALL.iter().position(|x| *x == outcome);
+        let r = Reason::ALL.iter().position(|x| *x == reason);
+        if let (Some(o), Some(r)) = (o, r) {
+            self.decisions[o][r].inc();
+        }
+    }
+
+    pub fn decisions(&self, outcome: Outcome, reason: Reason) -> u64 {
+        let o = Outcome::ALL.iter().position(|x| *x == outcome);
+        let r = Reason::ALL.iter().position(|x| *x == reason);
+        match (o, r) {
+            (Some(o), Some(r)) => self.decisions[o][r].get(),
+            _ => 0,
+        }
+    }
+}
+
 /// Per method: calls by status code, latency by answering tier.
 struct MethodStats {
     label: Box<str>,
@@ -189,6 +233,7 @@ pub struct Registry {
     pub redis_routes: Lookups,
     pub redis_errors: RedisErrors,
     pub invalidations: Invalidations,
+    pub calls: CallMetrics,
     /// When counting began: the start of every cumulative series (OTLP
     /// sends it, so a collector sees a restart as a reset).
     started: SystemTime,
@@ -283,6 +328,7 @@ impl Metrics {
             redis_routes: Lookups::default(),
             redis_errors: RedisErrors::default(),
             invalidations: Invalidations::default(),
+            calls: CallMetrics::default(),
             started: SystemTime::now(),
         }))
     }
@@ -492,6 +538,58 @@ impl Registry {
             "{probe}",
             "Probe notifications this replica sent that its own listener did not receive in time.",
             self.invalidations.probes_unheard.get(),
+        ));
+        let decisions = Outcome::ALL
+            .iter()
+            .flat_map(|outcome| {
+                Reason::ALL.iter().filter_map(move |reason| {
+                    let value = self.calls.decisions(*outcome, *reason);
+                    (value > 0).then(|| {
+                        Series::labelled(
+                            vec![("outcome", outcome.as_db()), ("reason", reason.as_db())],
+                            Value::Number(value),
+                        )
+                    })
+                })
+            })
+            .collect();
+        families.push(Family {
+            name: "switchboard.calls.decisions",
+            unit: "{call}",
+            kind: Kind::Counter,
+            help: "StartCall decisions by outcome and reason (numbers no one owns included; retries not).",
+            series: decisions,
+        });
+        families.push(Family::by_label(
+            (
+                "switchboard.calls.admission.failures",
+                "{call}",
+                Kind::Counter,
+            ),
+            "StartCalls whose limits Redis could not check, by what was done: answered anyway (open) or refused.",
+            "mode",
+            [
+                ("open", self.calls.admission_failed_open.get()),
+                ("refused", self.calls.admission_failed_refused.get()),
+            ],
+        ));
+        families.push(Family::counter(
+            "switchboard.calls.lease.expiries",
+            "{call}",
+            "Call slots freed because their lease ran out (no KeepCallAlive in time).",
+            self.calls.lease_expiries.get(),
+        ));
+        families.push(Family::by_label(
+            ("switchboard.calls.records", "{record}", Kind::Counter),
+            "Call records not written straight to Postgres, by fate: kept in the Redis backlog, replayed from it, skipped (refusals past the per-organization bound), dropped (refused for good), lost (neither store took it).",
+            "fate",
+            [
+                ("backlogged", self.calls.records_backlogged.get()),
+                ("replayed", self.calls.records_replayed.get()),
+                ("skipped", self.calls.records_skipped.get()),
+                ("dropped", self.calls.records_dropped.get()),
+                ("lost", self.calls.records_lost.get()),
+            ],
         ));
         let in_use = gauges.pool_size.saturating_sub(gauges.pool_idle);
         families.push(Family::by_label(

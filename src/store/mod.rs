@@ -2,12 +2,14 @@
 //! `migrations/`), and every query on behalf of a caller runs under that
 //! caller's claims, so Postgres RLS decides what it sees.
 
+mod calls;
 mod identity;
 pub mod outbox;
 mod postgres;
 mod sql_literal;
 mod tx;
 
+pub use calls::{CallLookup, OrgLimitWritten};
 pub use identity::{retire_database_identity, DatabaseIdentity};
 pub use postgres::{PgStore, PoolSettings, PoolStats};
 pub use sql_literal::sql_literal;

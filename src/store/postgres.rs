@@ -44,7 +44,7 @@ use crate::{
     domain::{
         field_changes, Agent, AgentChange, AgentId, AgentPatch, ChangeOperation, Customer,
         CustomerId, CustomerUpsert, LlmConfig, NewAgent, OrgId, Organization, Page, PageRequest,
-        PhoneNumber, PlanTier, Resolution, Seq,
+        PhoneNumber, PlanTier, Resolution, Seq, TransferTarget,
     },
     error::Error,
 };
@@ -133,8 +133,8 @@ pub struct PoolStats {
     pub(crate) waiting: u64,
 }
 
-const AGENT_COLUMNS: &str =
-    "id, org_id, name, phone_number, voice_id, llm_config, is_active, created_at, updated_at";
+const AGENT_COLUMNS: &str = "id, org_id, name, phone_number, voice_id, llm_config, is_active, \
+     created_at, updated_at, max_concurrent_calls, fallback_destination";
 const CUSTOMER_COLUMNS: &str = "id, org_id, phone, name, email, created_at, updated_at";
 
 impl PgStore {
@@ -294,8 +294,12 @@ impl PgStore {
         let select = sqlx::query(
             "select a.id as agent_id, a.org_id, a.name as agent_name, a.phone_number, a.voice_id, \
                     a.llm_config, a.is_active, a.created_at as agent_created_at, \
-                    a.updated_at as agent_updated_at, o.name as org_name, o.slug as org_slug, \
+                    a.updated_at as agent_updated_at, \
+                    a.max_concurrent_calls as agent_max_concurrent_calls, a.fallback_destination, \
+                    o.name as org_name, o.slug as org_slug, \
                     o.plan_tier::text as org_plan_tier, o.created_at as org_created_at, \
+                    coalesce(o.max_concurrent_calls, switchboard_private.plan_call_limit(o.plan_tier)) \
+                      as org_max_concurrent_calls, \
                     null::uuid as customer_id \
              from public.agents a join public.organizations o on o.id = a.org_id \
              where $1::text is null or a.phone_number > $1 \
@@ -317,8 +321,9 @@ impl PgStore {
         agent: &NewAgent,
     ) -> Result<Agent, Error> {
         let sql = format!(
-            "insert into public.agents (org_id, name, phone_number, voice_id, llm_config, is_active) \
-             values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5, $6) \
+            "insert into public.agents (org_id, name, phone_number, voice_id, llm_config, is_active, \
+                                        max_concurrent_calls, fallback_destination) \
+             values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5, $6, $7, $8) \
              returning {AGENT_COLUMNS}"
         );
         let insert = sqlx::query(&sql)
@@ -327,7 +332,14 @@ impl PgStore {
             .bind(agent.phone_number.as_str())
             .bind(&agent.voice_id)
             .bind(agent.llm_config.as_json())
-            .bind(agent.is_active);
+            .bind(agent.is_active)
+            .bind(agent.max_concurrent_calls.map(limit_to_db))
+            .bind(
+                agent
+                    .fallback_destination
+                    .as_ref()
+                    .map(TransferTarget::as_str),
+            );
         let row = self
             .transaction(claims, Access::Write, "create_agent", async |tx| {
                 tx.fetch_one(insert).await
@@ -351,7 +363,9 @@ impl PgStore {
                phone_number = coalesce($3, a.phone_number), \
                voice_id = coalesce($4, a.voice_id), \
                llm_config = coalesce($5, a.llm_config), \
-               is_active = coalesce($6, a.is_active) \
+               is_active = coalesce($6, a.is_active), \
+               max_concurrent_calls = case when $7 then $8 else a.max_concurrent_calls end, \
+               fallback_destination = case when $9 then $10 else a.fallback_destination end \
              from before where a.id = before.id \
              returning {cols}, before.phone_number as previous_phone_number",
             cols = AGENT_COLUMNS
@@ -366,7 +380,16 @@ impl PgStore {
             .bind(patch.phone_number.as_ref().map(PhoneNumber::as_str))
             .bind(patch.voice_id.as_deref())
             .bind(patch.llm_config.as_ref().map(LlmConfig::as_json))
-            .bind(patch.is_active);
+            .bind(patch.is_active)
+            .bind(patch.max_concurrent_calls.is_some())
+            .bind(patch.max_concurrent_calls.flatten().map(limit_to_db))
+            .bind(patch.fallback_destination.is_some())
+            .bind(
+                patch
+                    .fallback_destination
+                    .as_ref()
+                    .and_then(|t| t.as_ref().map(TransferTarget::as_str)),
+            );
         let row = self
             .write_by_id::<Agent>(claims, "update_agent", id.as_uuid(), update)
             .await?;
@@ -646,7 +669,7 @@ fn phone_from_db(value: &str) -> Result<PhoneNumber, Error> {
     })
 }
 
-fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, Error>
+pub(super) fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T, Error>
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
@@ -657,15 +680,23 @@ where
 }
 
 fn agent_from_row(row: &PgRow) -> Result<Agent, Error> {
-    agent_from_columns(row, "id", "name", "created_at", "updated_at")
+    agent_from_columns(
+        row,
+        [
+            "id",
+            "name",
+            "created_at",
+            "updated_at",
+            "max_concurrent_calls",
+        ],
+    )
 }
 
+/// `[id, name, created_at, updated_at, max_concurrent_calls]` as the row
+/// names them.
 fn agent_from_columns(
     row: &PgRow,
-    id: &str,
-    name: &str,
-    created: &str,
-    updated: &str,
+    [id, name, created, updated, max_calls]: [&str; 5],
 ) -> Result<Agent, Error> {
     Ok(Agent {
         id: AgentId::from_uuid(get(row, id)?),
@@ -677,7 +708,19 @@ fn agent_from_columns(
         is_active: get(row, "is_active")?,
         created_at: get(row, created)?,
         updated_at: get(row, updated)?,
+        max_concurrent_calls: get::<Option<i32>>(row, max_calls)?.map(limit_from_db),
+        fallback_destination: get::<Option<String>>(row, "fallback_destination")?
+            .map(TransferTarget::from_db),
     })
+}
+
+/// Limits are 1..=100 000 (a check constraint): they fit both types.
+pub(super) fn limit_to_db(limit: u32) -> i32 {
+    i32::try_from(limit).unwrap_or(i32::MAX)
+}
+
+pub(super) fn limit_from_db(limit: i32) -> u32 {
+    u32::try_from(limit).unwrap_or(0)
 }
 
 fn agent_change_from_row(row: &PgRow) -> Result<AgentChange, Error> {
@@ -714,10 +757,13 @@ fn customer_from_row(row: &PgRow) -> Result<Customer, Error> {
 fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
     let agent = agent_from_columns(
         row,
-        "agent_id",
-        "agent_name",
-        "agent_created_at",
-        "agent_updated_at",
+        [
+            "agent_id",
+            "agent_name",
+            "agent_created_at",
+            "agent_updated_at",
+            "agent_max_concurrent_calls",
+        ],
     )?;
     let organization = Organization {
         id: agent.org_id,
@@ -725,6 +771,7 @@ fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
         slug: get(row, "org_slug")?,
         plan_tier: PlanTier::from_db(&get::<String>(row, "org_plan_tier")?),
         created_at: get(row, "org_created_at")?,
+        max_concurrent_calls: limit_from_db(get(row, "org_max_concurrent_calls")?),
     };
     let caller = match get::<Option<Uuid>>(row, "customer_id")? {
         None => None,

@@ -5,6 +5,7 @@ mod agents;
 mod audit;
 mod auth;
 mod cache;
+mod calls;
 mod claims;
 mod customers;
 mod invalidation;

@@ -28,7 +28,8 @@ use switchboard::{
     config::{ServeArgs, ServeConfig},
     observability::MetricsExport,
     pb::{
-        agent_service_client::AgentServiceClient, customer_service_client::CustomerServiceClient,
+        agent_service_client::AgentServiceClient, call_service_client::CallServiceClient,
+        customer_service_client::CustomerServiceClient,
     },
     startup::Application,
 };
@@ -600,6 +601,10 @@ impl<M: PoolerMode> TestApp<M> {
 
     pub async fn agents(&self) -> AgentServiceClient<Channel> {
         AgentServiceClient::new(self.channel().await)
+    }
+
+    pub async fn calls(&self) -> CallServiceClient<Channel> {
+        CallServiceClient::new(self.channel().await)
     }
 
     pub async fn customers(&self) -> CustomerServiceClient<Channel> {

@@ -1,0 +1,617 @@
+//! Calls: the decision for each ringing call, its live slot, its record.
+//!
+//! `StartCall` = the route (`ResolveService::route`, the same lookup and
+//! cache as `ResolveAgent`) + one admission script on Redis
+//! (`live::LiveCalls`) + the record's first fact written to Postgres before
+//! answering (bounded by `record_timeout`; past it, or with Postgres down,
+//! the fact goes to the Redis backlog and any replica writes it later).
+//! Later requests name the call by (org, call id, called number, agent):
+//! enough for any replica to rebuild its slot.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+
+use super::{data::Data, resolve::ResolveService};
+use crate::{
+    api::{convert::org_of, pb},
+    auth::Claims,
+    cache::Cache,
+    domain::{
+        AgentId, CallCursor, CallFact, CallFilter, CallId, CallLimits, CallRecord, CustomerId,
+        Decision, DisconnectReason, EndStatus, Fact, OrgId, Outcome, Page, PageRequest,
+        PhoneNumber, Reason, TransferTarget,
+    },
+    error::Error,
+    live::{Admission, AdmissionRequest, CallKey, Ending, LiveCalls, LiveError, Renewal},
+    observability::metrics::Metrics,
+    store::{CallLookup, PgStore},
+};
+
+pub use super::watch::{ActiveCallsView, WatchSettings};
+
+/// What to do with a call whose limits Redis cannot check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenRedisDown {
+    /// Answer it (and count it): a call refused for our outage is worse
+    /// than one over the limit.
+    Answer,
+    /// Refuse it (SIP 503), or transfer it to the agent's fallback.
+    Refuse,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CallSettings {
+    pub when_redis_down: WhenRedisDown,
+    /// How long StartCall, AnswerCall and EndCall wait for Postgres to take
+    /// the record before leaving it to the backlog.
+    pub record_timeout: Duration,
+}
+
+/// A StartCall answer.
+pub struct StartedCall {
+    pub call_id: CallId,
+    pub decision: Decision,
+    /// The route as ResolveAgent gives it (`None`: no agent has the number).
+    pub route: Option<pb::ResolveAgentResponse>,
+    pub org_id: Option<OrgId>,
+    pub lease_expires_ms: Option<i64>,
+    pub replayed: bool,
+    pub limits_unchecked: bool,
+}
+
+/// A renewed lease.
+pub struct Lease {
+    pub expires_ms: i64,
+    pub rebuilt: bool,
+}
+
+/// A started call as its media server names it afterwards.
+#[derive(Clone, Debug)]
+pub struct CallRef {
+    pub org_id: OrgId,
+    pub call_id: CallId,
+    pub called: PhoneNumber,
+    pub agent_id: AgentId,
+}
+
+impl CallRef {
+    fn key(&self) -> CallKey<'_> {
+        CallKey {
+            org_id: self.org_id,
+            call_id: &self.call_id,
+            called: self.called.as_str(),
+            agent_id: self.agent_id,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallsService {
+    resolve: ResolveService,
+    live: LiveCalls,
+    /// Org limits are written through it (the routes carry them).
+    data: Data,
+    /// The primary: records are written and read back there.
+    records: PgStore,
+    settings: CallSettings,
+    metrics: Metrics,
+    pub(super) watch: Arc<super::watch::Watchers>,
+}
+
+fn service_only(claims: &Claims, what: &str) -> Result<(), Error> {
+    if claims.is_service_role() {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "{what} is for media servers (service_role)"
+        )))
+    }
+}
+
+impl CallsService {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        resolve: ResolveService,
+        live: LiveCalls,
+        store: PgStore,
+        cache: Cache,
+        settings: CallSettings,
+        watch: WatchSettings,
+        metrics: Metrics,
+    ) -> Self {
+        CallsService {
+            resolve,
+            records: store.primary_only(),
+            data: Data::new(store.clone(), cache),
+            watch: Arc::new(super::watch::Watchers::new(watch, store, live.clone())),
+            live,
+            settings,
+            metrics,
+        }
+    }
+
+    /// How often a media server should renew a slot: a third of the lease,
+    /// so one lost renewal does not lose the slot.
+    pub(crate) fn renew_every(&self) -> Duration {
+        self.live.settings().lease / 3
+    }
+
+    pub(crate) async fn start(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+        caller: Option<&PhoneNumber>,
+        call_id: Option<CallId>,
+    ) -> Result<StartedCall, Error> {
+        service_only(claims, "StartCall")?;
+        let call_id = call_id.unwrap_or_else(CallId::generate);
+        let Some(resolved) = self.resolve.route(claims, called, caller).await? else {
+            // Nobody's number: counted, not recorded (no org to keep it).
+            let decision = Decision::refused(Reason::NumberNotFound, None);
+            self.metrics
+                .calls
+                .decided(decision.outcome, decision.reason);
+            return Ok(StartedCall {
+                call_id,
+                decision,
+                route: None,
+                org_id: None,
+                lease_expires_ms: None,
+                replayed: false,
+                limits_unchecked: false,
+            });
+        };
+        let route = resolved.response;
+        let agent = route.agent.as_ref().ok_or(Error::Internal)?;
+        let org_id = org_of(&route).ok_or(Error::Internal)?;
+        let agent_id = AgentId::parse(&agent.id).map_err(|_| Error::Internal)?;
+        let fallback = (!agent.fallback_destination.is_empty())
+            .then(|| TransferTarget::from_db(agent.fallback_destination.clone()));
+        let active = agent.is_active == Some(true);
+        let org_limit = route
+            .organization
+            .as_ref()
+            .map(|o| u32::try_from(o.max_concurrent_calls).unwrap_or(0))
+            .unwrap_or(0);
+        let agent_limit = agent
+            .max_concurrent_calls
+            .and_then(|l| u32::try_from(l).ok())
+            .unwrap_or(0);
+        let admission = self
+            .live
+            .admit(&AdmissionRequest {
+                org_id,
+                call_id: &call_id,
+                called: called.as_str(),
+                agent_id,
+                org_limit,
+                agent_limit,
+                refused_for: (!active).then_some(Reason::AgentInactive),
+                fallback: fallback.as_ref().map(TransferTarget::as_str),
+            })
+            .await;
+        let mut started = StartedCall {
+            call_id,
+            decision: Decision::answered(),
+            route: None,
+            org_id: Some(org_id),
+            lease_expires_ms: None,
+            replayed: false,
+            limits_unchecked: false,
+        };
+        let record = match admission {
+            Ok(Admission::Conflict) => {
+                return Err(Error::invalid(
+                    "call_id is already a call to another number of this organization",
+                ))
+            }
+            Ok(Admission::Replay {
+                outcome,
+                reason,
+                transfer_to,
+                lease_expires_ms,
+            }) => {
+                started.decision = Decision {
+                    outcome,
+                    reason,
+                    transfer_to: transfer_to.map(TransferTarget::from_db),
+                };
+                started.lease_expires_ms = lease_expires_ms;
+                started.replayed = true;
+                false
+            }
+            Ok(Admission::New {
+                outcome,
+                reason,
+                transfer_to,
+                lease_expires_ms,
+                expired,
+                record,
+            }) => {
+                self.metrics.calls.lease_expiries.add(expired);
+                started.decision = Decision {
+                    outcome,
+                    reason,
+                    transfer_to: transfer_to.map(TransferTarget::from_db),
+                };
+                started.lease_expires_ms = lease_expires_ms;
+                if !record {
+                    self.metrics.calls.records_skipped.inc();
+                }
+                record
+            }
+            Err(error) => {
+                tracing::warn!(%error, org_id = %org_id, "call limits could not be checked (Redis)");
+                started.limits_unchecked = true;
+                started.decision = if !active {
+                    Decision::refused(Reason::AgentInactive, fallback.as_ref())
+                } else {
+                    match self.settings.when_redis_down {
+                        WhenRedisDown::Answer => {
+                            self.metrics.calls.admission_failed_open.inc();
+                            Decision::answered()
+                        }
+                        WhenRedisDown::Refuse => {
+                            self.metrics.calls.admission_failed_refused.inc();
+                            Decision::refused(Reason::LimitsUnavailable, fallback.as_ref())
+                        }
+                    }
+                };
+                true
+            }
+        };
+        if !started.replayed {
+            self.metrics
+                .calls
+                .decided(started.decision.outcome, started.decision.reason);
+        }
+        if record {
+            let fact = CallFact {
+                org_id,
+                call_id: started.call_id.as_str().to_owned(),
+                called_number: called.as_str().to_owned(),
+                at: Utc::now(),
+                what: Fact::Decided {
+                    caller_number: caller.map(|c| c.as_str().to_owned()),
+                    agent_id: Some(agent_id),
+                    customer_id: route
+                        .caller
+                        .as_ref()
+                        .and_then(|c| CustomerId::parse(&c.id).ok()),
+                    outcome: started.decision.outcome,
+                    reason: started.decision.reason,
+                    transfer_to: started
+                        .decision
+                        .transfer_to
+                        .as_ref()
+                        .map(|t| t.as_str().to_owned()),
+                },
+            };
+            self.record(&fact).await;
+        }
+        started.route = Some(route);
+        Ok(started)
+    }
+
+    /// Writes a fact to Postgres within `record_timeout`, else keeps it in
+    /// the backlog. Never fails the call: a record that neither store
+    /// takes is counted and logged as lost.
+    async fn record(&self, fact: &CallFact) -> bool {
+        let written = tokio::time::timeout(
+            self.settings.record_timeout,
+            self.records.record_call_fact(&Claims::service(), fact),
+        )
+        .await;
+        match written {
+            Ok(Ok(())) => return true,
+            Ok(Err(error)) if !is_transient(&error) => {
+                tracing::error!(%error, org_id = %fact.org_id, "a call record was refused by the database");
+                self.metrics.calls.records_dropped.inc();
+                return false;
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+        match self.live.push_backlog(fact).await {
+            Ok(()) => self.metrics.calls.records_backlogged.inc(),
+            Err(error) => {
+                tracing::error!(%error, org_id = %fact.org_id, "a call record was lost: neither Postgres nor the Redis backlog took it");
+                self.metrics.calls.records_lost.inc();
+            }
+        }
+        false
+    }
+
+    /// Renews the slot; with `answered`, also ringing → in progress.
+    pub(crate) async fn keep_alive(
+        &self,
+        claims: &Claims,
+        call: &CallRef,
+        answered: bool,
+    ) -> Result<Lease, Error> {
+        service_only(
+            claims,
+            if answered {
+                "AnswerCall"
+            } else {
+                "KeepCallAlive"
+            },
+        )?;
+        let renewal = self.live.renew(&call.key(), answered).await;
+        let lease = match renewal {
+            Ok(Renewal::Alive {
+                lease_expires_ms,
+                rebuilt,
+            }) => Ok(Lease {
+                expires_ms: lease_expires_ms,
+                rebuilt,
+            }),
+            Ok(Renewal::Ended) => Err(Error::FailedPrecondition(
+                "the call has ended; its slot is not renewed".into(),
+            )),
+            Ok(Renewal::NoSlot) => Err(Error::FailedPrecondition(
+                "the call was not answered by an agent (transfer or reject): it holds no slot"
+                    .into(),
+            )),
+            Ok(Renewal::Conflict) => Err(Error::invalid(
+                "called_number or agent_id is not the call's (call_id names another call of this organization)",
+            )),
+            Err(error) => Err(unavailable(error)),
+        };
+        if answered
+            && !matches!(
+                &lease,
+                Err(Error::FailedPrecondition(_) | Error::InvalidArgument(_))
+            )
+        {
+            self.record(&CallFact {
+                org_id: call.org_id,
+                call_id: call.call_id.as_str().to_owned(),
+                called_number: call.called.as_str().to_owned(),
+                at: Utc::now(),
+                what: Fact::Answered,
+            })
+            .await;
+        }
+        lease
+    }
+
+    /// Frees the slot and records the end; the record as it is then.
+    pub(crate) async fn end(
+        &self,
+        claims: &Claims,
+        call: &CallRef,
+        status: EndStatus,
+        disconnect_reason: Option<DisconnectReason>,
+    ) -> Result<CallRecord, Error> {
+        service_only(claims, "EndCall")?;
+        let ending = self.live.end(&call.key()).await;
+        let answered = match &ending {
+            Ok(Ending::Conflict) => {
+                return Err(Error::invalid(
+                    "called_number or agent_id is not the call's (call_id names another call of this organization)",
+                ))
+            }
+            Ok(Ending::Ended { answered, .. }) => Some(*answered),
+            Ok(Ending::AlreadyEnded) => None,
+            Err(error) => {
+                tracing::warn!(%error, org_id = %call.org_id, "the call's slot could not be freed now (Redis); its lease frees it");
+                None
+            }
+        };
+        let fact = CallFact {
+            org_id: call.org_id,
+            call_id: call.call_id.as_str().to_owned(),
+            called_number: call.called.as_str().to_owned(),
+            at: Utc::now(),
+            what: Fact::Ended {
+                status,
+                disconnect_reason,
+            },
+        };
+        if !matches!(ending, Ok(Ending::AlreadyEnded)) && !self.record(&fact).await {
+            // Postgres did not take it now: answer what we know.
+            return Ok(CallRecord::from_fact(&fact, answered));
+        }
+        match self
+            .records
+            .get_call(
+                &Claims::service(),
+                &CallLookup::ByCallId {
+                    org_id: Some(call.org_id),
+                    call_id: call.call_id.as_str().to_owned(),
+                },
+            )
+            .await
+        {
+            Ok(record) => Ok(record),
+            Err(Error::NotFound(_)) => Ok(CallRecord::from_fact(&fact, answered)),
+            Err(error) if is_transient(&error) => Ok(CallRecord::from_fact(&fact, answered)),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub(crate) async fn get(
+        &self,
+        claims: &Claims,
+        lookup: &CallLookup,
+    ) -> Result<CallRecord, Error> {
+        if claims.is_service_role() {
+            if let CallLookup::ByCallId { org_id: None, .. } = lookup {
+                return Err(Error::invalid(
+                    "org_id is required with call_id for service_role (call ids are unique per organization)",
+                ));
+            }
+        }
+        self.records.get_call(claims, lookup).await
+    }
+
+    pub(crate) async fn list(
+        &self,
+        claims: &Claims,
+        filter: &CallFilter,
+        page: PageRequest<CallCursor>,
+    ) -> Result<Page<CallRecord>, Error> {
+        self.records.list_calls(claims, filter, page).await
+    }
+
+    pub(crate) async fn limits(
+        &self,
+        claims: &Claims,
+        org: Option<OrgId>,
+    ) -> Result<CallLimits, Error> {
+        if claims.is_service_role() && org.is_none() {
+            return Err(Error::invalid("org_id is required for service_role"));
+        }
+        match self.records.call_limits(claims, org).await? {
+            Some(limits) => Ok(limits),
+            None if claims.is_service_role() => Err(Error::not_found("organization")),
+            None => Err(Error::PermissionDenied(
+                "only an organization's admins read its call limits".into(),
+            )),
+        }
+    }
+
+    pub(crate) async fn set_org_limit(
+        &self,
+        claims: &Claims,
+        org: OrgId,
+        limit: Option<u32>,
+    ) -> Result<CallLimits, Error> {
+        service_only(claims, "SetOrganizationCallLimit")?;
+        let written = self
+            .data
+            .write(|store| store.set_org_call_limit(claims, org, limit))
+            .await?;
+        Ok(written.limits)
+    }
+
+    /// A stream of the org's live counts: service_role names the org,
+    /// a tenant watches its own.
+    pub(crate) async fn watch(
+        &self,
+        claims: &Claims,
+        org: Option<OrgId>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ActiveCallsView, Error>>, Error> {
+        let org = if claims.is_service_role() {
+            org.ok_or_else(|| Error::invalid("org_id is required for service_role"))?
+        } else {
+            let member = self.records.member_org(claims).await?.ok_or_else(|| {
+                Error::PermissionDenied("you are not a member of any organization".into())
+            })?;
+            if org.is_some_and(|asked| asked != member) {
+                return Err(Error::PermissionDenied(
+                    "you may watch only your own organization".into(),
+                ));
+            }
+            member
+        };
+        self.watch.open(claims.clone(), org).await
+    }
+
+    /// Ends every WatchActiveCalls stream (shutdown).
+    pub(crate) fn close_streams(&self) {
+        self.watch.close_all();
+    }
+
+    /// Replays the backlog into Postgres until it is empty or Postgres
+    /// fails; the number of facts written.
+    pub(crate) async fn drain_backlog(&self, consumer: &str) -> Result<u64, LiveError> {
+        let mut written = 0;
+        loop {
+            let entries = self.live.read_backlog(consumer).await?;
+            if entries.is_empty() {
+                return Ok(written);
+            }
+            let mut settled = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let Some(fact) = entry.fact else {
+                    tracing::error!(id = %entry.id, "an unreadable call-record backlog entry was dropped");
+                    self.metrics.calls.records_dropped.inc();
+                    settled.push(entry.id);
+                    continue;
+                };
+                match self
+                    .records
+                    .record_call_fact(&Claims::service(), &fact)
+                    .await
+                {
+                    Ok(()) => {
+                        written += 1;
+                        self.metrics.calls.records_replayed.inc();
+                        settled.push(entry.id);
+                    }
+                    Err(error) if !is_transient(&error) => {
+                        tracing::error!(%error, org_id = %fact.org_id, "a backlogged call record was refused by the database and dropped");
+                        self.metrics.calls.records_dropped.inc();
+                        settled.push(entry.id);
+                    }
+                    Err(_) => {
+                        // Postgres is still away: keep the rest for later.
+                        self.live.settle_backlog(&settled).await?;
+                        return Ok(written);
+                    }
+                }
+            }
+            self.live.settle_backlog(&settled).await?;
+        }
+    }
+}
+
+/// Worth retrying later: the database could not be reached or was busy.
+fn is_transient(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Unavailable(_) | Error::ResourceExhausted(_) | Error::DeadlineExceeded(_)
+    )
+}
+
+fn unavailable(error: LiveError) -> Error {
+    tracing::warn!(%error, "live call state unavailable");
+    Error::Unavailable(
+        "the live call state (Redis) is unavailable; keep the call and renew again".into(),
+    )
+}
+
+impl CallRecord {
+    /// What is known of a call from its last fact alone (Postgres did not
+    /// answer).
+    fn from_fact(fact: &CallFact, answered: Option<bool>) -> CallRecord {
+        let (ended_at, disconnect_reason, status) = match &fact.what {
+            Fact::Ended {
+                status,
+                disconnect_reason,
+            } => (
+                Some(fact.at),
+                *disconnect_reason,
+                match (status, answered) {
+                    (EndStatus::Failed, _) => Some(crate::domain::CallStatus::Failed),
+                    (EndStatus::Completed, Some(true)) => {
+                        Some(crate::domain::CallStatus::Completed)
+                    }
+                    (EndStatus::Completed, Some(false)) => Some(crate::domain::CallStatus::Missed),
+                    (EndStatus::Completed, None) => None,
+                },
+            ),
+            _ => (None, None, None),
+        };
+        CallRecord {
+            id: uuid::Uuid::nil(),
+            org_id: fact.org_id,
+            call_id: fact.call_id.clone(),
+            agent_id: None,
+            customer_id: None,
+            called_number: fact.called_number.clone(),
+            caller_number: None,
+            outcome: Some(Outcome::Answer),
+            reason: None,
+            transfer_to: None,
+            status,
+            started_at: fact.at,
+            answered_at: None,
+            ended_at,
+            duration_ms: None,
+            disconnect_reason,
+        }
+    }
+}

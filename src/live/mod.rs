@@ -1,0 +1,317 @@
+//! Live calls in Redis: each organization's admitted calls as leases, the
+//! decision remembered for retries, and the backlog of call records that
+//! could not reach Postgres (`backlog.rs`).
+//!
+//! Invariants:
+//! * Admission is one Lua script per call: purge expired leases, count,
+//!   admit or refuse, remember the decision. Redis runs scripts one at a
+//!   time, so with limit K exactly K calls hold a slot, whatever the number
+//!   of replicas.
+//! * Every key of one organization has the hash tag `{<org id>}`, so a
+//!   script touches one Redis Cluster slot; every key is declared to the
+//!   script except the per-agent sets the count script walks (same slot).
+//! * Times come from Redis (`TIME` inside the scripts), never a replica's
+//!   clock: lease expiry is a score in Redis milliseconds.
+//! * A call's hash remembers its decision for `remember` after its last
+//!   activity; once it says `ended`, no renewal brings the slot back.
+//! * Keys live under the cache's prefix (`switchboard:v1:[ns:]<database
+//!   identity>:`): a reset database or another deployment counts nothing
+//!   of ours.
+//! * Nothing here decides an outcome beyond the counts: the core
+//!   (`app::CallsService`) turns a result into a decision.
+
+pub(crate) mod backlog;
+mod scripts;
+
+use std::{sync::Arc, time::Duration};
+
+use redis::RedisError;
+
+use crate::{
+    cache::{redis_link::Link, RedisTier},
+    domain::{AgentId, CallId, OrgId, Outcome, Reason},
+};
+
+/// Settings of the live-call state.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveSettings {
+    /// A slot not renewed for this long is free again.
+    pub lease: Duration,
+    /// How long a call's decision is remembered after its last activity
+    /// (retries of StartCall replay it; a renewal after EndCall is refused).
+    pub remember: Duration,
+    /// Each script's round trip.
+    pub timeout: Duration,
+    /// Records of refused or transferred calls kept per organization per
+    /// minute (the rest are counted, not stored).
+    pub refusals_recorded_per_minute: u32,
+}
+
+/// Why Redis could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("no Redis is configured")]
+    NotConfigured,
+    #[error("Redis is not connected yet")]
+    NotConnected,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("unexpected answer from a script: {0}")]
+    Shape(String),
+}
+
+/// What the admission script answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A new call: its decision, how many expired leases were purged, and
+    /// whether its record is to be written (refusals past the per-minute
+    /// bound are only counted).
+    New {
+        outcome: Outcome,
+        reason: Reason,
+        transfer_to: Option<String>,
+        lease_expires_ms: Option<i64>,
+        expired: u64,
+        record: bool,
+    },
+    /// A retry: the decision first given.
+    Replay {
+        outcome: Outcome,
+        reason: Reason,
+        transfer_to: Option<String>,
+        lease_expires_ms: Option<i64>,
+    },
+    /// The id is known in this org with another called number.
+    Conflict,
+}
+
+/// What the call asks of admission.
+#[derive(Clone, Debug)]
+pub struct AdmissionRequest<'a> {
+    pub org_id: OrgId,
+    pub call_id: &'a CallId,
+    pub called: &'a str,
+    pub agent_id: AgentId,
+    pub org_limit: u32,
+    /// 0: none.
+    pub agent_limit: u32,
+    /// `Some`: no slot is wanted, the decision is refused for this reason
+    /// (the agent is inactive); still remembered for retries.
+    pub refused_for: Option<Reason>,
+    /// Where a refused call goes instead (the agent's fallback).
+    pub fallback: Option<&'a str>,
+}
+
+/// What a renewal (or an answer) answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    Alive {
+        lease_expires_ms: i64,
+        rebuilt: bool,
+    },
+    /// The call has ended: its slot stays free.
+    Ended,
+    /// The decision took no slot (transfer, reject).
+    NoSlot,
+    /// Another called number or agent than the call's.
+    Conflict,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Freed now (`held`: whether it still held a slot); `was` its state.
+    Ended {
+        held: bool,
+        answered: bool,
+    },
+    /// Ended before: nothing freed.
+    AlreadyEnded,
+    Conflict,
+}
+
+/// An organization's live counts, from Redis's clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub active: u32,
+    /// (agent, live calls), sorted by agent.
+    pub agents: Vec<(AgentId, u32)>,
+}
+
+/// The call, as its later requests name it.
+#[derive(Clone, Debug)]
+pub struct CallKey<'a> {
+    pub org_id: OrgId,
+    pub call_id: &'a CallId,
+    pub called: &'a str,
+    pub agent_id: AgentId,
+}
+
+#[derive(Clone)]
+pub struct LiveCalls {
+    redis: Option<RedisTier>,
+    settings: LiveSettings,
+}
+
+/// The keys of one organization.
+struct OrgKeys {
+    active: String,
+    agents: String,
+    /// `agent_prefix` + agent id: that agent's leases.
+    agent_prefix: String,
+    call_prefix: String,
+    refusals: String,
+}
+
+impl OrgKeys {
+    fn new(prefix: &str, org: OrgId) -> Self {
+        let base = format!("{prefix}calls:{{{org}}}:");
+        OrgKeys {
+            active: format!("{base}active"),
+            agents: format!("{base}agents"),
+            agent_prefix: format!("{base}agent:"),
+            call_prefix: format!("{base}call:"),
+            refusals: format!("{base}refusals"),
+        }
+    }
+
+    fn agent(&self, agent: AgentId) -> String {
+        format!("{}{agent}", self.agent_prefix)
+    }
+
+    fn call(&self, call: &CallId) -> String {
+        format!("{}{}", self.call_prefix, call.as_str())
+    }
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl LiveCalls {
+    pub(crate) fn new(redis: Option<RedisTier>, settings: LiveSettings) -> Self {
+        LiveCalls { redis, settings }
+    }
+
+    pub(crate) fn settings(&self) -> &LiveSettings {
+        &self.settings
+    }
+
+    fn link(&self) -> Result<(Link, Arc<String>), LiveError> {
+        self.redis
+            .as_ref()
+            .ok_or(LiveError::NotConfigured)?
+            .link()
+            .ok_or(LiveError::NotConnected)
+    }
+
+    /// Runs a script within the timeout; its answer as strings.
+    async fn run(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        link: &mut Link,
+    ) -> Result<Vec<String>, LiveError> {
+        match tokio::time::timeout(
+            self.settings.timeout,
+            invocation.invoke_async::<Vec<String>>(link),
+        )
+        .await
+        {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(LiveError::Timeout(self.settings.timeout)),
+        }
+    }
+
+    pub(crate) async fn admit(&self, call: &AdmissionRequest<'_>) -> Result<Admission, LiveError> {
+        let (mut link, prefix) = self.link()?;
+        let keys = OrgKeys::new(&prefix, call.org_id);
+        let answer = self
+            .run(
+                scripts::ADMIT
+                    .key(&keys.active)
+                    .key(keys.agent(call.agent_id))
+                    .key(&keys.agents)
+                    .key(keys.call(call.call_id))
+                    .key(&keys.refusals)
+                    .arg(call.call_id.as_str())
+                    .arg(call.called)
+                    .arg(call.agent_id.to_string())
+                    .arg(call.org_limit)
+                    .arg(call.agent_limit)
+                    .arg(ms(self.settings.lease))
+                    .arg(ms(self.settings.remember))
+                    .arg(call.refused_for.map(Reason::as_db).unwrap_or(""))
+                    .arg(call.fallback.unwrap_or(""))
+                    .arg(self.settings.refusals_recorded_per_minute),
+                &mut link,
+            )
+            .await?;
+        scripts::parse_admission(&answer)
+    }
+
+    /// Renews the call's lease (and, with `answered`, marks it in
+    /// progress). Rebuilds a slot Redis lost: the call is live, so it is
+    /// not refused even above the limit.
+    pub(crate) async fn renew(
+        &self,
+        call: &CallKey<'_>,
+        answered: bool,
+    ) -> Result<Renewal, LiveError> {
+        let (mut link, prefix) = self.link()?;
+        let keys = OrgKeys::new(&prefix, call.org_id);
+        let answer = self
+            .run(
+                scripts::RENEW
+                    .key(&keys.active)
+                    .key(keys.agent(call.agent_id))
+                    .key(&keys.agents)
+                    .key(keys.call(call.call_id))
+                    .arg(call.call_id.as_str())
+                    .arg(call.called)
+                    .arg(call.agent_id.to_string())
+                    .arg(ms(self.settings.lease))
+                    .arg(ms(self.settings.remember))
+                    .arg(if answered { "1" } else { "0" }),
+                &mut link,
+            )
+            .await?;
+        scripts::parse_renewal(&answer)
+    }
+
+    pub(crate) async fn end(&self, call: &CallKey<'_>) -> Result<Ending, LiveError> {
+        let (mut link, prefix) = self.link()?;
+        let keys = OrgKeys::new(&prefix, call.org_id);
+        let answer = self
+            .run(
+                scripts::END
+                    .key(&keys.active)
+                    .key(keys.agent(call.agent_id))
+                    .key(keys.call(call.call_id))
+                    .arg(call.call_id.as_str())
+                    .arg(call.called)
+                    .arg(call.agent_id.to_string())
+                    .arg(ms(self.settings.remember)),
+                &mut link,
+            )
+            .await?;
+        scripts::parse_ending(&answer)
+    }
+
+    /// The organization's live calls now (leases past their expiry not
+    /// counted), in all and per agent.
+    pub(crate) async fn counts(&self, org: OrgId) -> Result<Counts, LiveError> {
+        let (mut link, prefix) = self.link()?;
+        let keys = OrgKeys::new(&prefix, org);
+        let answer = self
+            .run(
+                scripts::COUNT
+                    .key(&keys.active)
+                    .key(&keys.agents)
+                    .arg(&keys.agent_prefix),
+                &mut link,
+            )
+            .await?;
+        scripts::parse_counts(&answer)
+    }
+}
