@@ -18,14 +18,14 @@ use crate::{
     auth::Claims,
     cache::Cache,
     domain::{
-        AgentId, CallCursor, CallFact, CallFilter, CallId, CallLimits, CallRecord, CustomerId,
-        Decision, DisconnectReason, EndStatus, Fact, OrgId, Outcome, Page, PageRequest,
+        AgentId, CallCursor, CallFact, CallFilter, CallId, CallLimits, CallLookup, CallRecord,
+        CustomerId, Decision, DisconnectReason, EndStatus, Fact, OrgId, Outcome, Page, PageRequest,
         PhoneNumber, Reason, TransferTarget,
     },
     error::Error,
     live::{Admission, AdmissionRequest, CallKey, Ending, LiveCalls, LiveError, Renewal},
     observability::metrics::Metrics,
-    store::{CallLookup, PgStore},
+    store::PgStore,
 };
 
 pub use super::watch::{ActiveCallsView, WatchSettings};

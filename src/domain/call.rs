@@ -262,6 +262,18 @@ pub struct CallRecord {
     pub disconnect_reason: Option<DisconnectReason>,
 }
 
+/// Which call `GetCall` asks for.
+#[derive(Clone, Debug)]
+pub enum CallLookup {
+    ById(Uuid),
+    /// The media server's id; the org narrows it (required for
+    /// service_role, implied by RLS for tenants).
+    ByCallId {
+        org_id: Option<OrgId>,
+        call_id: String,
+    },
+}
+
 /// ListCalls' filters.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CallFilter {

@@ -10,8 +10,8 @@ mod page;
 mod phone;
 
 pub use call::{
-    CallCursor, CallFact, CallFilter, CallId, CallLimits, CallRecord, CallStatus, Decision,
-    DisconnectReason, EndStatus, Fact, Outcome, Reason, TransferTarget,
+    CallCursor, CallFact, CallFilter, CallId, CallLimits, CallLookup, CallRecord, CallStatus,
+    Decision, DisconnectReason, EndStatus, Fact, Outcome, Reason, TransferTarget,
 };
 pub use history::{field_changes, AgentChange, ChangeOperation, FieldChange};
 pub use ids::{AgentId, CustomerId, OrgId};

@@ -18,11 +18,10 @@ use crate::{
     app::{CallRef, CallsService},
     auth::claims_of,
     domain::{
-        call::parse_call_limit, AgentId, CallFilter, CallId, EndStatus, OrgId, PageRequest,
-        PhoneNumber,
+        call::parse_call_limit, AgentId, CallFilter, CallId, CallLookup, EndStatus, OrgId,
+        PageRequest, PhoneNumber,
     },
     error::Error,
-    store::CallLookup,
 };
 
 pub struct CallApi {

@@ -22,8 +22,8 @@ use super::{
 use crate::{
     auth::Claims,
     domain::{
-        AgentId, CallCursor, CallFact, CallFilter, CallLimits, CallRecord, CallStatus, CustomerId,
-        DisconnectReason, Fact, OrgId, Outcome, Page, PageRequest, PlanTier, Reason,
+        AgentId, CallCursor, CallFact, CallFilter, CallLimits, CallLookup, CallRecord, CallStatus,
+        CustomerId, DisconnectReason, Fact, OrgId, Outcome, Page, PageRequest, PlanTier, Reason,
         TransferTarget,
     },
     error::Error,
@@ -32,18 +32,6 @@ use crate::{
 const CALL_COLUMNS: &str = "id, org_id, call_id, agent_id, customer_id, called_number, \
      caller_number, outcome, reason, transfer_to, status, started_at, answered_at, ended_at, \
      duration_ms, disconnect_reason";
-
-/// Which call `GetCall` asks for.
-#[derive(Clone, Debug)]
-pub enum CallLookup {
-    ById(Uuid),
-    /// The media server's id; the org narrows it (required for
-    /// service_role, implied by RLS for tenants).
-    ByCallId {
-        org_id: Option<OrgId>,
-        call_id: String,
-    },
-}
 
 /// An organization's limit after a write, and the numbers whose cached
 /// routes carry the old one.

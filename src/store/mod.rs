@@ -9,7 +9,7 @@ mod postgres;
 mod sql_literal;
 mod tx;
 
-pub use calls::{CallLookup, OrgLimitWritten};
+pub use calls::OrgLimitWritten;
 pub use identity::{retire_database_identity, DatabaseIdentity};
 pub use postgres::{PgStore, PoolSettings, PoolStats};
 pub use sql_literal::sql_literal;
