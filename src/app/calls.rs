@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 
-use super::{data::Data, resolve::ResolveService};
+use super::{data::Data, local_slots::LocalSlots, resolve::ResolveService};
 use crate::{
     api::{convert::org_of, pb},
     auth::Claims,
@@ -97,6 +97,8 @@ pub struct CallsService {
     settings: CallSettings,
     metrics: Metrics,
     pub(super) watch: Arc<super::watch::Watchers>,
+    /// This replica's own count, used only while Redis cannot be asked.
+    local: Arc<LocalSlots>,
 }
 
 fn service_only(claims: &Claims, what: &str) -> Result<(), Error> {
@@ -125,6 +127,7 @@ impl CallsService {
             records: store.primary_only(),
             data: Data::new(store.clone(), cache),
             watch: Arc::new(super::watch::Watchers::new(watch, store, live.clone())),
+            local: Arc::new(LocalSlots::new(live.settings().lease)),
             live,
             settings,
             metrics,
@@ -250,7 +253,24 @@ impl CallsService {
                     match self.settings.when_redis_down {
                         WhenRedisDown::Answer => {
                             self.metrics.calls.admission_failed_open.inc();
-                            Decision::answered()
+                            match self.local.admit(
+                                org_id,
+                                &started.call_id,
+                                agent_id,
+                                org_limit,
+                                agent_limit,
+                            ) {
+                                Ok(()) => {
+                                    started.lease_expires_ms = Some(
+                                        Utc::now().timestamp_millis().saturating_add(
+                                            i64::try_from(self.live.settings().lease.as_millis())
+                                                .unwrap_or(i64::MAX),
+                                        ),
+                                    );
+                                    Decision::answered()
+                                }
+                                Err(reason) => Decision::refused(reason, fallback.as_ref()),
+                            }
                         }
                         WhenRedisDown::Refuse => {
                             self.metrics.calls.admission_failed_refused.inc();
@@ -356,6 +376,17 @@ impl CallsService {
             Ok(Renewal::Conflict) => Err(Error::invalid(
                 "called_number or agent_id is not the call's (call_id names another call of this organization)",
             )),
+            // Redis is away: a call this replica admitted alone is renewed
+            // here.
+            Err(error) if self.local.renew(call.org_id, &call.call_id) => {
+                tracing::debug!(%error, "renewed on this replica alone");
+                Ok(Lease {
+                    expires_ms: Utc::now().timestamp_millis().saturating_add(
+                        i64::try_from(self.live.settings().lease.as_millis()).unwrap_or(i64::MAX),
+                    ),
+                    rebuilt: false,
+                })
+            }
             Err(error) => Err(unavailable(error)),
         };
         if answered
@@ -385,6 +416,7 @@ impl CallsService {
         disconnect_reason: Option<DisconnectReason>,
     ) -> Result<CallRecord, Error> {
         service_only(claims, "EndCall")?;
+        self.local.end(call.org_id, &call.call_id);
         let ending = self.live.end(&call.key()).await;
         let answered = match &ending {
             Ok(Ending::Conflict) => {

@@ -18,6 +18,7 @@ mod agents;
 mod calls;
 mod customers;
 mod data;
+mod local_slots;
 mod resolve;
 mod watch;
 
