@@ -12,6 +12,8 @@ mod audit;
 mod auth;
 #[path = "api/cache.rs"]
 mod cache;
+#[path = "api/calls.rs"]
+mod calls;
 #[path = "api/customers.rs"]
 mod customers;
 #[path = "api/isolation.rs"]

@@ -1,5 +1,5 @@
 //! The shared tier: routes as protobuf bytes under versioned keys
-//! (`switchboard:v1:[<namespace>:]<database identity>:route:<E.164>`), with
+//! (`switchboard:v2:[<namespace>:]<database identity>:route:<E.164>`), with
 //! a TTL as a backstop only.
 //!
 //! Keys and the pub/sub channel belong to one database: its identity (a
@@ -41,9 +41,11 @@ use super::{
 };
 use crate::{api::pb, observability::metrics::Metrics, store::DatabaseIdentity};
 
-/// Every key and channel starts with this; bump `v1` when the value format
-/// changes, so old and new replicas never read each other's bytes.
-pub const KEY_VERSION: &str = "switchboard:v1:";
+/// Every key and channel starts with this; bump the version when the value
+/// format changes, so old and new replicas never read each other's bytes.
+/// v2: routes carry the concurrent-call limits and the agent's fallback
+/// (a v1 route would read as limit 0).
+pub const KEY_VERSION: &str = "switchboard:v2:";
 
 #[derive(Clone)]
 pub struct RedisTier {
@@ -57,7 +59,7 @@ struct Inner {
     breaker: Breaker,
     timeout: Duration,
     ttl_secs: u64,
-    /// `switchboard:v1:[<namespace>:]`
+    /// `switchboard:v2:[<namespace>:]`
     base: String,
     /// `<base><database identity>:`, the start of every key and of the
     /// channel; `None` until the identity is known. Loaded once per call,
@@ -147,7 +149,7 @@ impl RedisTier {
         scope
     }
 
-    /// The current `switchboard:v1:[<namespace>:]<identity>:`, if known.
+    /// The current `switchboard:v2:[<namespace>:]<identity>:`, if known.
     fn prefix(&self) -> Option<Arc<String>> {
         self.inner.prefix.load_full()
     }

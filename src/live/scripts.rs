@@ -1,5 +1,6 @@
-//! The Lua scripts behind `LiveCalls`, and their answers parsed. Each
-//! answers a flat array of strings whose first element says which case.
+//! The Lua scripts behind `LiveCalls` (`*.lua` beside this file, also run
+//! raw by `benches/load/calls.sh`), and their answers parsed. Each answers
+//! a flat array of strings whose first element says which case.
 //!
 //! A call's hash (`call:<id>`): `called`, `agent`, `outcome`, `reason`,
 //! `transfer`, `expires` (ms), `state` (`ringing`, `in_progress`,
@@ -16,133 +17,23 @@ use crate::domain::{AgentId, Outcome, Reason};
 /// ARGV: call id, called, agent id, org limit, agent limit (0 none),
 /// lease ms, remember ms, refused-for reason ('' to ask for a slot),
 /// fallback ('' none), refusals recorded per minute.
-pub(super) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local known = redis.call('HMGET', KEYS[4], 'called', 'outcome', 'reason', 'transfer', 'expires')
-if known[1] then
-  if known[1] ~= ARGV[2] then return {'conflict'} end
-  if not known[2] or known[2] == '' then
-    -- Ended before its start was seen (EndCall first): nothing to replay.
-    return {'replay', 'answer', 'answered', '', '0'}
-  end
-  return {'replay', known[2], known[3], known[4] or '', known[5] or '0'}
-end
-local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local reason = ARGV[8]
-if reason == '' then
-  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
-    reason = 'organization_at_limit'
-  elseif tonumber(ARGV[5]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-    reason = 'agent_at_limit'
-  else
-    reason = 'answered'
-  end
-end
-local outcome, transfer, expires, state, record = 'answer', '', '0', 'ringing', '1'
-local remember = tonumber(ARGV[7])
-if reason == 'answered' then
-  expires = tostring(now + tonumber(ARGV[6]))
-  redis.call('ZADD', KEYS[1], expires, ARGV[1])
-  redis.call('ZADD', KEYS[2], expires, ARGV[1])
-  redis.call('SADD', KEYS[3], ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], remember)
-  redis.call('PEXPIRE', KEYS[2], remember)
-  redis.call('PEXPIRE', KEYS[3], remember)
-else
-  state = 'decided'
-  if ARGV[9] ~= '' then
-    outcome = 'transfer'
-    transfer = ARGV[9]
-  else
-    outcome = 'reject'
-  end
-  local n = redis.call('HINCRBY', KEYS[5], reason, 1)
-  if redis.call('PTTL', KEYS[5]) < 0 then redis.call('PEXPIRE', KEYS[5], 60000) end
-  if n > tonumber(ARGV[10]) then record = '0' end
-end
-redis.call('HSET', KEYS[4], 'called', ARGV[2], 'agent', ARGV[3], 'outcome', outcome,
-  'reason', reason, 'transfer', transfer, 'expires', expires, 'state', state)
-redis.call('PEXPIRE', KEYS[4], remember)
-return {'new', outcome, reason, transfer, expires, tostring(expired), record}
-"#,
-    )
-});
+pub(super) static ADMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("admit.lua")));
 
 /// KEYS: active, agent's leases, agents set, call hash.
 /// ARGV: call id, called, agent id, lease ms, remember ms, answered (1/0).
-pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local known = redis.call('HMGET', KEYS[4], 'called', 'state', 'outcome', 'agent')
-if known[1] and known[1] ~= ARGV[2] then return {'conflict'} end
-if known[4] and known[4] ~= '' and known[4] ~= ARGV[3] then return {'conflict'} end
-if known[2] == 'ended' then return {'ended'} end
-if known[1] and known[3] ~= 'answer' then return {'no_slot'} end
-local rebuilt = '0'
-if not known[1] then
-  rebuilt = '1'
-  redis.call('HSET', KEYS[4], 'called', ARGV[2], 'agent', ARGV[3], 'outcome', 'answer',
-    'reason', 'answered', 'transfer', '', 'state', 'ringing')
-else
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if not score or tonumber(score) <= now then rebuilt = '1' end
-end
-local expires = tostring(now + tonumber(ARGV[4]))
-local remember = tonumber(ARGV[5])
-redis.call('ZADD', KEYS[1], expires, ARGV[1])
-redis.call('ZADD', KEYS[2], expires, ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[3])
-if ARGV[6] == '1' then redis.call('HSET', KEYS[4], 'state', 'in_progress') end
-redis.call('HSET', KEYS[4], 'expires', expires)
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], remember) end
-return {'alive', expires, rebuilt}
-"#,
-    )
-});
+pub(super) static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("renew.lua")));
 
 /// KEYS: active, agent's leases, call hash.
 /// ARGV: call id, called, agent id, remember ms.
-pub(super) static END: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local known = redis.call('HMGET', KEYS[3], 'called', 'state', 'agent')
-if known[1] and known[1] ~= ARGV[2] then return {'conflict'} end
-if known[3] and known[3] ~= '' and known[3] ~= ARGV[3] then return {'conflict'} end
-if known[2] == 'ended' then return {'already'} end
-local held = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-local answered = '0'
-if known[2] == 'in_progress' then answered = '1' end
-redis.call('HSET', KEYS[3], 'called', ARGV[2], 'agent', ARGV[3], 'state', 'ended')
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]))
-return {'ended', tostring(held), answered}
-"#,
-    )
-});
+pub(super) static END: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("end.lua")));
 
 /// KEYS: active, agents set. ARGV: the prefix of an agent's leases key.
 /// The agents' keys are in the org's slot (same hash tag).
-pub(super) static COUNT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {'counts', tostring(redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'))}
-for _, agent in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local n = redis.call('ZCOUNT', ARGV[1] .. agent, '(' .. now, '+inf')
-  table.insert(out, agent)
-  table.insert(out, tostring(n))
-end
-return out
-"#,
-    )
-});
+pub(super) static COUNT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("count.lua")));
 
 fn shape(answer: &[String]) -> LiveError {
     LiveError::Shape(answer.join(","))

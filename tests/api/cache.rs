@@ -469,7 +469,7 @@ async fn redis_down_costs_nothing_and_comes_back_by_itself() {
 
 /// The service's database behind a PgBouncer of the test's own, so the test
 /// can take the database away (`stop`) and bring it back (`start`).
-struct Pooler {
+pub(crate) struct Pooler {
     bouncer: Option<crate::pgbouncer::PgBouncer>,
     host: String,
     postgres_port: u16,
@@ -477,20 +477,20 @@ struct Pooler {
 }
 
 impl Pooler {
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut bouncer) = self.bouncer.take() {
             bouncer.stop();
         }
     }
 
-    async fn start(&mut self) {
+    pub(crate) async fn start(&mut self) {
         self.bouncer = Some(
             crate::pgbouncer::PgBouncer::start_on(&self.host, self.postgres_port, self.port).await,
         );
     }
 }
 
-async fn behind_a_pooler() -> (TestApp, Pooler) {
+pub(crate) async fn behind_a_pooler() -> (TestApp, Pooler) {
     let (host, postgres_port) = std::str::FromStr::from_str(&admin_url())
         .map(|o: sqlx::postgres::PgConnectOptions| (o.get_host().to_owned(), o.get_port()))
         .unwrap_or_else(|e| panic!("{e}"));
