@@ -167,6 +167,7 @@ async fn health_and_reflection_need_no_token() {
         "",
         "switchboard.v1.AgentService",
         "switchboard.v1.CustomerService",
+        "switchboard.v1.CallService",
     ] {
         let status = health
             .check(HealthCheckRequest {
