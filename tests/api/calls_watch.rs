@@ -224,7 +224,6 @@ async fn changes_within_an_interval_are_coalesced() {
         m.active == 5
     })
     .await;
-    eprintln!("DEBUG span={span:?} read={}", read.len());
     let allowed = (span.as_millis() / u128::from(INTERVAL_MS)) as usize + 3;
     assert!(
         read.len() <= allowed,
