@@ -5,9 +5,9 @@
 #   * at a steady offered rate (open loop, RATE/s): ResolveAgent, StartCall,
 #     the admission script straight on Redis (redis-benchmark EVALSHA, one
 #     client: closed loop with one client leaves Redis as idle between
-#     calls as RATE/s does), and the record's insert straight on Postgres
-#     as the service runs it (BEGIN + claims, the upsert, COMMIT) with
-#     pgbench at RATE/s;
+#     calls as RATE/s does), and the record's upsert straight on Postgres
+#     as the service sends it (one simple-protocol batch: role, timeout,
+#     upsert) with pgbench at RATE/s;
 #   * at saturation (C in flight, closed loop): the same four.
 # Target: at the steady rate, StartCall's p99 <= ResolveAgent's p99 + the raw
 # admission's p99 + the raw insert's p99. Prints Markdown for BENCHMARKS.md.
@@ -77,10 +77,7 @@ SHA=$(redis-cli -h $REDIS_HOST -p $REDIS_PORT script load "$(cat src/live/admit.
 K="bench:$DB:calls:{$ACME}"
 cat >"$OUT/insert.sql" <<SQL
 \set n random(1, 2000000000)
-BEGIN READ WRITE;
-select set_config('request.jwt.claim', '', true), set_config('request.jwt.claims', '{"role":"service_role"}', true), set_config('role', 'service_role', true), set_config('statement_timeout', '5000', true);
-insert into public.calls as c (org_id, call_id, called_number, caller_number, agent_id, customer_id, outcome, reason, transfer_to, started_at, answered_at, ended_at, end_status, disconnect_reason) values ('$ACME', 'raw-' || :n || '-' || :client_id, '+18005550100', '+14155550123', (select a.id from public.agents a where a.id = '$AGENT' and a.org_id = '$ACME'), (select u.id from public.customers u where u.id = 'ca000000-0000-4000-8000-000000000001' and u.org_id = '$ACME'), 'answer', 'answered', null, now(), null, null, null, null) on conflict (org_id, call_id) do update set caller_number = coalesce(excluded.caller_number, c.caller_number), agent_id = coalesce(excluded.agent_id, c.agent_id), customer_id = coalesce(excluded.customer_id, c.customer_id), outcome = coalesce(excluded.outcome, c.outcome), reason = coalesce(excluded.reason, c.reason), transfer_to = coalesce(excluded.transfer_to, c.transfer_to), started_at = least(c.started_at, excluded.started_at), answered_at = least(c.answered_at, excluded.answered_at), ended_at = least(c.ended_at, excluded.ended_at), end_status = coalesce(c.end_status, excluded.end_status), disconnect_reason = coalesce(c.disconnect_reason, excluded.disconnect_reason);
-COMMIT;
+SET LOCAL ROLE NONE\; SET LOCAL statement_timeout = '5000ms'\; SET LOCAL ROLE service_role\; insert into public.calls as c (org_id, call_id, called_number, caller_number, agent_id, customer_id, outcome, reason, transfer_to, started_at, answered_at, ended_at, end_status, disconnect_reason) values ('$ACME'::uuid, E'raw-' || :n || '-' || :client_id, E'+18005550100', E'+14155550123', (select a.id from public.agents a where a.id = '$AGENT'::uuid and a.org_id = '$ACME'::uuid), (select u.id from public.customers u where u.id = 'ca000000-0000-4000-8000-000000000001'::uuid and u.org_id = '$ACME'::uuid), E'answer', E'answered', null, now(), null::timestamptz, null::timestamptz, null, null) on conflict (org_id, call_id) do update set caller_number = coalesce(excluded.caller_number, c.caller_number), agent_id = coalesce(excluded.agent_id, c.agent_id), customer_id = coalesce(excluded.customer_id, c.customer_id), outcome = coalesce(excluded.outcome, c.outcome), reason = coalesce(excluded.reason, c.reason), transfer_to = coalesce(excluded.transfer_to, c.transfer_to), started_at = least(c.started_at, excluded.started_at), answered_at = least(c.answered_at, excluded.answered_at), ended_at = least(c.ended_at, excluded.ended_at), end_status = coalesce(c.end_status, excluded.end_status), disconnect_reason = coalesce(c.disconnect_reason, excluded.disconnect_reason);
 SQL
 
 # $1 name; then the load tool's flags for the load.
@@ -100,7 +97,7 @@ raw_redis() {
 raw_pg() {
   local name=$1; shift
   mkdir -p "$OUT/$name"
-  (cd "$OUT/$name" && pgbench -n -j 2 -T "$SECS" -M extended -l -f "$OUT/insert.sql" "$@" "$PG/$DB" >"$OUT/$name.txt" 2>&1)
+  (cd "$OUT/$name" && pgbench -n -j 2 -T "$SECS" -M simple -l -f "$OUT/insert.sql" "$@" "$PG/$DB" >"$OUT/$name.txt" 2>&1)
 }
 
 # Warm: the route and caller in memory, pools open.

@@ -320,7 +320,7 @@ impl CallsService {
     async fn record(&self, fact: &CallFact) -> bool {
         let written = tokio::time::timeout(
             self.settings.record_timeout,
-            self.records.record_call_fact(&Claims::service(), fact),
+            self.records.record_call_fact(fact),
         )
         .await;
         match written {
@@ -563,11 +563,7 @@ impl CallsService {
                     settled.push(entry.id);
                     continue;
                 };
-                match self
-                    .records
-                    .record_call_fact(&Claims::service(), &fact)
-                    .await
-                {
+                match self.records.record_call_fact(&fact).await {
                     Ok(()) => {
                         written += 1;
                         self.metrics.calls.records_replayed.inc();

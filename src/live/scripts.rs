@@ -27,8 +27,7 @@ pub(super) static RENEW: LazyLock<Script> =
 
 /// KEYS: active, agent's leases, call hash.
 /// ARGV: call id, called, agent id, remember ms.
-pub(super) static END: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("end.lua")));
+pub(super) static END: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("end.lua")));
 
 /// KEYS: active, agents set. ARGV: the prefix of an agent's leases key.
 /// The agents' keys are in the org's slot (same hash tag).

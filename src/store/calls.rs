@@ -1,6 +1,7 @@
 //! Call records and concurrent-call limits.
 //!
-//! A record is written as facts (`CallFact`), each one upsert keyed by
+//! A record is written as facts (`CallFact`), each one upsert (one round
+//! trip, `record_call_fact`) keyed by
 //! (org, call id) that merges into the row: the decision's fields are the
 //! decision's, started/answered/ended take the earliest seen, the first
 //! end wins; the status is derived by the database (trigger
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use super::{
     postgres::{get, limit_from_db, limit_to_db},
+    sql_literal,
     tx::Access,
     PgStore,
 };
@@ -41,88 +43,15 @@ pub struct OrgLimitWritten {
 }
 
 impl PgStore {
-    /// Merges one fact into the call's record. service_role claims.
-    pub(crate) async fn record_call_fact(
-        &self,
-        claims: &Claims,
-        fact: &CallFact,
-    ) -> Result<(), Error> {
-        let mut caller = None;
-        let mut agent = None;
-        let mut customer = None;
-        let mut outcome = None;
-        let mut reason = None;
-        let mut transfer = None;
-        let mut answered_at = None;
-        let mut ended_at = None;
-        let mut end_status = None;
-        let mut disconnect = None;
-        match &fact.what {
-            Fact::Decided {
-                caller_number,
-                agent_id,
-                customer_id,
-                outcome: o,
-                reason: r,
-                transfer_to,
-            } => {
-                caller = caller_number.as_deref();
-                agent = agent_id.map(|a| a.as_uuid());
-                customer = customer_id.map(|c| c.as_uuid());
-                outcome = Some(o.as_db());
-                reason = Some(r.as_db());
-                transfer = transfer_to.as_deref();
-            }
-            Fact::Answered => answered_at = Some(fact.at),
-            Fact::Ended {
-                status,
-                disconnect_reason,
-            } => {
-                ended_at = Some(fact.at);
-                end_status = Some(status.as_db());
-                disconnect = disconnect_reason.map(DisconnectReason::as_db);
-            }
-        }
-        let upsert = sqlx::query(
-            "insert into public.calls as c (org_id, call_id, called_number, caller_number, \
-                 agent_id, customer_id, outcome, reason, transfer_to, started_at, answered_at, \
-                 ended_at, end_status, disconnect_reason) \
-             values ($1, $2, $3, $4, \
-                 (select a.id from public.agents a where a.id = $5 and a.org_id = $1), \
-                 (select u.id from public.customers u where u.id = $6 and u.org_id = $1), \
-                 $7, $8, $9, $10, $11, $12, $13, $14) \
-             on conflict (org_id, call_id) do update set \
-               caller_number = coalesce(excluded.caller_number, c.caller_number), \
-               agent_id = coalesce(excluded.agent_id, c.agent_id), \
-               customer_id = coalesce(excluded.customer_id, c.customer_id), \
-               outcome = coalesce(excluded.outcome, c.outcome), \
-               reason = coalesce(excluded.reason, c.reason), \
-               transfer_to = coalesce(excluded.transfer_to, c.transfer_to), \
-               started_at = least(c.started_at, excluded.started_at), \
-               answered_at = least(c.answered_at, excluded.answered_at), \
-               ended_at = least(c.ended_at, excluded.ended_at), \
-               end_status = coalesce(c.end_status, excluded.end_status), \
-               disconnect_reason = coalesce(c.disconnect_reason, excluded.disconnect_reason)",
-        )
-        .bind(fact.org_id.as_uuid())
-        .bind(&fact.call_id)
-        .bind(&fact.called_number)
-        .bind(caller)
-        .bind(agent)
-        .bind(customer)
-        .bind(outcome)
-        .bind(reason)
-        .bind(transfer)
-        .bind(fact.at)
-        .bind(answered_at)
-        .bind(ended_at)
-        .bind(end_status)
-        .bind(disconnect);
-        self.transaction(claims, Access::Write, "record_call_fact", async |tx| {
-            tx.fetch_optional(upsert).await
-        })
-        .await
-        .map(|_| ())
+    /// Merges one fact into the call's record, as `service_role`: one
+    /// simple-protocol round trip (an implicit transaction: the role, the
+    /// upsert), since it sits on StartCall's path. Values are literals
+    /// (`sql_literal`), each already parsed into its domain type.
+    pub(crate) async fn record_call_fact(&self, fact: &CallFact) -> Result<(), Error> {
+        let sql = record_sql(fact).ok_or(Error::Internal)?;
+        self.single_statement(Access::Write, "record_call_fact", &sql)
+            .await
+            .map(|_| ())
     }
 
     pub(crate) async fn get_call(
@@ -300,6 +229,101 @@ impl PgStore {
             .await?;
         Ok(get::<Option<Uuid>>(&row, "org_id")?.map(OrgId::from_uuid))
     }
+}
+
+fn text(value: Option<&str>) -> Option<String> {
+    match value {
+        Some(v) => sql_literal(v),
+        None => Some("null".to_owned()),
+    }
+}
+
+fn uuid(value: Option<Uuid>) -> String {
+    match value {
+        Some(id) => format!("'{id}'::uuid"),
+        None => "null::uuid".to_owned(),
+    }
+}
+
+fn at(value: Option<DateTime<Utc>>) -> String {
+    match value {
+        Some(t) => format!(
+            "'{}'::timestamptz",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        ),
+        None => "null::timestamptz".to_owned(),
+    }
+}
+
+/// The upsert of one fact: the decision's fields are the decision's, the
+/// earliest started/answered/ended win, the first end wins; the agent and
+/// customer only if they are the record's own org's (else null).
+fn record_sql(fact: &CallFact) -> Option<String> {
+    let (mut caller, mut agent, mut customer) = (None, None, None);
+    let (mut outcome, mut reason, mut transfer) = (None, None, None);
+    let (mut answered, mut ended, mut end_status, mut disconnect) = (None, None, None, None);
+    match &fact.what {
+        Fact::Decided {
+            caller_number,
+            agent_id,
+            customer_id,
+            outcome: o,
+            reason: r,
+            transfer_to,
+        } => {
+            caller = caller_number.as_deref();
+            agent = agent_id.map(|a| a.as_uuid());
+            customer = customer_id.map(|c| c.as_uuid());
+            outcome = Some(o.as_db());
+            reason = Some(r.as_db());
+            transfer = transfer_to.as_deref();
+        }
+        Fact::Answered => answered = Some(fact.at),
+        Fact::Ended {
+            status,
+            disconnect_reason,
+        } => {
+            ended = Some(fact.at);
+            end_status = Some(status.as_db());
+            disconnect = disconnect_reason.map(DisconnectReason::as_db);
+        }
+    }
+    let org = uuid(Some(fact.org_id.as_uuid()));
+    Some(format!(
+        "SET LOCAL ROLE service_role; \
+         insert into public.calls as c (org_id, call_id, called_number, caller_number, \
+             agent_id, customer_id, outcome, reason, transfer_to, started_at, answered_at, \
+             ended_at, end_status, disconnect_reason) \
+         values ({org}, {call_id}, {called}, {caller}, \
+             (select a.id from public.agents a where a.id = {agent} and a.org_id = {org}), \
+             (select u.id from public.customers u where u.id = {customer} and u.org_id = {org}), \
+             {outcome}, {reason}, {transfer}, {started}, {answered}, {ended}, {end_status}, {disconnect}) \
+         on conflict (org_id, call_id) do update set \
+           caller_number = coalesce(excluded.caller_number, c.caller_number), \
+           agent_id = coalesce(excluded.agent_id, c.agent_id), \
+           customer_id = coalesce(excluded.customer_id, c.customer_id), \
+           outcome = coalesce(excluded.outcome, c.outcome), \
+           reason = coalesce(excluded.reason, c.reason), \
+           transfer_to = coalesce(excluded.transfer_to, c.transfer_to), \
+           started_at = least(c.started_at, excluded.started_at), \
+           answered_at = least(c.answered_at, excluded.answered_at), \
+           ended_at = least(c.ended_at, excluded.ended_at), \
+           end_status = coalesce(c.end_status, excluded.end_status), \
+           disconnect_reason = coalesce(c.disconnect_reason, excluded.disconnect_reason)",
+        call_id = sql_literal(&fact.call_id)?,
+        called = sql_literal(&fact.called_number)?,
+        caller = text(caller)?,
+        agent = uuid(agent),
+        customer = uuid(customer),
+        outcome = text(outcome)?,
+        reason = text(reason)?,
+        transfer = text(transfer)?,
+        started = at(Some(fact.at)),
+        answered = at(answered),
+        ended = at(ended),
+        end_status = text(end_status)?,
+        disconnect = text(disconnect)?,
+    ))
 }
 
 fn limits_from_row(row: &PgRow) -> Result<CallLimits, Error> {

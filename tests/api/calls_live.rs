@@ -285,7 +285,7 @@ async fn exactly_the_limit_is_admitted_under_a_race_across_two_replicas() {
     // answers would not count against the limit): this test is about the
     // race, not the timeout.
     let options = || AppOptions {
-        serve_args: adjust(|a| a.call_redis_timeout_ms = 10_000),
+        serve_args: adjust(|a| { a.call_redis_timeout_ms = 10_000; if std::env::var("PROBE_HYP").is_ok() { a.redis_timeout_ms = 10_000; } }),
         ..AppOptions::default()
     };
     let app = TestApp::spawn_with(TestDb::seeded().await, options()).await;
