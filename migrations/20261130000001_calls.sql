@@ -57,6 +57,11 @@ begin
       check (max_concurrent_calls between 1 and 100000);
   end if;
   -- E.164, or a sip:/sips: URI of printable ASCII without spaces.
+  -- A fallback to the agent's own number would send the call back to it.
+  if not exists (select 1 from pg_catalog.pg_constraint where conname = 'agents_fallback_not_itself') then
+    alter table public.agents add constraint agents_fallback_not_itself
+      check (fallback_destination is distinct from phone_number);
+  end if;
   if not exists (select 1 from pg_catalog.pg_constraint where conname = 'agents_fallback_destination_shape') then
     alter table public.agents add constraint agents_fallback_destination_shape
       check (fallback_destination ~ '^\+[1-9][0-9]{1,14}$'
@@ -139,6 +144,10 @@ language plpgsql
 set search_path = ''
 as $$
 begin
+  -- An answer reported after the end (a late AnswerCall) is not an answer.
+  if new.answered_at is not null and new.ended_at is not null and new.answered_at > new.ended_at then
+    new.answered_at := null;
+  end if;
   if new.outcome is not null or new.end_status is not null or new.answered_at is not null then
     new.status := case
       when new.outcome = 'reject' then 'refused'
@@ -167,7 +176,10 @@ create trigger calls_derive_status before insert or update on public.calls
 drop policy if exists calls_insert on public.calls;
 drop policy if exists calls_update on public.calls;
 drop policy if exists calls_delete on public.calls;
-revoke insert, update, delete, truncate on public.calls from public, anon, authenticated;
+-- All, then SELECT back: on Supabase, default privileges also give
+-- REFERENCES and TRIGGER.
+revoke all on public.calls from public, anon, authenticated;
+grant select on public.calls to authenticated;
 
 -- ---------------------------------------------------------------- the call path
 -- As in 20261129000002_claims_hygiene.sql, plus the agent's limit and

@@ -278,6 +278,9 @@ pub struct ServeArgs {
     /// WatchActiveCalls streams of one organization on this replica.
     #[arg(long, env = "SWITCHBOARD_WATCH_MAX_PER_ORG", default_value_t = 8)]
     pub watch_max_per_org: usize,
+    /// WatchActiveCalls streams of one tenant user on this replica.
+    #[arg(long, env = "SWITCHBOARD_WATCH_MAX_PER_USER", default_value_t = 2)]
+    pub watch_max_per_user: usize,
 }
 
 impl ServeArgs {
@@ -379,6 +382,7 @@ pub struct CallConfig {
     pub watch_recheck: Duration,
     pub watch_max_streams: usize,
     pub watch_max_per_org: usize,
+    pub watch_max_per_user: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -544,6 +548,7 @@ impl ServeConfig {
             watch_recheck: Duration::from_secs(args.watch_recheck_secs.max(1)),
             watch_max_streams: args.watch_max_streams,
             watch_max_per_org: args.watch_max_per_org,
+            watch_max_per_user: args.watch_max_per_user,
         };
         Ok(ServeConfig {
             calls,

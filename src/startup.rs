@@ -299,6 +299,7 @@ impl Application {
                 recheck: call_config.watch_recheck,
                 max_streams: call_config.watch_max_streams,
                 max_per_org: call_config.watch_max_per_org,
+                max_per_user: call_config.watch_max_per_user,
             },
             metrics.clone(),
         );

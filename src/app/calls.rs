@@ -19,7 +19,7 @@ use crate::{
     cache::Cache,
     domain::{
         AgentId, CallCursor, CallFact, CallFilter, CallId, CallLimits, CallLookup, CallRecord,
-        CustomerId, Decision, DisconnectReason, EndStatus, Fact, OrgId, Outcome, Page, PageRequest,
+        CustomerId, Decision, DisconnectReason, EndStatus, Fact, OrgId, Page, PageRequest,
         PhoneNumber, Reason, TransferTarget,
     },
     error::Error,
@@ -209,6 +209,11 @@ impl CallsService {
                     "call_id is already a call to another number of this organization",
                 ))
             }
+            Ok(Admission::Ended) => {
+                return Err(Error::FailedPrecondition(
+                    "this call has ended; a new call needs a new call_id".into(),
+                ))
+            }
             Ok(Admission::Replay {
                 outcome,
                 reason,
@@ -315,31 +320,51 @@ impl CallsService {
     }
 
     /// Writes a fact to Postgres within `record_timeout`, else keeps it in
-    /// the backlog. Never fails the call: a record that neither store
-    /// takes is counted and logged as lost.
-    async fn record(&self, fact: &CallFact) -> bool {
+    /// the backlog. A record that neither store takes is counted and
+    /// logged as lost; one the database refuses for good, as dropped.
+    async fn record(&self, fact: &CallFact) -> Recorded {
         let written = tokio::time::timeout(
             self.settings.record_timeout,
             self.records.record_call_fact(fact),
         )
         .await;
         match written {
-            Ok(Ok(())) => return true,
+            Ok(Ok(())) => return Recorded::Written,
             Ok(Err(error)) if !is_transient(&error) => {
                 tracing::error!(%error, org_id = %fact.org_id, "a call record was refused by the database");
                 self.metrics.calls.records_dropped.inc();
-                return false;
+                return Recorded::Refused(error);
             }
             Ok(Err(_)) | Err(_) => {}
         }
         match self.live.push_backlog(fact).await {
-            Ok(()) => self.metrics.calls.records_backlogged.inc(),
+            Ok(()) => {
+                self.metrics.calls.records_backlogged.inc();
+                Recorded::Kept
+            }
             Err(error) => {
                 tracing::error!(%error, org_id = %fact.org_id, "a call record was lost: neither Postgres nor the Redis backlog took it");
                 self.metrics.calls.records_lost.inc();
+                Recorded::Lost
             }
         }
-        false
+    }
+
+    /// Whether `call` names the number's current agent and org: what a
+    /// call Redis does not know (lost, or never started) must show before
+    /// any state is made for it.
+    async fn matches_route(&self, call: &CallRef) -> Result<bool, Error> {
+        let route = self
+            .resolve
+            .route(&Claims::service(), &call.called, None)
+            .await?;
+        Ok(route.is_some_and(|r| {
+            org_of(&r.response) == Some(call.org_id)
+                && r.response
+                    .agent
+                    .as_ref()
+                    .is_some_and(|a| a.id == call.agent_id.to_string())
+        }))
     }
 
     /// Renews the slot; with `answered`, also ringing → in progress.
@@ -357,54 +382,68 @@ impl CallsService {
                 "KeepCallAlive"
             },
         )?;
-        let renewal = self.live.renew(&call.key(), answered).await;
-        let lease = match renewal {
-            Ok(Renewal::Alive {
-                lease_expires_ms,
-                rebuilt,
-            }) => Ok(Lease {
-                expires_ms: lease_expires_ms,
-                rebuilt,
-            }),
-            Ok(Renewal::Ended) => Err(Error::FailedPrecondition(
-                "the call has ended; its slot is not renewed".into(),
-            )),
-            Ok(Renewal::NoSlot) => Err(Error::FailedPrecondition(
-                "the call was not answered by an agent (transfer or reject): it holds no slot"
-                    .into(),
-            )),
-            Ok(Renewal::Conflict) => Err(Error::invalid(
-                "called_number or agent_id is not the call's (call_id names another call of this organization)",
-            )),
-            // Redis is away: a call this replica admitted alone is renewed
-            // here.
-            Err(error) if self.local.renew(call.org_id, &call.call_id) => {
-                tracing::debug!(%error, "renewed on this replica alone");
-                Ok(Lease {
-                    expires_ms: Utc::now().timestamp_millis().saturating_add(
-                        i64::try_from(self.live.settings().lease.as_millis()).unwrap_or(i64::MAX),
-                    ),
-                    rebuilt: false,
-                })
+        let key = call.key();
+        let mut renewal = self.live.renew(&key, answered, false).await;
+        if matches!(renewal, Ok(Renewal::Unknown)) {
+            if !self.matches_route(call).await? {
+                return Err(not_a_call());
             }
-            Err(error) => Err(unavailable(error)),
-        };
-        if answered
-            && !matches!(
-                &lease,
-                Err(Error::FailedPrecondition(_) | Error::InvalidArgument(_))
-            )
-        {
-            self.record(&CallFact {
-                org_id: call.org_id,
-                call_id: call.call_id.as_str().to_owned(),
-                called_number: call.called.as_str().to_owned(),
-                at: Utc::now(),
-                what: Fact::Answered,
-            })
-            .await;
+            renewal = self.live.renew(&key, answered, true).await;
         }
-        lease
+        let lease =
+            match renewal {
+                Ok(Renewal::Alive {
+                    lease_expires_ms,
+                    rebuilt,
+                }) => Lease {
+                    expires_ms: lease_expires_ms,
+                    rebuilt,
+                },
+                Ok(Renewal::Ended) => {
+                    return Err(Error::FailedPrecondition(
+                        "the call has ended; its slot is not renewed".into(),
+                    ))
+                }
+                Ok(Renewal::NoSlot) => return Err(Error::FailedPrecondition(
+                    "the call was not answered by an agent (transfer or reject): it holds no slot"
+                        .into(),
+                )),
+                Ok(Renewal::Conflict) => return Err(not_the_calls()),
+                Ok(Renewal::Unknown) => return Err(Error::Internal),
+                // Redis is away: a call this replica admitted alone is renewed
+                // here; any other is answered UNAVAILABLE (its answer still
+                // recorded, once it is shown to be the number's).
+                Err(error) => {
+                    if self.local.renew(call.org_id, &call.call_id) {
+                        Lease {
+                            expires_ms: Utc::now().timestamp_millis().saturating_add(
+                                i64::try_from(self.live.settings().lease.as_millis())
+                                    .unwrap_or(i64::MAX),
+                            ),
+                            rebuilt: false,
+                        }
+                    } else {
+                        if answered && self.matches_route(call).await.unwrap_or(false) {
+                            self.record(&self.fact(call, Fact::Answered)).await;
+                        }
+                        return Err(unavailable(error));
+                    }
+                }
+            };
+        if answered {
+            self.record(&self.fact(call, Fact::Answered)).await;
+        }
+        Ok(lease)
+    }
+
+    fn fact(&self, call: &CallRef, what: Fact) -> CallFact {
+        CallFact {
+            org_id: call.org_id,
+            call_id: call.call_id.as_str().to_owned(),
+            called_number: call.called.as_str().to_owned(),
+            at: Utc::now(),
+            what,
+        }
     }
 
     /// Frees the slot and records the end; the record as it is then.
@@ -416,34 +455,44 @@ impl CallsService {
         disconnect_reason: Option<DisconnectReason>,
     ) -> Result<CallRecord, Error> {
         service_only(claims, "EndCall")?;
-        self.local.end(call.org_id, &call.call_id);
-        let ending = self.live.end(&call.key()).await;
-        let answered = match &ending {
-            Ok(Ending::Conflict) => {
-                return Err(Error::invalid(
-                    "called_number or agent_id is not the call's (call_id names another call of this organization)",
-                ))
+        let held_here = self.local.end(call.org_id, &call.call_id);
+        let key = call.key();
+        let mut ending = self.live.end(&key, false).await;
+        if matches!(ending, Ok(Ending::Unknown)) {
+            if !self.matches_route(call).await? {
+                return Err(not_a_call());
             }
+            ending = self.live.end(&key, true).await;
+        }
+        let answered = match &ending {
+            Ok(Ending::Conflict) => return Err(not_the_calls()),
             Ok(Ending::Ended { answered, .. }) => Some(*answered),
             Ok(Ending::AlreadyEnded) => None,
+            Ok(Ending::Unknown) => return Err(Error::Internal),
             Err(error) => {
                 tracing::warn!(%error, org_id = %call.org_id, "the call's slot could not be freed now (Redis); its lease frees it");
+                if !held_here && !self.matches_route(call).await? {
+                    return Err(not_a_call());
+                }
                 None
             }
         };
-        let fact = CallFact {
-            org_id: call.org_id,
-            call_id: call.call_id.as_str().to_owned(),
-            called_number: call.called.as_str().to_owned(),
-            at: Utc::now(),
-            what: Fact::Ended {
+        let fact = self.fact(
+            call,
+            Fact::Ended {
                 status,
                 disconnect_reason,
             },
-        };
-        if !matches!(ending, Ok(Ending::AlreadyEnded)) && !self.record(&fact).await {
-            // Postgres did not take it now: answer what we know.
-            return Ok(CallRecord::from_fact(&fact, answered));
+        );
+        if !matches!(ending, Ok(Ending::AlreadyEnded)) {
+            match self.record(&fact).await {
+                Recorded::Written => {}
+                Recorded::Refused(error) => return Err(error),
+                // Postgres did not take it now: answer what we know.
+                Recorded::Kept | Recorded::Lost => {
+                    return Ok(CallRecord::from_fact(&fact, answered))
+                }
+            }
         }
         match self
             .records
@@ -594,6 +643,28 @@ fn is_transient(error: &Error) -> bool {
     )
 }
 
+/// What became of a record's fact.
+enum Recorded {
+    Written,
+    /// In the Redis backlog, for any replica to write later.
+    Kept,
+    /// The database refused it for good (its organization is gone).
+    Refused(Error),
+    Lost,
+}
+
+fn not_a_call() -> Error {
+    Error::invalid(
+        "no such call: call_id is not known, and org_id and agent_id are not those of called_number's agent",
+    )
+}
+
+fn not_the_calls() -> Error {
+    Error::invalid(
+        "called_number or agent_id is not the call's (call_id names another call of this organization)",
+    )
+}
+
 fn unavailable(error: LiveError) -> Error {
     tracing::warn!(%error, "live call state unavailable");
     Error::Unavailable(
@@ -631,7 +702,7 @@ impl CallRecord {
             customer_id: None,
             called_number: fact.called_number.clone(),
             caller_number: None,
-            outcome: Some(Outcome::Answer),
+            outcome: None,
             reason: None,
             transfer_to: None,
             status,

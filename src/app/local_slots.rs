@@ -87,15 +87,21 @@ impl LocalSlots {
         }
     }
 
-    pub(crate) fn end(&self, org: OrgId, call_id: &CallId) {
-        if let Ok(mut by_org) = self.by_org.lock() {
-            if let Some(slots) = by_org.get_mut(&org) {
-                slots.retain(|s| &s.call_id != call_id);
-                if slots.is_empty() {
-                    by_org.remove(&org);
-                }
-            }
+    /// Frees a call held here; whether it was.
+    pub(crate) fn end(&self, org: OrgId, call_id: &CallId) -> bool {
+        let Ok(mut by_org) = self.by_org.lock() else {
+            return false;
+        };
+        let Some(slots) = by_org.get_mut(&org) else {
+            return false;
+        };
+        let before = slots.len();
+        slots.retain(|s| &s.call_id != call_id);
+        let held = slots.len() < before;
+        if slots.is_empty() {
+            by_org.remove(&org);
         }
+        held
     }
 }
 
@@ -125,7 +131,8 @@ mod tests {
             slots.admit(org, &call(3), agent, 2, 0),
             Err(Reason::OrganizationAtLimit)
         );
-        slots.end(org, &call(1));
+        assert!(slots.end(org, &call(1)));
+        assert!(!slots.end(org, &call(1)));
         assert_eq!(
             slots.admit(org, &call(3), agent, 5, 1),
             Err(Reason::AgentAtLimit)

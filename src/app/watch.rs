@@ -26,12 +26,20 @@ use crate::{
     store::PgStore,
 };
 
+/// How long a stream's closing error waits for room in a full buffer.
+const FINAL_SEND: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Copy, Debug)]
 pub struct WatchSettings {
     pub interval: Duration,
     pub recheck: Duration,
     pub max_streams: usize,
+    /// Tenants' streams of one org (service_role's are not counted: a
+    /// tenant cannot lock the platform out of its own view).
     pub max_per_org: usize,
+    /// Streams of one user (a tenant's `sub`), so one member cannot take
+    /// all of its org's.
+    pub max_per_user: usize,
 }
 
 /// One message of the stream.
@@ -57,22 +65,33 @@ pub(crate) struct Watchers {
 struct Open {
     total: usize,
     per_org: HashMap<OrgId, usize>,
+    per_user: HashMap<uuid::Uuid, usize>,
+}
+
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// A stream's place; given back when the stream's task ends.
 struct Slot {
     watchers: Arc<Watchers>,
-    org: OrgId,
+    /// A tenant's stream: its org and user.
+    tenant: Option<(OrgId, Option<uuid::Uuid>)>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut open) = self.watchers.open.lock() {
             open.total = open.total.saturating_sub(1);
-            if let Some(n) = open.per_org.get_mut(&self.org) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    open.per_org.remove(&self.org);
+            if let Some((org, user)) = self.tenant {
+                release(&mut open.per_org, &org);
+                if let Some(user) = user {
+                    release(&mut open.per_user, &user);
                 }
             }
         }
@@ -102,7 +121,7 @@ impl Watchers {
         self.shutdown.send_replace(true);
     }
 
-    fn take_slot(self: &Arc<Self>, org: OrgId) -> Result<Slot, Error> {
+    fn take_slot(self: &Arc<Self>, claims: &Claims, org: OrgId) -> Result<Slot, Error> {
         let mut open = self.open.lock().map_err(|_| Error::Internal)?;
         if open.total >= self.settings.max_streams {
             return Err(Error::ResourceExhausted(format!(
@@ -110,18 +129,33 @@ impl Watchers {
                 self.settings.max_streams
             )));
         }
-        let of_org = open.per_org.get(&org).copied().unwrap_or(0);
-        if of_org >= self.settings.max_per_org {
-            return Err(Error::ResourceExhausted(format!(
-                "the organization has {} WatchActiveCalls streams open on this replica already (SWITCHBOARD_WATCH_MAX_PER_ORG)",
-                self.settings.max_per_org
-            )));
+        let tenant = (!claims.is_service_role()).then_some((org, claims.sub));
+        if let Some((org, user)) = tenant {
+            let of_org = open.per_org.get(&org).copied().unwrap_or(0);
+            if of_org >= self.settings.max_per_org {
+                return Err(Error::ResourceExhausted(format!(
+                    "the organization has {} WatchActiveCalls streams open on this replica already (SWITCHBOARD_WATCH_MAX_PER_ORG)",
+                    self.settings.max_per_org
+                )));
+            }
+            let of_user = user
+                .and_then(|u| open.per_user.get(&u).copied())
+                .unwrap_or(0);
+            if of_user >= self.settings.max_per_user {
+                return Err(Error::ResourceExhausted(format!(
+                    "you have {} WatchActiveCalls streams open on this replica already (SWITCHBOARD_WATCH_MAX_PER_USER)",
+                    self.settings.max_per_user
+                )));
+            }
+            open.per_org.insert(org, of_org + 1);
+            if let Some(user) = user {
+                open.per_user.insert(user, of_user + 1);
+            }
         }
         open.total += 1;
-        open.per_org.insert(org, of_org + 1);
         Ok(Slot {
             watchers: self.clone(),
-            org,
+            tenant,
         })
     }
 
@@ -145,7 +179,7 @@ impl Watchers {
         claims: Claims,
         org: OrgId,
     ) -> Result<mpsc::Receiver<Result<ActiveCallsView, Error>>, Error> {
-        let slot = self.take_slot(org)?;
+        let slot = self.take_slot(&claims, org)?;
         let (mut limit, mut agent_limits) = self.limits(org).await?;
         let (sender, receiver) = mpsc::channel(4);
         let watchers = self.clone();
@@ -172,9 +206,14 @@ impl Watchers {
                     // Only `true` is ever sent.
                     _ = shutdown.changed() => break,
                     () = &mut expired => {
-                        let _ = sender
-                            .send(Err(Error::Unauthenticated("the token expired; open a new stream with a fresh token".into())))
-                            .await;
+                        // The last word waits a little for a slow reader.
+                        let _ = tokio::time::timeout(
+                            FINAL_SEND,
+                            sender.send(Err(Error::Unauthenticated(
+                                "the token expired; open a new stream with a fresh token".into(),
+                            ))),
+                        )
+                        .await;
                         break;
                     }
                     _ = recheck.tick() => {
@@ -182,9 +221,13 @@ impl Watchers {
                             match watchers.store.member_org(&claims).await {
                                 Ok(Some(member_of)) if member_of == org => {}
                                 Ok(_) => {
-                                    let _ = sender
-                                        .send(Err(Error::PermissionDenied("you are no longer a member of this organization".into())))
-                                        .await;
+                                    let _ = tokio::time::timeout(
+                                        FINAL_SEND,
+                                        sender.send(Err(Error::PermissionDenied(
+                                            "you are no longer a member of this organization".into(),
+                                        ))),
+                                    )
+                                    .await;
                                     break;
                                 }
                                 // The database is away: keep streaming what Redis says.
@@ -217,10 +260,15 @@ impl Watchers {
                         agents.sort();
                         let view = ActiveCallsView { org_id: org, active: counts.active, limit, agents };
                         if last.as_ref() != Some(&view) {
-                            if sender.send(Ok(view.clone())).await.is_err() {
-                                break;
+                            // Never wait on a client that does not read: a
+                            // full buffer skips this view (the next tick
+                            // sends the state then), so shutdown, expiry and
+                            // membership are still seen.
+                            match sender.try_send(Ok(view.clone())) {
+                                Ok(()) => last = Some(view),
+                                Err(mpsc::error::TrySendError::Full(_)) => {}
+                                Err(mpsc::error::TrySendError::Closed(_)) => break,
                             }
-                            last = Some(view);
                         }
                     }
                 }

@@ -372,6 +372,20 @@ mod tests {
             Some(cursor)
         );
         assert_eq!(CallCursor::from_token_text("seq:12"), None);
+        // The whole token, as a client gets it and sends it back.
+        let page = crate::domain::Page::from_rows(
+            vec![cursor, cursor],
+            crate::domain::PageRequest {
+                size: 1,
+                after: None,
+            },
+            |c| *c,
+        );
+        assert_eq!(
+            crate::domain::PageRequest::<CallCursor>::parse(1, &page.next_page_token)
+                .map(|p| p.after),
+            Ok(Some(cursor))
+        );
         assert_eq!(CallCursor::from_token_text("call:12"), None);
     }
 

@@ -74,8 +74,11 @@ impl<C: Cursor> PageRequest<C> {
     }
 }
 
+/// Longer than any token we issue (a call cursor's is 83 characters).
+const MAX_TOKEN_CHARS: usize = 128;
+
 fn decode_token<C: Cursor>(token: &str) -> Option<C> {
-    if token.len() > 64 {
+    if token.len() > MAX_TOKEN_CHARS {
         return None;
     }
     let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;

@@ -1,11 +1,12 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local known = redis.call('HMGET', KEYS[4], 'called', 'outcome', 'reason', 'transfer', 'expires')
+local known = redis.call('HMGET', KEYS[4], 'called', 'outcome', 'reason', 'transfer', 'expires', 'state')
 if known[1] then
   if known[1] ~= ARGV[2] then return {'conflict'} end
-  if not known[2] or known[2] == '' then
-    -- Ended before its start was seen (EndCall first): nothing to replay.
-    return {'replay', 'answer', 'answered', '', '0'}
+  -- An answered call that has ended (or was ended before its start was
+  -- seen) has no slot to give again.
+  if known[6] == 'ended' and (not known[2] or known[2] == '' or known[2] == 'answer') then
+    return {'ended'}
   end
   return {'replay', known[2], known[3], known[4] or '', known[5] or '0'}
 end
@@ -45,5 +46,10 @@ else
 end
 redis.call('HSET', KEYS[4], 'called', ARGV[2], 'agent', ARGV[3], 'outcome', outcome,
   'reason', reason, 'transfer', transfer, 'expires', expires, 'state', state)
-redis.call('PEXPIRE', KEYS[4], remember)
+-- A decision that took no slot is remembered for the retry window only.
+if reason == 'answered' then
+  redis.call('PEXPIRE', KEYS[4], remember)
+else
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[11]))
+end
 return {'new', outcome, reason, transfer, expires, tostring(expired), record}

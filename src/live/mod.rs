@@ -47,6 +47,18 @@ pub struct LiveSettings {
     pub refusals_recorded_per_minute: u32,
 }
 
+impl LiveSettings {
+    /// How long a decision without a slot, or an ended call, is
+    /// remembered: long enough for retries and late renewals (two leases,
+    /// at least two minutes), no longer than `remember`.
+    pub fn short_memory(&self) -> Duration {
+        self.lease
+            .saturating_mul(2)
+            .max(Duration::from_secs(120))
+            .min(self.remember)
+    }
+}
+
 /// Why Redis could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -85,6 +97,8 @@ pub enum Admission {
     },
     /// The id is known in this org with another called number.
     Conflict,
+    /// The call was answered and has ended: no slot is given again.
+    Ended,
 }
 
 /// What the call asks of admission.
@@ -117,6 +131,9 @@ pub enum Renewal {
     NoSlot,
     /// Another called number or agent than the call's.
     Conflict,
+    /// Redis does not know the call (lost, or never started): ask again
+    /// with `rebuild` once the call is checked against its route.
+    Unknown,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +146,8 @@ pub enum Ending {
     /// Ended before: nothing freed.
     AlreadyEnded,
     Conflict,
+    /// Not known (see `Renewal::Unknown`).
+    Unknown,
 }
 
 /// An organization's live counts, from Redis's clock.
@@ -243,7 +262,8 @@ impl LiveCalls {
                     .arg(ms(self.settings.remember))
                     .arg(call.refused_for.map(Reason::as_db).unwrap_or(""))
                     .arg(call.fallback.unwrap_or(""))
-                    .arg(self.settings.refusals_recorded_per_minute),
+                    .arg(self.settings.refusals_recorded_per_minute)
+                    .arg(ms(self.settings.short_memory())),
                 &mut link,
             )
             .await?;
@@ -257,6 +277,7 @@ impl LiveCalls {
         &self,
         call: &CallKey<'_>,
         answered: bool,
+        rebuild: bool,
     ) -> Result<Renewal, LiveError> {
         let (mut link, prefix) = self.link()?;
         let keys = OrgKeys::new(&prefix, call.org_id);
@@ -272,14 +293,21 @@ impl LiveCalls {
                     .arg(call.agent_id.to_string())
                     .arg(ms(self.settings.lease))
                     .arg(ms(self.settings.remember))
-                    .arg(if answered { "1" } else { "0" }),
+                    .arg(if answered { "1" } else { "0" })
+                    .arg(if rebuild { "1" } else { "0" }),
                 &mut link,
             )
             .await?;
         scripts::parse_renewal(&answer)
     }
 
-    pub(crate) async fn end(&self, call: &CallKey<'_>) -> Result<Ending, LiveError> {
+    /// Frees the call's slot and marks it ended; `mark_unknown`: mark a
+    /// call Redis does not know ended too (checked against its route).
+    pub(crate) async fn end(
+        &self,
+        call: &CallKey<'_>,
+        mark_unknown: bool,
+    ) -> Result<Ending, LiveError> {
         let (mut link, prefix) = self.link()?;
         let keys = OrgKeys::new(&prefix, call.org_id);
         let answer = self
@@ -291,7 +319,8 @@ impl LiveCalls {
                     .arg(call.call_id.as_str())
                     .arg(call.called)
                     .arg(call.agent_id.to_string())
-                    .arg(ms(self.settings.remember)),
+                    .arg(ms(self.settings.short_memory()))
+                    .arg(if mark_unknown { "1" } else { "0" }),
                 &mut link,
             )
             .await?;

@@ -7,6 +7,9 @@ if known[2] == 'ended' then return {'ended'} end
 if known[1] and known[3] ~= 'answer' then return {'no_slot'} end
 local rebuilt = '0'
 if not known[1] then
+  -- Unknown here (Redis lost it, or it never started): the caller checks
+  -- the call against the number's route and asks again to rebuild.
+  if ARGV[7] ~= '1' then return {'unknown'} end
   rebuilt = '1'
   redis.call('HSET', KEYS[4], 'called', ARGV[2], 'agent', ARGV[3], 'outcome', 'answer',
     'reason', 'answered', 'transfer', '', 'state', 'ringing')

@@ -16,17 +16,20 @@ use crate::domain::{AgentId, Outcome, Reason};
 /// KEYS: active, agent's leases, agents set, call hash, refusals.
 /// ARGV: call id, called, agent id, org limit, agent limit (0 none),
 /// lease ms, remember ms, refused-for reason ('' to ask for a slot),
-/// fallback ('' none), refusals recorded per minute.
+/// fallback ('' none), refusals recorded per minute, how long a decision
+/// without a slot is remembered (ms).
 pub(super) static ADMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("admit.lua")));
 
 /// KEYS: active, agent's leases, agents set, call hash.
-/// ARGV: call id, called, agent id, lease ms, remember ms, answered (1/0).
+/// ARGV: call id, called, agent id, lease ms, remember ms, answered (1/0),
+/// rebuild an unknown call (1/0).
 pub(super) static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("renew.lua")));
 
 /// KEYS: active, agent's leases, call hash.
-/// ARGV: call id, called, agent id, remember ms.
+/// ARGV: call id, called, agent id, how long the end is remembered (ms),
+/// mark an unknown call ended (1/0).
 pub(super) static END: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("end.lua")));
 
 /// KEYS: active, agents set. ARGV: the prefix of an agent's leases key.
@@ -64,6 +67,7 @@ fn decision(
 pub(super) fn parse_admission(answer: &[String]) -> Result<Admission, LiveError> {
     match answer.first().map(String::as_str) {
         Some("conflict") => Ok(Admission::Conflict),
+        Some("ended") => Ok(Admission::Ended),
         Some("replay") => {
             let (outcome, reason, transfer_to, lease_expires_ms) = decision(answer)?;
             Ok(Admission::Replay {
@@ -96,6 +100,7 @@ pub(super) fn parse_renewal(answer: &[String]) -> Result<Renewal, LiveError> {
         }),
         Some("ended") => Ok(Renewal::Ended),
         Some("no_slot") => Ok(Renewal::NoSlot),
+        Some("unknown") => Ok(Renewal::Unknown),
         Some("conflict") => Ok(Renewal::Conflict),
         _ => Err(shape(answer)),
     }
@@ -108,6 +113,7 @@ pub(super) fn parse_ending(answer: &[String]) -> Result<Ending, LiveError> {
             answered: answer.get(2).is_some_and(|a| a == "1"),
         }),
         Some("already") => Ok(Ending::AlreadyEnded),
+        Some("unknown") => Ok(Ending::Unknown),
         Some("conflict") => Ok(Ending::Conflict),
         _ => Err(shape(answer)),
     }
@@ -129,6 +135,12 @@ pub(super) fn parse_counts(answer: &[String]) -> Result<Counts, LiveError> {
     }
     agents.sort();
     Ok(Counts { active, agents })
+}
+
+impl PartialEq for LiveError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -172,11 +184,5 @@ mod tests {
         assert!(parse_admission(&strings(&["new", "maybe"])).is_err());
         assert!(parse_counts(&strings(&["counts", "3", "not-a-uuid", "1"])).is_err());
         assert_eq!(parse_renewal(&strings(&["ended"])), Ok(Renewal::Ended));
-    }
-}
-
-impl PartialEq for LiveError {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
     }
 }

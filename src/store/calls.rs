@@ -255,9 +255,10 @@ fn at(value: Option<DateTime<Utc>>) -> String {
     }
 }
 
-/// The upsert of one fact: the decision's fields are the decision's, the
-/// earliest started/answered/ended win, the first end wins; the agent and
-/// customer only if they are the record's own org's (else null).
+/// The upsert of one fact: the first decision recorded wins (a retry
+/// while Redis was away may have decided again), the earliest
+/// started/answered/ended win, the first end wins; the agent and customer
+/// only if they are the record's own org's (else null).
 fn record_sql(fact: &CallFact) -> Option<String> {
     let (mut caller, mut agent, mut customer) = (None, None, None);
     let (mut outcome, mut reason, mut transfer) = (None, None, None);
@@ -302,9 +303,9 @@ fn record_sql(fact: &CallFact) -> Option<String> {
            caller_number = coalesce(excluded.caller_number, c.caller_number), \
            agent_id = coalesce(excluded.agent_id, c.agent_id), \
            customer_id = coalesce(excluded.customer_id, c.customer_id), \
-           outcome = coalesce(excluded.outcome, c.outcome), \
-           reason = coalesce(excluded.reason, c.reason), \
-           transfer_to = coalesce(excluded.transfer_to, c.transfer_to), \
+           outcome = coalesce(c.outcome, excluded.outcome), \
+           reason = coalesce(c.reason, excluded.reason), \
+           transfer_to = case when c.outcome is null then excluded.transfer_to else c.transfer_to end, \
            started_at = least(c.started_at, excluded.started_at), \
            answered_at = least(c.answered_at, excluded.answered_at), \
            ended_at = least(c.ended_at, excluded.ended_at), \

@@ -279,8 +279,23 @@ pub(super) fn db_error(error: sqlx::Error, operation: &'static str) -> Error {
                     Error::invalid("org_id does not name an organization")
                 }
                 "23503" => Error::invalid("a referenced row does not exist"),
+                "23514" if constraint == "agents_fallback_not_itself" => {
+                    Error::invalid("fallback_destination may not be the agent's own number")
+                }
                 "23514" => Error::invalid(format!("a value breaks the rule {constraint}")),
-                "22P02" | "22023" | "22001" => Error::invalid("a value is not valid"),
+                "22P02" | "22023" | "22001" | "22008" | "22003" => {
+                    Error::invalid("a value is not valid")
+                }
+                // Read-only after a failover, serialization and deadlock
+                // failures, lock timeouts, resources: worth retrying.
+                "25006" | "40001" | "40P01" | "55P03" => {
+                    tracing::warn!(operation, error = %error, "database refused for now");
+                    Error::Unavailable("database unavailable".into())
+                }
+                c if c.starts_with("53") || c.starts_with("58") => {
+                    tracing::warn!(operation, error = %error, "database unavailable");
+                    Error::Unavailable("database unavailable".into())
+                }
                 "57014" => Error::DeadlineExceeded("the database query timed out".into()),
                 c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
                     tracing::warn!(operation, error = %error, "database unavailable");

@@ -281,11 +281,18 @@ fn key_slot(key: &str) -> u16 {
 /// racing calls, exactly one is admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_the_limit_is_admitted_under_a_race_across_two_replicas() {
-    // A slow script must not be mistaken for Redis being down (fail-open
-    // answers would not count against the limit): this test is about the
-    // race, not the timeout.
+    // This test is about the race, not about overload: a slow script must
+    // not be taken for Redis being down (fail-open answers would not count
+    // against the limit), and the burst's record writes must not make a
+    // route fetch (the cached route may be evicted again by the write's
+    // trigger) be shed for lack of a database connection.
     let options = || AppOptions {
-        serve_args: adjust(|a| { a.call_redis_timeout_ms = 10_000; if std::env::var("PROBE_HYP").is_ok() { a.redis_timeout_ms = 10_000; } }),
+        serve_args: adjust(|a| {
+            a.call_redis_timeout_ms = 10_000;
+            a.redis_timeout_ms = 10_000;
+            a.db_max_waiting = 10_000;
+            a.db_acquire_timeout_ms = 5_000;
+        }),
         ..AppOptions::default()
     };
     let app = TestApp::spawn_with(TestDb::seeded().await, options()).await;
@@ -296,6 +303,17 @@ async fn exactly_the_limit_is_admitted_under_a_race_across_two_replicas() {
 
     let clients = [app.calls().await, replica.calls().await];
     let decisions = race(&clients, "race", 300).await;
+    let unchecked: Vec<&str> = decisions
+        .iter()
+        .filter(|d| d.limits_unchecked)
+        .map(|d| d.call_id.as_str())
+        .collect();
+    assert!(
+        unchecked.is_empty(),
+        "{} StartCalls were decided without Redis (a script failed or timed out \
+         although call_redis_timeout_ms is 10 s): {unchecked:?}",
+        unchecked.len()
+    );
     let answered: Vec<&CallDecision> = decisions.iter().filter(|d| is_answer(d)).collect();
     assert_eq!(answered.len(), 7, "exactly K admitted: {answered:#?}");
     for decision in &answered {
