@@ -214,3 +214,126 @@ async fn tenants_may_not_drive_calls() {
         );
     }
 }
+
+/// A reference to a call Redis does not know makes nothing unless it names
+/// the called number's own organization and agent: a forged `CallRef` can
+/// neither take another organization's slot nor leave a record there.
+#[tokio::test]
+async fn a_forged_reference_to_an_unknown_call_makes_no_slot_and_no_record() {
+    let app = TestApp::spawn().await;
+    let mut calls = app.calls().await;
+    let forged = CallRef {
+        call_id: "ghost-1".into(),
+        called_number: ACME_NUMBER.into(),
+        org_id: BLUEBIRD.into(),
+        agent_id: BLUEBIRD_AGENT.into(),
+    };
+    for result in [
+        calls
+            .keep_call_alive(as_who(Who::Service, forged.clone()))
+            .await,
+        calls
+            .answer_call(as_who(Who::Service, forged.clone()))
+            .await,
+    ] {
+        let message = assert_code(result, Code::InvalidArgument);
+        assert!(message.contains("no such call"), "{message}");
+    }
+    assert_code(
+        calls
+            .end_call(as_who(
+                Who::Service,
+                EndCallRequest {
+                    call: Some(forged),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    let rows: i64 = sqlx::query_scalar("select count(*) from public.calls")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, 0, "no record was made");
+
+    // The number's own org and agent: a call Redis lost is rebuilt.
+    let genuine = CallRef {
+        call_id: "lost-1".into(),
+        called_number: ACME_NUMBER.into(),
+        org_id: ACME.into(),
+        agent_id: ACME_AGENT.into(),
+    };
+    let lease = calls
+        .keep_call_alive(as_who(Who::Service, genuine))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert!(lease.rebuilt);
+}
+
+/// A StartCall retried after the call was answered and ended gets no slot
+/// again; a fallback may not be the agent's own number.
+#[tokio::test]
+async fn an_ended_call_is_not_started_again_and_a_fallback_is_not_itself() {
+    let app = TestApp::spawn().await;
+    let mut calls = app.calls().await;
+    let decision = start(&app, ACME_NUMBER, "", "once-1").await;
+    calls
+        .end_call(as_who(
+            Who::Service,
+            EndCallRequest {
+                call: Some(call_ref(&decision, ACME_NUMBER)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    let message = assert_code(
+        calls
+            .start_call(as_who(Who::Service, start_req(ACME_NUMBER, "", "once-1")))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("ended"), "{message}");
+
+    let mut agents = app.agents().await;
+    let mut update = set_voice(ACME_AGENT, "alloy");
+    if let Some(agent) = update.agent.as_mut() {
+        agent.fallback_destination = "+1 800 555 0100".into();
+    }
+    update.update_mask = Some(prost_types::FieldMask {
+        paths: vec!["fallback_destination".into()],
+    });
+    let message = assert_code(
+        agents.update_agent(as_who(Who::AcmeAdmin, update)).await,
+        Code::InvalidArgument,
+    );
+    assert!(message.contains("own number"), "{message}");
+}
+
+/// The database derives the status from the facts, whatever their order:
+/// an answer reported after the end is no answer (missed, no duration).
+#[tokio::test]
+async fn an_answer_after_the_end_is_no_answer() {
+    let app = TestApp::spawn().await;
+    app.db
+        .exec(&format!(
+            "insert into public.calls (org_id, call_id, called_number, outcome, reason, started_at) \
+               values ('{ACME}', 'late-1', '{ACME_NUMBER}', 'answer', 'answered', now() - interval '1 minute');
+             update public.calls set ended_at = now() - interval '30 seconds', end_status = 'completed' \
+               where call_id = 'late-1';
+             update public.calls set answered_at = now() where call_id = 'late-1';"
+        ))
+        .await;
+    let (status, answered, duration): (String, Option<chrono::DateTime<chrono::Utc>>, Option<i64>) =
+        sqlx::query_as(
+            "select status, answered_at, duration_ms from public.calls where call_id = 'late-1'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, "missed");
+    assert_eq!(answered, None);
+    assert_eq!(duration, None);
+}

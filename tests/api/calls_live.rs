@@ -289,7 +289,6 @@ async fn exactly_the_limit_is_admitted_under_a_race_across_two_replicas() {
     let options = || AppOptions {
         serve_args: adjust(|a| {
             a.call_redis_timeout_ms = 10_000;
-            a.redis_timeout_ms = 10_000;
             a.db_max_waiting = 10_000;
             a.db_acquire_timeout_ms = 5_000;
         }),

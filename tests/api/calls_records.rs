@@ -1594,13 +1594,16 @@ async fn await_decision_limit(app: &TestApp, limit: i32, bound: Duration) {
     let calls = app.calls().await;
     let next = AtomicUsize::new(0);
     let next = &next;
+    // An ended call's id is not reused: each poll has ids of its own.
+    let round = uuid::Uuid::new_v4().simple().to_string();
+    let round = round.as_str();
     within_named(
         &format!("StartCall showing the org limit {limit}"),
         bound,
         || {
             let mut calls = calls.clone();
             async move {
-                let call_id = format!("limit-{limit}-{}", next.fetch_add(1, Ordering::Relaxed));
+                let call_id = format!("limit-{round}-{}", next.fetch_add(1, Ordering::Relaxed));
                 let decision = calls
                     .start_call(as_who(Who::Service, start_req(ACME_NUMBER, "", &call_id)))
                     .await

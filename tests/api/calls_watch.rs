@@ -445,10 +445,12 @@ async fn streams_per_organization_are_capped_and_a_dropped_stream_frees_its_slot
         Code::ResourceExhausted,
     );
     assert!(message.contains("MAX_PER_ORG"), "{message}");
-    assert_code(
-        watch(&app, Who::Service, ACME).await,
-        Code::ResourceExhausted,
-    );
+    // The platform's own view is not counted against the org: a tenant
+    // cannot lock service_role out.
+    let mut platform = watch(&app, Who::Service, ACME)
+        .await
+        .unwrap_or_else(|s| panic!("service_role is not capped per org: {s:?}"));
+    assert_eq!(next(&mut platform).await.org_id, ACME);
     let mut bluebird = watch(&app, Who::BluebirdViewer, "")
         .await
         .unwrap_or_else(|s| panic!("another org has its own slots: {s:?}"));
@@ -482,6 +484,38 @@ async fn streams_per_organization_are_capped_and_a_dropped_stream_frees_its_slot
     assert_eq!(decision.outcome, CallOutcome::Answer as i32);
     assert_eq!(next(&mut second).await.active, 1);
     assert_eq!(next(&mut third).await.active, 1);
+}
+
+/// One user cannot take all of its org's streams: with the per-user cap
+/// at 2, a user's third stream is refused while another member of the
+/// same org still opens one.
+#[tokio::test]
+async fn streams_per_user_are_capped() {
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        with_args(|args| {
+            args.watch_interval_ms = 50;
+            args.watch_max_per_user = 2;
+        }),
+    )
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = watch(&app, Who::AcmeViewer, "")
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"));
+        next(&mut stream).await;
+        open.push(stream);
+    }
+    let message = assert_code(
+        watch(&app, Who::AcmeViewer, "").await,
+        Code::ResourceExhausted,
+    );
+    assert!(message.contains("MAX_PER_USER"), "{message}");
+    let mut admin = watch(&app, Who::AcmeAdmin, "")
+        .await
+        .unwrap_or_else(|s| panic!("another member is not capped by the viewer: {s:?}"));
+    assert_eq!(next(&mut admin).await.org_id, ACME);
 }
 
 /// Shutdown ends the open streams instead of waiting for them: with a 60 s
