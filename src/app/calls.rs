@@ -484,15 +484,13 @@ impl CallsService {
                 disconnect_reason,
             },
         );
-        if !matches!(ending, Ok(Ending::AlreadyEnded)) {
-            match self.record(&fact).await {
-                Recorded::Written => {}
-                Recorded::Refused(error) => return Err(error),
-                // Postgres did not take it now: answer what we know.
-                Recorded::Kept | Recorded::Lost => {
-                    return Ok(CallRecord::from_fact(&fact, answered))
-                }
-            }
+        // Also when Redis says it had ended: that may be this very end,
+        // retried after a timeout. The first end recorded wins.
+        match self.record(&fact).await {
+            Recorded::Written => {}
+            Recorded::Refused(error) => return Err(error),
+            // Postgres did not take it now: answer what we know.
+            Recorded::Kept | Recorded::Lost => return Ok(CallRecord::from_fact(&fact, answered)),
         }
         match self
             .records

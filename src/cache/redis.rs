@@ -221,12 +221,11 @@ impl RedisTier {
         self.inner.connection.get().cloned()
     }
 
-    /// The tier's connection and current key prefix, for the live-call
-    /// state that shares this Redis (`live/`, with timeouts of its own and
-    /// no breaker: a failed admission is not a cache miss). `None` until
-    /// connected and the database's identity is known.
-    pub(crate) fn link(&self) -> Option<(Link, Arc<String>)> {
-        Some((self.inner.connection.get()?.clone(), self.prefix()?))
+    /// The current key prefix (`switchboard:v2:[<ns>:]<identity>:`), for
+    /// the live-call state that shares this Redis (`live/`, on a connection
+    /// of its own). `None` until the database's identity is known.
+    pub(crate) fn key_prefix(&self) -> Option<Arc<String>> {
+        self.prefix()
     }
 
     /// Runs `tell` on every new master from now on (set once).

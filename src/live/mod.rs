@@ -26,9 +26,13 @@ mod scripts;
 use std::{sync::Arc, time::Duration};
 
 use redis::RedisError;
+use tokio::sync::OnceCell;
 
 use crate::{
-    cache::{redis_link::Link, RedisTier},
+    cache::{
+        redis_link::{Link, LinkTimeouts, NewMaster},
+        RedisTier,
+    },
     domain::{AgentId, CallId, OrgId, Outcome, Reason},
 };
 
@@ -169,8 +173,16 @@ pub struct CallKey<'a> {
 
 #[derive(Clone)]
 pub struct LiveCalls {
+    /// The cache's tier: where Redis is, and the key prefix (the
+    /// database's identity).
     redis: Option<RedisTier>,
+    /// A connection of our own, whose response timeout is the scripts'
+    /// (the cache's is a few milliseconds: a slow answer there is a miss,
+    /// here it would be an unchecked call).
+    link: Arc<OnceCell<Link>>,
     settings: LiveSettings,
+    /// The link's background tasks stop once every clone is dropped.
+    alive: Arc<()>,
 }
 
 /// The keys of one organization.
@@ -210,7 +222,42 @@ fn ms(duration: Duration) -> u64 {
 
 impl LiveCalls {
     pub(crate) fn new(redis: Option<RedisTier>, settings: LiveSettings) -> Self {
-        LiveCalls { redis, settings }
+        let live = LiveCalls {
+            redis,
+            link: Arc::new(OnceCell::new()),
+            settings,
+            alive: Arc::new(()),
+        };
+        if let Some(tier) = &live.redis {
+            let target = tier.target().clone();
+            let cell = live.link.clone();
+            let alive = Arc::downgrade(&live.alive);
+            let timeouts = LinkTimeouts {
+                connect: Duration::from_secs(1),
+                // Retried once (`run`): room for both.
+                response: settings.timeout.saturating_mul(3),
+            };
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(50);
+                while alive.upgrade().is_some() {
+                    // A new master needs nothing from us: renewals rebuild
+                    // what it lost.
+                    let new_master: NewMaster = Arc::new(|| {});
+                    match Link::connect(&target, timeouts, new_master, alive.clone()).await {
+                        Ok(link) => {
+                            let _ = cell.set(link);
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "live-call Redis link not up yet; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+            });
+        }
+        live
     }
 
     pub(crate) fn settings(&self) -> &LiveSettings {
@@ -218,34 +265,42 @@ impl LiveCalls {
     }
 
     fn link(&self) -> Result<(Link, Arc<String>), LiveError> {
-        self.redis
-            .as_ref()
-            .ok_or(LiveError::NotConfigured)?
-            .link()
-            .ok_or(LiveError::NotConnected)
+        let tier = self.redis.as_ref().ok_or(LiveError::NotConfigured)?;
+        let link = self.link.get().ok_or(LiveError::NotConnected)?;
+        let prefix = tier.key_prefix().ok_or(LiveError::NotConnected)?;
+        Ok((link.clone(), prefix))
     }
 
-    /// Runs a script within the timeout; its answer as strings.
+    /// Runs a script within the timeout, and once more (twice as long)
+    /// after a timeout: every script is idempotent (a second admission of
+    /// the same call replays the first), so a slow moment costs time, not
+    /// an unchecked call. Its answer as strings.
     async fn run(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
         link: &mut Link,
-    ) -> Result<Vec<String>, LiveError> {
-        match tokio::time::timeout(
-            self.settings.timeout,
-            invocation.invoke_async::<Vec<String>>(link),
-        )
-        .await
-        {
-            Ok(answer) => Ok(answer?),
-            Err(_) => Err(LiveError::Timeout(self.settings.timeout)),
+    ) -> Result<(Vec<String>, bool), LiveError> {
+        let mut timeout = self.settings.timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let answer =
+                tokio::time::timeout(timeout, invocation.invoke_async::<Vec<String>>(link)).await;
+            match answer {
+                Ok(Ok(answer)) => return Ok((answer, attempts > 1)),
+                Ok(Err(error)) if error.is_timeout() && attempts < 2 => {}
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) if attempts < 2 => {}
+                Err(_) => return Err(LiveError::Timeout(timeout)),
+            }
+            timeout = timeout.saturating_mul(2);
         }
     }
 
     pub(crate) async fn admit(&self, call: &AdmissionRequest<'_>) -> Result<Admission, LiveError> {
         let (mut link, prefix) = self.link()?;
         let keys = OrgKeys::new(&prefix, call.org_id);
-        let answer = self
+        let (answer, retried) = self
             .run(
                 scripts::ADMIT
                     .key(&keys.active)
@@ -267,7 +322,24 @@ impl LiveCalls {
                 &mut link,
             )
             .await?;
-        scripts::parse_admission(&answer)
+        match scripts::parse_admission(&answer)? {
+            // Our own first attempt ran after all: this is its decision,
+            // new to the caller (its record is written again: idempotent).
+            Admission::Replay {
+                outcome,
+                reason,
+                transfer_to,
+                lease_expires_ms,
+            } if retried => Ok(Admission::New {
+                outcome,
+                reason,
+                transfer_to,
+                lease_expires_ms,
+                expired: 0,
+                record: true,
+            }),
+            admission => Ok(admission),
+        }
     }
 
     /// Renews the call's lease (and, with `answered`, marks it in
@@ -281,7 +353,7 @@ impl LiveCalls {
     ) -> Result<Renewal, LiveError> {
         let (mut link, prefix) = self.link()?;
         let keys = OrgKeys::new(&prefix, call.org_id);
-        let answer = self
+        let (answer, _) = self
             .run(
                 scripts::RENEW
                     .key(&keys.active)
@@ -310,7 +382,7 @@ impl LiveCalls {
     ) -> Result<Ending, LiveError> {
         let (mut link, prefix) = self.link()?;
         let keys = OrgKeys::new(&prefix, call.org_id);
-        let answer = self
+        let (answer, _) = self
             .run(
                 scripts::END
                     .key(&keys.active)
@@ -332,7 +404,7 @@ impl LiveCalls {
     pub(crate) async fn counts(&self, org: OrgId) -> Result<Counts, LiveError> {
         let (mut link, prefix) = self.link()?;
         let keys = OrgKeys::new(&prefix, org);
-        let answer = self
+        let (answer, _) = self
             .run(
                 scripts::COUNT
                     .key(&keys.active)

@@ -1413,7 +1413,9 @@ async fn an_agent_deleted_before_the_record_lands_leaves_the_record_without_it()
 /// Bluebird call naming Acme's agent or Acme's customer fails on the
 /// composite foreign keys of 20261129000001_same_org_references.sql
 /// (23503), on insert and on update, while Bluebird's own agent is
-/// accepted. And a tenant cannot write calls at all: CallService has no RPC
+/// accepted; a service_role CallRef for a call Redis does not know that
+/// mixes orgs (Bluebird, Acme's agent and number) is INVALID_ARGUMENT and
+/// writes nothing. And a tenant cannot write calls at all: CallService has no RPC
 /// a tenant may use to write (every writing RPC is PERMISSION_DENIED for
 /// each seeded user, and the rows are unchanged); the SQL role
 /// `authenticated` holds no INSERT/UPDATE/DELETE on public.calls (the
@@ -1467,6 +1469,44 @@ async fn call_references_stay_in_their_org_and_tenants_cannot_write_calls() {
         ("23503", "calls_agent_same_org_fkey")
     );
 
+    // Nor through a forged CallRef: a call Redis does not know, named in
+    // Bluebird with Acme's agent and number, is refused by every RPC that
+    // takes one, and makes no record in either org.
+    let mut calls = app.calls().await;
+    let forged = CallRef {
+        call_id: "forged".into(),
+        called_number: ACME_NUMBER.into(),
+        org_id: BLUEBIRD.into(),
+        agent_id: ACME_AGENT.into(),
+    };
+    assert_code(
+        calls
+            .answer_call(as_who(Who::Service, forged.clone()))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        calls
+            .keep_call_alive(as_who(Who::Service, forged.clone()))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        calls
+            .end_call(as_who(
+                Who::Service,
+                EndCallRequest {
+                    call: Some(forged),
+                    status: EndStatus::Completed as i32,
+                    disconnect_reason: DisconnectReason::CallerHungUp as i32,
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(rows_for(&app, BLUEBIRD, "forged").await, 0);
+    assert_eq!(rows_for(&app, ACME, "forged").await, 0);
+
     // The RPCs CallService serves, from its descriptor.
     let set = prost_types::FileDescriptorSet::decode(switchboard::pb::FILE_DESCRIPTOR_SET)
         .unwrap_or_else(|e| panic!("descriptor: {e}"));
@@ -1499,7 +1539,6 @@ async fn call_references_stay_in_their_org_and_tenants_cannot_write_calls() {
             .fetch_all(&app.db.pool)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-    let mut calls = app.calls().await;
     let reference = call_ref(&acme, ACME_NUMBER);
     for who in Who::TENANTS {
         let (own, _) = who.orgs();
