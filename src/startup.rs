@@ -231,6 +231,16 @@ impl Application {
                 self.store.clone(),
             ));
         }
+        let call_config = &self.config.calls;
+        let live = LiveCalls::new(
+            cache.redis_tier().cloned(),
+            LiveSettings {
+                lease: call_config.lease,
+                remember: call_config.remember,
+                timeout: call_config.redis_timeout,
+                refusals_recorded_per_minute: call_config.refusals_recorded_per_minute,
+            },
+        );
         let mut verifier = JwtVerifier::new(&self.config.jwt_secret);
         if let Some(jwks) = self.jwks {
             background.extend(jwks.spawn_refresher());
@@ -265,22 +275,13 @@ impl Application {
                     waited >= LISTENER_START_WAIT
                 }
             };
-            if listener_settled && (cache.redis_ready() || waited >= LISTENER_START_WAIT) {
+            let redis_ready = cache.redis_ready() && live.is_connected();
+            if listener_settled && (redis_ready || waited >= LISTENER_START_WAIT) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let resolve = ResolveService::new(self.store.clone(), cache.clone());
-        let call_config = &self.config.calls;
-        let live = LiveCalls::new(
-            cache.redis_tier().cloned(),
-            LiveSettings {
-                lease: call_config.lease,
-                remember: call_config.remember,
-                timeout: call_config.redis_timeout,
-                refusals_recorded_per_minute: call_config.refusals_recorded_per_minute,
-            },
-        );
         let calls = CallsService::new(
             resolve.clone(),
             live,

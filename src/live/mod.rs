@@ -264,6 +264,12 @@ impl LiveCalls {
         &self.settings
     }
 
+    /// Whether scripts can run: our connection is up and the key prefix
+    /// known. Start-up waits for it as for the cache's tier.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.link().is_ok()
+    }
+
     fn link(&self) -> Result<(Link, Arc<String>), LiveError> {
         let tier = self.redis.as_ref().ok_or(LiveError::NotConfigured)?;
         let link = self.link.get().ok_or(LiveError::NotConnected)?;
