@@ -590,6 +590,10 @@ mod tests {
             Duration::from_secs(9),
         );
         metrics.memory_routes.hit.inc();
+        metrics.calls.decided(
+            crate::domain::Outcome::Answer,
+            crate::domain::Reason::Answered,
+        );
         let gauges = Gauges {
             pool_max: 4,
             pool_size: 3,

@@ -1816,3 +1816,39 @@ async fn organization_call_limits_are_set_by_the_platform_and_read_by_admins() {
     await_decision_limit(&replica, 50, Duration::from_secs(1)).await;
     await_decision_limit(&app, 50, Duration::from_secs(1)).await;
 }
+
+/// A replica takes calls from the moment it accepts connections: a call
+/// started on one replica is answered and renewed on a replica that has
+/// just started (a rolling restart sends a media server's next request
+/// anywhere), and its first StartCall is admitted on Redis. A live state
+/// that comes up later than the server would refuse those renewals
+/// (UNAVAILABLE), let the first calls past the limits (`limits_unchecked`),
+/// and lose the record of any of them Postgres does not take then (no
+/// backlog to keep it).
+#[tokio::test]
+async fn a_fresh_replica_takes_calls_from_its_first_request() {
+    let app = TestApp::spawn().await;
+    let decision = start(&app, ACME_NUMBER, "", "before-restart").await;
+    let reference = call_ref(&decision, ACME_NUMBER);
+
+    let replica = app.spawn_replica(AppOptions::default()).await;
+    let mut calls = replica.calls().await;
+    let answered = calls
+        .answer_call(as_who(Who::Service, reference.clone()))
+        .await;
+    let renewed = calls.keep_call_alive(as_who(Who::Service, reference)).await;
+    let first = calls
+        .start_call(as_who(
+            Who::Service,
+            start_req(ACME_NUMBER, "", "after-restart"),
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert!(
+        answered.is_ok() && renewed.is_ok() && !first.limits_unchecked,
+        "a replica's first requests: AnswerCall {answered:?}, KeepCallAlive {renewed:?}, \
+         StartCall limits unchecked: {}",
+        first.limits_unchecked
+    );
+}
