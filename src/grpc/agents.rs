@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use tonic::metadata::MetadataValue;
 
 use super::{
-    parse::{in_field, target_org, with_org},
+    parse::{in_field, ringing_numbers, target_org, with_org},
     LoggedOrg, CACHE_TIER_HEADER,
 };
 use crate::{
@@ -129,13 +129,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::ResolveAgentResponse>, Status> {
         let claims = claims_of(&request)?;
         let request = request.into_inner();
-        let called =
-            PhoneNumber::parse(&request.called_number).map_err(in_field("called_number"))?;
-        let caller = if request.caller_number.trim().is_empty() {
-            None
-        } else {
-            Some(PhoneNumber::parse(&request.caller_number).map_err(in_field("caller_number"))?)
-        };
+        let (called, caller) = ringing_numbers(&request.called_number, &request.caller_number)?;
         let resolved = self
             .resolve
             .resolve(&claims, &called, caller.as_ref())

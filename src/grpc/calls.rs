@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::parse::{in_field, with_org};
+use super::parse::{in_field, ringing_numbers, with_org};
 use crate::{
     api::{
         convert::{
@@ -75,13 +75,7 @@ impl CallService for CallApi {
     ) -> Result<Response<pb::CallDecision>, Status> {
         let claims = claims_of(&request)?;
         let request = request.into_inner();
-        let called =
-            PhoneNumber::parse(&request.called_number).map_err(in_field("called_number"))?;
-        let caller = if request.caller_number.trim().is_empty() {
-            None
-        } else {
-            Some(PhoneNumber::parse(&request.caller_number).map_err(in_field("caller_number"))?)
-        };
+        let (called, caller) = ringing_numbers(&request.called_number, &request.caller_number)?;
         let call_id = if request.call_id.is_empty() {
             None
         } else {

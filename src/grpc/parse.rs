@@ -4,7 +4,11 @@
 use tonic::Response;
 
 use super::LoggedOrg;
-use crate::{auth::Claims, domain::OrgId, error::Error};
+use crate::{
+    auth::Claims,
+    domain::{OrgId, PhoneNumber},
+    error::Error,
+};
 
 /// Prefixes a parse error with the request field it came from, so a client
 /// with two phone fields knows which one was wrong.
@@ -13,6 +17,21 @@ pub(crate) fn in_field(field: &'static str) -> impl Fn(Error) -> Error {
         Error::InvalidArgument(message) => Error::InvalidArgument(format!("{field}: {message}")),
         other => other,
     }
+}
+
+/// The numbers of a ringing call (ResolveAgent, StartCall): the dialed
+/// one, and the caller's when sent.
+pub(crate) fn ringing_numbers(
+    called: &str,
+    caller: &str,
+) -> Result<(PhoneNumber, Option<PhoneNumber>), Error> {
+    let called = PhoneNumber::parse(called).map_err(in_field("called_number"))?;
+    let caller = if caller.trim().is_empty() {
+        None
+    } else {
+        Some(PhoneNumber::parse(caller).map_err(in_field("caller_number"))?)
+    };
+    Ok((called, caller))
 }
 
 /// A tenant's writes go to its own org (RLS refuses any other, so naming
