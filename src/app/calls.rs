@@ -503,7 +503,17 @@ impl CallsService {
             )
             .await
         {
-            Ok(record) => Ok(record),
+            // The answer may still wait in the backlog: Redis knew it was
+            // answered, so say what the record converges to.
+            Ok(mut record) => {
+                if answered == Some(true)
+                    && record.answered_at.is_none()
+                    && record.status == Some(crate::domain::CallStatus::Missed)
+                {
+                    record.status = Some(crate::domain::CallStatus::Completed);
+                }
+                Ok(record)
+            }
             Err(Error::NotFound(_)) => Ok(CallRecord::from_fact(&fact, answered)),
             Err(error) if is_transient(&error) => Ok(CallRecord::from_fact(&fact, answered)),
             Err(error) => Err(error),
