@@ -15,8 +15,8 @@
 --   organization column), and an optional lower limit per agent with a
 --   fallback destination (`agents.max_concurrent_calls`,
 --   `agents.fallback_destination`, written by admins and managers).
--- * `resolve_agent` returns the limits and the fallback, so they travel with
---   the cached route.
+-- * `resolve_route` (was `resolve_agent`) returns the limits and the
+--   fallback, so they travel with the cached route.
 --
 -- Re-runnable.
 
@@ -182,11 +182,14 @@ revoke all on public.calls from public, anon, authenticated;
 grant select on public.calls to authenticated;
 
 -- ---------------------------------------------------------------- the call path
--- As in 20261129000002_claims_hygiene.sql, plus the agent's limit and
--- fallback and the organization's effective limit (the override, else the
--- plan's default). The result type changes, so the function is dropped.
+-- `resolve_route` replaces `resolve_agent` (20261129000002_claims_hygiene.sql):
+-- the same statement, plus the agent's limit and fallback and the
+-- organization's limit in force (the override, else the plan's default).
+-- A new name, not a new result type under the old one: the earlier
+-- migration's `create or replace` must still apply when the files run
+-- again (Postgres cannot change a function's result type in place).
 drop function if exists switchboard_private.resolve_agent(text, text, text, text);
-create function switchboard_private.resolve_agent(
+create or replace function switchboard_private.resolve_route(
   jwt_claims text, jwt_role text, called_number text, caller_number text
 )
 returns table (
@@ -217,8 +220,8 @@ begin
            c.id, c.phone, c.name, c.email, c.created_at, c.updated_at
     from public.agents a
     join public.organizations o on o.id = a.org_id
-    left join public.customers c on c.org_id = a.org_id and c.phone = resolve_agent.caller_number
-    where a.phone_number = resolve_agent.called_number;
+    left join public.customers c on c.org_id = a.org_id and c.phone = resolve_route.caller_number
+    where a.phone_number = resolve_route.called_number;
 end
 $$;
-revoke all on function switchboard_private.resolve_agent(text, text, text, text) from public, anon, authenticated, service_role;
+revoke all on function switchboard_private.resolve_route(text, text, text, text) from public, anon, authenticated, service_role;

@@ -273,7 +273,7 @@ impl PgStore {
             None => "NULL".to_owned(),
         };
         let sql = format!(
-            "select * from switchboard_private.resolve_agent({claims_literal}, '{role}', {called_literal}, {caller_literal})",
+            "select * from switchboard_private.resolve_route({claims_literal}, '{role}', {called_literal}, {caller_literal})",
             role = claims.role.as_str()
         );
         // The number is unique: at most one row.

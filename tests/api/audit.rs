@@ -124,8 +124,10 @@ async fn updates_through_the_service_are_listed_newest_first_with_who_and_what()
     assert_eq!(
         names,
         [
+            "fallback_destination",
             "is_active",
             "llm_config",
+            "max_concurrent_calls",
             "name",
             "org_id",
             "phone_number",

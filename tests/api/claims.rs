@@ -193,6 +193,8 @@ async fn oversize_writes_from_sql_are_refused_at_the_bound() {
     let db = TestDb::seeded().await;
     let over_llm_config = json!({ "prompt": "x".repeat(512 * 1024) });
     let at_llm_config = json!({ "prompt": "x".repeat(512 * 1024 - 64) });
+    // Who writes: an Acme admin, or for calls (read-only for tenants since
+    // the calls migration) switchboard itself.
     let cases: Vec<(&str, String, Vec<String>)> = vec![
         (
             "agents.llm_config",
@@ -215,7 +217,9 @@ async fn oversize_writes_from_sql_are_refused_at_the_bound() {
         ),
         (
             "calls.summary",
-            "insert into public.calls (called_number, summary) values ('+18005550100', $1)".into(),
+            format!(
+                "insert into public.calls (org_id, called_number, summary) values ('{ACME}', '+18005550100', $1)"
+            ),
             vec!["x".repeat(65_537), "x".repeat(65_536)],
         ),
         (
@@ -229,7 +233,12 @@ async fn oversize_writes_from_sql_are_refused_at_the_bound() {
     ];
     for (column, sql, values) in cases {
         for (value, refused) in values.iter().zip([true, false]) {
-            let mut tx = as_postgrest(&db, Who::AcmeAdmin).await;
+            let writer = if column.starts_with("calls.") {
+                Who::Service
+            } else {
+                Who::AcmeAdmin
+            };
+            let mut tx = as_postgrest(&db, writer).await;
             let result = sqlx::query(&sql)
                 .persistent(false)
                 .bind(value)
