@@ -337,3 +337,55 @@ async fn an_answer_after_the_end_is_no_answer() {
     assert_eq!(answered, None);
     assert_eq!(duration, None);
 }
+
+/// A media server behind a load balancer: each request of one call lands
+/// on another replica (start on A, answer and renew on B, end on A); the
+/// slot is one slot across both and the record is one record.
+#[tokio::test]
+async fn a_call_is_one_call_across_two_replicas() {
+    let a = TestApp::spawn().await;
+    let b = a.spawn_replica(AppOptions::default()).await;
+    let decision = start(&a, ACME_NUMBER, SHARED_CALLER, "lb-1").await;
+    assert_eq!(decision.outcome, CallOutcome::Answer as i32);
+    let replay = start(&b, ACME_NUMBER, SHARED_CALLER, "lb-1").await;
+    assert!(replay.replayed, "B knows A's decision");
+    let reference = call_ref(&decision, ACME_NUMBER);
+    let mut on_b = b.calls().await;
+    for answered in [true, false] {
+        let lease = if answered {
+            on_b.answer_call(as_who(Who::Service, reference.clone()))
+                .await
+        } else {
+            on_b.keep_call_alive(as_who(Who::Service, reference.clone()))
+                .await
+        }
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+        assert!(!lease.rebuilt, "the slot A made is the one B renews");
+    }
+    let ended = a
+        .calls()
+        .await
+        .end_call(as_who(
+            Who::Service,
+            EndCallRequest {
+                call: Some(reference.clone()),
+                status: EndStatus::Completed as i32,
+                disconnect_reason: DisconnectReason::AgentHungUp as i32,
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner();
+    assert_eq!(ended.status, CallStatus::Completed as i32);
+    // Ended on A: B refuses to renew it.
+    assert_code(
+        on_b.keep_call_alive(as_who(Who::Service, reference)).await,
+        Code::FailedPrecondition,
+    );
+    let rows: i64 = sqlx::query_scalar("select count(*) from public.calls where call_id = 'lb-1'")
+        .fetch_one(&a.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, 1);
+}
