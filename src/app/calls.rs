@@ -283,7 +283,17 @@ impl CallsService {
                         }
                     }
                 };
-                true
+                let refused = started.decision.outcome != crate::domain::Outcome::Answer;
+                let record = !refused
+                    || self.local.may_record_refusal(
+                        org_id,
+                        started.decision.reason,
+                        self.live.settings().refusals_recorded_per_minute,
+                    );
+                if !record {
+                    self.metrics.calls.records_skipped.inc();
+                }
+                record
             }
         };
         if !started.replayed {

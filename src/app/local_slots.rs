@@ -22,14 +22,40 @@ struct Slot {
 pub(crate) struct LocalSlots {
     lease: Duration,
     by_org: Mutex<HashMap<OrgId, Vec<Slot>>>,
+    /// Refusals recorded per (org, reason) in the current minute, while
+    /// Redis (which keeps this bound otherwise) cannot be asked.
+    refusals: Mutex<HashMap<(OrgId, Reason), (Instant, u32)>>,
 }
+
+/// The refusal bound's window, as Redis keeps it.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 
 impl LocalSlots {
     pub(crate) fn new(lease: Duration) -> Self {
         LocalSlots {
             lease,
             by_org: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether one more refusal of `org` for `reason` may be recorded in
+    /// this minute (at most `per_minute`; this replica's own count).
+    pub(crate) fn may_record_refusal(&self, org: OrgId, reason: Reason, per_minute: u32) -> bool {
+        let Ok(mut refusals) = self.refusals.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if refusals.len() > 10_000 {
+            refusals.retain(|_, (since, _)| now.duration_since(*since) < REFUSAL_WINDOW);
+        }
+        let (since, count) = refusals.entry((org, reason)).or_insert((now, 0));
+        if now.duration_since(*since) >= REFUSAL_WINDOW {
+            *since = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= per_minute
     }
 
     /// Admits the call against this replica's own count, or says which
@@ -140,6 +166,17 @@ mod tests {
         assert_eq!(slots.admit(org, &call(3), agent, 5, 2), Ok(()));
         assert!(slots.renew(org, &call(3)));
         assert!(!slots.renew(org, &call(1)));
+    }
+
+    #[test]
+    fn refusals_recorded_are_bounded_per_org_and_reason() {
+        let slots = LocalSlots::new(Duration::from_secs(30));
+        let (org, _) = ids();
+        let recorded = (0..10)
+            .filter(|_| slots.may_record_refusal(org, Reason::OrganizationAtLimit, 3))
+            .count();
+        assert_eq!(recorded, 3);
+        assert!(slots.may_record_refusal(org, Reason::AgentAtLimit, 3));
     }
 
     #[test]

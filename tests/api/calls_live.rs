@@ -953,3 +953,58 @@ async fn the_keys_of_one_org_share_one_cluster_slot() {
         }
     }
 }
+
+/// With Redis gone, a replica applies the limits alone to the calls it
+/// admits meanwhile, and keeps the refusal-record bound alone: limit 2 and a
+/// bound of 3 a minute, ten starts → two answered, eight refused at the
+/// organization's limit, of which three are recorded (five rows in all) and
+/// five only counted.
+#[tokio::test]
+async fn with_redis_down_a_replica_applies_the_limits_and_the_record_bound_alone() {
+    let mut redis = RedisServer::start().await;
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            redis_url: Some(redis.url()),
+            serve_args: adjust(|a| a.call_refusals_recorded_per_minute = 3),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    set_org_limit(&app, ACME, 2).await;
+    redis.stop();
+    let mut calls = app.calls().await;
+    let mut answered = 0;
+    let mut refused = 0;
+    for i in 0..10 {
+        let decision = start_on(&mut calls, &format!("alone-{i}")).await;
+        assert!(decision.limits_unchecked, "{decision:?}");
+        if decision.outcome == CallOutcome::Answer as i32 {
+            answered += 1;
+        } else {
+            assert_eq!(
+                (decision.reason, decision.sip_status),
+                (CallReason::OrganizationAtLimit as i32, 486),
+                "{decision:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!((answered, refused), (2, 8));
+    let rows: i64 = sqlx::query_scalar(&format!(
+        "select count(*) from public.calls where org_id = '{ACME}' and call_id like 'alone-%'"
+    ))
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, 5);
+    assert_eq!(
+        metric(
+            app.admin_addr,
+            "switchboard_calls_records_total",
+            &[("fate", "skipped")]
+        )
+        .await,
+        Some(5)
+    );
+}
