@@ -491,6 +491,11 @@ impl Pooler {
 }
 
 pub(crate) async fn behind_a_pooler() -> (TestApp, Pooler) {
+    behind_a_pooler_with(AppOptions::default()).await
+}
+
+/// `behind_a_pooler` with the app's other settings given.
+pub(crate) async fn behind_a_pooler_with(options: AppOptions) -> (TestApp, Pooler) {
     let (host, postgres_port) = std::str::FromStr::from_str(&admin_url())
         .map(|o: sqlx::postgres::PgConnectOptions| (o.get_host().to_owned(), o.get_port()))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -502,7 +507,7 @@ pub(crate) async fn behind_a_pooler() -> (TestApp, Pooler) {
         db,
         AppOptions {
             database_url: Some(through_bouncer),
-            ..AppOptions::default()
+            ..options
         },
     )
     .await;

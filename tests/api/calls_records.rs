@@ -22,10 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{transport::Channel, Code};
 
 use crate::{
-    cache::behind_a_pooler,
+    cache::{behind_a_pooler, behind_a_pooler_with},
     calls::{call_ref, start, start_req},
     helpers::*,
-    pgbouncer::PgBouncer,
 };
 use switchboard::{
     config::ServeArgs,
@@ -281,53 +280,6 @@ async fn metric(app: &TestApp, series: &str) -> Option<f64> {
         let rest = line.strip_prefix(series)?;
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
-}
-
-/// The service's database behind a PgBouncer of the test's own, like
-/// `cache::behind_a_pooler`, with the app's settings adjusted: `stop` takes
-/// Postgres away from the app, `start` brings it back on the same port.
-struct OwnPooler {
-    bouncer: Option<PgBouncer>,
-    host: String,
-    postgres_port: u16,
-    port: u16,
-}
-
-impl OwnPooler {
-    fn stop(&mut self) {
-        if let Some(mut bouncer) = self.bouncer.take() {
-            bouncer.stop();
-        }
-    }
-
-    async fn start(&mut self) {
-        self.bouncer = Some(PgBouncer::start_on(&self.host, self.postgres_port, self.port).await);
-    }
-}
-
-async fn behind_own_pooler(options: AppOptions) -> (TestApp, OwnPooler) {
-    let (host, postgres_port) = std::str::FromStr::from_str(&admin_url())
-        .map(|o: sqlx::postgres::PgConnectOptions| (o.get_host().to_owned(), o.get_port()))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let bouncer = PgBouncer::start(&host, postgres_port).await;
-    let port = bouncer.port;
-    let db = TestDb::seeded().await;
-    let through_bouncer = format!("postgres://postgres@127.0.0.1:{port}/{}", db.name);
-    let app = TestApp::spawn_with(
-        db,
-        AppOptions {
-            database_url: Some(through_bouncer),
-            ..options
-        },
-    )
-    .await;
-    let pooler = OwnPooler {
-        bouncer: Some(bouncer),
-        host,
-        postgres_port,
-        port,
-    };
-    (app, pooler)
 }
 
 /// Resolves `number` (with `caller`, if any) as service_role until the
@@ -1167,7 +1119,7 @@ async fn a_call_during_a_postgres_outage_is_recorded_once_postgres_is_back() {
 /// merge: one row, COMPLETED, with the decision's fields.
 #[tokio::test]
 async fn an_end_written_before_the_start_still_makes_one_completed_record() {
-    let (app, mut database) = behind_own_pooler(AppOptions {
+    let (app, mut database) = behind_a_pooler_with(AppOptions {
         serve_args: adjust(|a: &mut ServeArgs| {
             a.call_backlog_interval_ms = 3_600_000;
             // Once Postgres is back, the end is written straight away, not
@@ -1326,7 +1278,7 @@ async fn a_replica_that_dies_in_the_outage_loses_no_record() {
 /// not fail forever on the missing agent.
 #[tokio::test]
 async fn an_agent_deleted_before_the_record_lands_leaves_the_record_without_it() {
-    let (app, mut database) = behind_own_pooler(AppOptions {
+    let (app, mut database) = behind_a_pooler_with(AppOptions {
         serve_args: adjust(|a: &mut ServeArgs| a.call_backlog_interval_ms = 3_600_000),
         ..AppOptions::default()
     })
