@@ -15,10 +15,7 @@ use std::{
 };
 
 use redis::aio::MultiplexedConnection;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    task::JoinSet,
-};
+use tokio::task::JoinSet;
 use tonic::{transport::Channel, Code};
 
 use crate::{
@@ -205,42 +202,9 @@ async fn race(clients: &[CallServiceClient<Channel>], prefix: &str, n: usize) ->
     decisions
 }
 
-/// One sample of `/metrics`: the sum of the series `name` with every label
-/// in `labels`; `None` when no such series is on the page.
+/// `/metrics` of the replica at `addr`: the series `name` with `labels`.
 async fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-    let body = metrics_page(addr).await;
-    let values: Vec<u64> = body
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
-            series_name == name
-                && labels
-                    .iter()
-                    .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")))
-        })
-        .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
-async fn metrics_page(addr: SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
-    let mut response = Vec::new();
-    tokio::time::timeout(EVENT_LIMIT, stream.read_to_end(&mut response))
-        .await
-        .unwrap_or_else(|_| panic!("GET /metrics timed out"))
-        .unwrap_or_else(|e| panic!("read: {e}"));
-    String::from_utf8_lossy(&response).into_owned()
+    metric_at(addr, name, labels).await.map(|v| v as u64)
 }
 
 /// The Redis Cluster slot of a key: CRC16/XMODEM of its hash tag (the

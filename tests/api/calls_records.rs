@@ -18,7 +18,6 @@ use std::{
 };
 
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{transport::Channel, Code};
 
 use crate::{
@@ -262,24 +261,10 @@ async fn backlog_len(key: &str) -> i64 {
         .unwrap_or_else(|e| panic!("XLEN: {e}"))
 }
 
-/// One sample of `/metrics`: the series `series` exactly (labels included),
-/// `None` if absent.
+/// One sample of `/metrics`: `series` exactly (labels included), or
+/// `None`.
 async fn metric(app: &TestApp, series: &str) -> Option<f64> {
-    let mut stream = tokio::net::TcpStream::connect(app.admin_addr).await.ok()?;
-    let request = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        app.admin_addr
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
-        .await
-        .ok()?
-        .ok()?;
-    body.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+    series_at(app.admin_addr, series).await
 }
 
 /// Resolves `number` (with `caller`, if any) as service_role until the

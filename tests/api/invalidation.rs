@@ -34,21 +34,10 @@ use switchboard::{
 
 // ------------------------------------------------------------------ helpers
 
-/// One sample of `/metrics` (`series` with its labels, e.g.
-/// `name{source="postgres"}`), or `None` if it is not there.
+/// One sample of `/metrics`: `series` exactly (labels included), or
+/// `None`.
 async fn metric(app: &TestApp, series: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(app.admin_addr).await.ok()?;
-    let request = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        app.admin_addr
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    body.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+    series_at(app.admin_addr, series).await
 }
 
 async fn tier_of(client: &mut AgentServiceClient<Channel>, number: &str) -> String {

@@ -3,9 +3,7 @@
 //! flight while a change is applied, then thawed (SIGCONT). Every step waits
 //! on an event (a counter on `/metrics`, a key in Redis), never on the clock.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::{sync::Arc, time::Duration};
 
 use crate::{helpers::*, redis_server::RedisServer};
 
@@ -20,37 +18,9 @@ const EVENT_LIMIT: Duration = Duration::from_secs(5);
 /// One sample of `/metrics`: the series `name` with every label in
 /// `labels`; 0 when absent.
 async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let body = metrics_page(app.admin_addr).await;
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
-            series_name == name
-                && labels
-                    .iter()
-                    .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")))
-        })
-        .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .sum()
-}
-
-async fn metrics_page(addr: SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    metric_at(app.admin_addr, name, labels)
         .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
-    let mut response = Vec::new();
-    tokio::time::timeout(EVENT_LIMIT, stream.read_to_end(&mut response))
-        .await
-        .unwrap_or_else(|_| panic!("GET /metrics timed out"))
-        .unwrap_or_else(|e| panic!("read: {e}"));
-    String::from_utf8_lossy(&response).into_owned()
+        .map_or(0, |v| v as u64)
 }
 
 async fn memory_route_misses(app: &TestApp) -> u64 {

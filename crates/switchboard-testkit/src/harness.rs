@@ -621,6 +621,55 @@ impl<M: PoolerMode> TestApp<M> {
     }
 }
 
+/// The `/metrics` page of the admin port at `addr`, now.
+pub async fn metrics_page(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .unwrap_or_else(|_| panic!("GET /metrics timed out"))
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// One sample of `/metrics` at `addr`: the series `name` with every label in
+/// `labels` (others may be there too), summed; `None` when no such series
+/// is on the page.
+pub async fn metric_at(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let page = metrics_page(addr).await;
+    let values: Vec<f64> = page
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// One sample of `/metrics` at `addr`: the series written exactly as
+/// `series` (labels included, e.g. `name{source="postgres"}`), or `None`.
+pub async fn series_at(addr: SocketAddr, series: &str) -> Option<f64> {
+    metrics_page(addr).await.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
 /// JSON to `google.protobuf.Struct`, for `llm_config`.
 pub fn to_struct(json: Value) -> prost_types::Struct {
     fn kind(value: Value) -> prost_types::Value {
