@@ -99,6 +99,41 @@ pub struct CallsService {
     pub(super) watch: Arc<super::watch::Watchers>,
     /// This replica's own count, used only while Redis cannot be asked.
     local: Arc<LocalSlots>,
+    /// When the Redis outage was last told at WARN.
+    warned: Arc<Every>,
+}
+
+/// At most once per `period`: for warnings that every call of an outage
+/// would repeat.
+struct Every {
+    period_ms: u64,
+    since: std::time::Instant,
+    /// Milliseconds after `since` of the last time it was due; `u64::MAX`
+    /// before the first.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Every {
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            since: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// True at most once per period (one caller wins a race).
+    fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < self.period_ms {
+            return false;
+        }
+        self.last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
 }
 
 fn service_only(claims: &Claims, what: &str) -> Result<(), Error> {
@@ -128,6 +163,7 @@ impl CallsService {
             data: Data::new(store.clone(), cache),
             watch: Arc::new(super::watch::Watchers::new(watch, store, live.clone())),
             local: Arc::new(LocalSlots::new(live.settings().lease)),
+            warned: Arc::new(Every::new(Duration::from_secs(10))),
             live,
             settings,
             metrics,
@@ -250,7 +286,13 @@ impl CallsService {
                 record
             }
             Err(error) => {
-                tracing::warn!(%error, org_id = %org_id, "call limits could not be checked (Redis)");
+                // Every call would say it during an outage: once in a while
+                // at WARN (the metric counts them all), else at DEBUG.
+                if self.warned.due() {
+                    tracing::warn!(%error, "call limits could not be checked (Redis); calls are decided without them");
+                } else {
+                    tracing::debug!(%error, org_id = %org_id, "call limits could not be checked (Redis)");
+                }
                 started.limits_unchecked = true;
                 started.decision = if !active {
                     Decision::refused(Reason::AgentInactive, fallback.as_ref())
@@ -730,5 +772,20 @@ impl CallRecord {
             duration_ms: None,
             disconnect_reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_due_once_per_period() {
+        let hourly = Every::new(Duration::from_secs(3600));
+        assert!(hourly.due());
+        assert!(!hourly.due());
+        let always = Every::new(Duration::ZERO);
+        assert!(always.due());
+        assert!(always.due());
     }
 }
