@@ -35,7 +35,6 @@ use switchboard_testkit::{
     direct::*,
     otlp::{metrics_collector, trace_collector, LogSink, ReceivedMetrics, ReceivedSpans},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{metadata::MetadataValue, Code, Request};
 use uuid::Uuid;
 
@@ -488,33 +487,6 @@ impl Scrape {
     fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.value(name, labels).unwrap_or(0.0)
     }
-}
-
-/// GET over HTTP/1.1 on a plain TCP connection: (status, headers, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("write: {e}"));
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .unwrap_or_else(|_| panic!("GET {path} timed out"))
-        .unwrap_or_else(|e| panic!("read: {e}"));
-    let response = String::from_utf8(response).unwrap_or_else(|e| panic!("utf-8: {e}"));
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {response}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line: {head}"));
-    (status, head.to_owned(), body.to_owned())
 }
 
 /// Scrapes `/metrics` and parses the text format strictly: every sample

@@ -621,13 +621,13 @@ impl<M: PoolerMode> TestApp<M> {
     }
 }
 
-/// The `/metrics` page of the admin port at `addr`, now.
-pub async fn metrics_page(addr: SocketAddr) -> String {
+/// GET over HTTP/1.1 on a plain TCP connection: (status, headers, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -635,9 +635,25 @@ pub async fn metrics_page(addr: SocketAddr) -> String {
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
         .await
-        .unwrap_or_else(|_| panic!("GET /metrics timed out"))
+        .unwrap_or_else(|_| panic!("GET {path} timed out"))
         .unwrap_or_else(|e| panic!("read: {e}"));
-    String::from_utf8_lossy(&response).into_owned()
+    let response = String::from_utf8(response).unwrap_or_else(|e| panic!("utf-8: {e}"));
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end: {response}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line: {head}"));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The `/metrics` page of the admin port at `addr`, now (its body).
+pub async fn metrics_page(addr: SocketAddr) -> String {
+    let (status, head, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{head}");
+    body
 }
 
 /// One sample of `/metrics` at `addr`: the series `name` with every label in
