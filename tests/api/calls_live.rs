@@ -450,6 +450,20 @@ async fn an_inactive_agent_refuses_480_or_transfers_to_its_fallback() {
     assert_rejected(&retry, CallReason::AgentInactive, 480);
 }
 
+/// An app whose leases last 3 s, with Acme limited to one call.
+async fn one_call_with_short_leases() -> TestApp {
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            serve_args: short_lease(),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    set_org_limit(&app, ACME, 1).await;
+    app
+}
+
 fn short_lease() -> Option<AdjustArgs> {
     adjust(|a| {
         a.call_lease_secs = 3;
@@ -465,15 +479,7 @@ fn short_lease() -> Option<AdjustArgs> {
 /// (`rebuilt`, even above the limit).
 #[tokio::test]
 async fn the_slot_of_a_dead_media_server_is_freed_when_its_lease_runs_out() {
-    let app = TestApp::spawn_with(
-        TestDb::seeded().await,
-        AppOptions {
-            serve_args: short_lease(),
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    set_org_limit(&app, ACME, 1).await;
+    let app = one_call_with_short_leases().await;
     let mut calls = app.calls().await;
     let mut redis = redis_connection(&redis_url()).await;
 
@@ -546,15 +552,7 @@ async fn the_slot_of_a_dead_media_server_is_freed_when_its_lease_runs_out() {
 /// legitimately: such rounds prove nothing and are not judged.)
 #[tokio::test]
 async fn a_lease_renewed_in_time_keeps_its_slot() {
-    let app = TestApp::spawn_with(
-        TestDb::seeded().await,
-        AppOptions {
-            serve_args: short_lease(),
-            ..AppOptions::default()
-        },
-    )
-    .await;
-    set_org_limit(&app, ACME, 1).await;
+    let app = one_call_with_short_leases().await;
     let mut calls = app.calls().await;
     let mut redis = redis_connection(&redis_url()).await;
 

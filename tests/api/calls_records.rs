@@ -252,6 +252,14 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Waits (bounded) until every backlog entry is written and settled.
+async fn await_backlog_empty(backlog: &str) {
+    within_named("the backlog emptied", RECORD_LIMIT, || async move {
+        backlog_len(backlog).await == 0
+    })
+    .await;
+}
+
 /// Entries in the backlog stream now.
 async fn backlog_len(key: &str) -> i64 {
     redis::cmd("XLEN")
@@ -1089,11 +1097,7 @@ async fn a_call_during_a_postgres_outage_is_recorded_once_postgres_is_back() {
         .await
         .unwrap_or_else(|s| panic!("{s:?}"));
     assert_eq!(seen, record);
-    within_named("the backlog emptied", RECORD_LIMIT, || {
-        let backlog = backlog.clone();
-        async move { backlog_len(&backlog).await == 0 }
-    })
-    .await;
+    await_backlog_empty(&backlog).await;
 }
 
 /// An EndCall that reaches Postgres before the call's start does must not
@@ -1247,11 +1251,7 @@ async fn a_replica_that_dies_in_the_outage_loses_no_record() {
         DisconnectReason::AgentHungUp as i32
     );
     assert_eq!(rows_for(&second, ACME, "orphan").await, 1);
-    within_named("the backlog emptied", RECORD_LIMIT, || {
-        let backlog = backlog.clone();
-        async move { backlog_len(&backlog).await == 0 }
-    })
-    .await;
+    await_backlog_empty(&backlog).await;
 }
 
 /// An agent deleted between the call and its record: the call is answered
@@ -1314,11 +1314,7 @@ async fn an_agent_deleted_before_the_record_lands_leaves_the_record_without_it()
     assert_eq!(record.caller_number, SHARED_CALLER);
     assert!(record.answered_at.is_some() && record.ended_at.is_some());
     assert_eq!(rows_for(&app, ACME, "agent-gone").await, 1);
-    within_named("the backlog emptied", RECORD_LIMIT, || {
-        let backlog = backlog.clone();
-        async move { backlog_len(&backlog).await == 0 }
-    })
-    .await;
+    await_backlog_empty(&backlog).await;
     assert_eq!(
         metric(
             &drainer,
