@@ -282,6 +282,7 @@ impl Application {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let resolve = ResolveService::new(self.store.clone(), cache.clone());
+        let global_limit = GlobalLimitLayer::new(&self.config.limits);
         let calls = CallsService::new(
             resolve.clone(),
             live,
@@ -296,6 +297,7 @@ impl Application {
                 record_timeout: call_config.record_timeout,
             },
             WatchSettings {
+                in_flight: global_limit.in_flight(),
                 interval: call_config.watch_interval,
                 recheck: call_config.watch_recheck,
                 max_streams: call_config.watch_max_streams,
@@ -331,7 +333,7 @@ impl Application {
                 max_request_time: self.config.request_timeout,
                 metrics,
             })
-            .layer(GlobalLimitLayer::new(limits))
+            .layer(global_limit)
             .layer(AuthLayer::new(verifier))
             .layer(TenantLimitLayer::new(limits))
             .into_inner();

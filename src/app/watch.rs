@@ -29,8 +29,11 @@ use crate::{
 /// How long a stream's closing error waits for room in a full buffer.
 const FINAL_SEND: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WatchSettings {
+    /// The replica's in-flight requests (SWITCHBOARD_MAX_CONCURRENT_REQUESTS;
+    /// `None`: no cap): each stream holds one for its whole life.
+    pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
     pub interval: Duration,
     pub recheck: Duration,
     pub max_streams: usize,
@@ -79,6 +82,8 @@ fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
 
 /// A stream's place; given back when the stream's task ends.
 struct Slot {
+    /// One of the replica's in-flight requests, for the stream's life.
+    _in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
     watchers: Arc<Watchers>,
     /// A tenant's stream: its org and user.
     tenant: Option<(OrgId, Option<uuid::Uuid>)>,
@@ -129,6 +134,16 @@ impl Watchers {
                 self.settings.max_streams
             )));
         }
+        let in_flight = match &self.settings.in_flight {
+            Some(permits) => Some(permits.clone().try_acquire_owned().map_err(|_| {
+                Error::ResourceExhausted(
+                    "server overloaded: every in-flight request is taken \
+                     (SWITCHBOARD_MAX_CONCURRENT_REQUESTS; a stream holds one for its life); retry with backoff"
+                        .into(),
+                )
+            })?),
+            None => None,
+        };
         let tenant = (!claims.is_service_role()).then_some((org, claims.sub));
         if let Some((org, user)) = tenant {
             let of_org = open.per_org.get(&org).copied().unwrap_or(0);
@@ -154,6 +169,7 @@ impl Watchers {
         }
         open.total += 1;
         Ok(Slot {
+            _in_flight: in_flight,
             watchers: self.clone(),
             tenant,
         })

@@ -98,6 +98,12 @@ impl GlobalLimitLayer {
             max_header_list_bytes: limits.max_header_list_bytes as usize,
         }
     }
+
+    /// The in-flight permits (`None` when the cap is off): a stream takes
+    /// one for its whole life, beyond the one its handler held.
+    pub(crate) fn in_flight(&self) -> Option<Arc<Semaphore>> {
+        self.permits.clone()
+    }
 }
 
 fn refuse<B: Default>(message: String) -> http::Response<B> {

@@ -553,3 +553,51 @@ async fn shutdown_ends_open_streams_without_holding_the_drain() {
         }
     }
 }
+
+/// A stream counts against the replica's in-flight requests for its whole
+/// life: with the cap at 2, one open stream holds one, so a unary call is
+/// still served (the other), but a second stream is refused (its handler
+/// takes the last one and the stream would need another), naming the
+/// setting; once the first stream is dropped, the second opens.
+#[tokio::test]
+async fn a_stream_holds_an_in_flight_request_for_its_life() {
+    let app = TestApp::spawn_with(
+        TestDb::seeded().await,
+        AppOptions {
+            max_concurrent_requests: 2,
+            ..fast_watch()
+        },
+    )
+    .await;
+    let mut first = watch(&app, Who::AcmeViewer, "")
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    next(&mut first).await;
+    let mut agents = app.agents().await;
+    service_resolve(&mut agents, ACME_NUMBER)
+        .await
+        .unwrap_or_else(|s| panic!("one permit is left for a unary call: {s:?}"));
+    let message = assert_code(
+        watch(&app, Who::AcmeAdmin, "").await,
+        Code::ResourceExhausted,
+    );
+    assert!(message.contains("MAX_CONCURRENT_REQUESTS"), "{message}");
+
+    drop(first);
+    let limit = Duration::from_secs(10);
+    let began = Instant::now();
+    let mut second = loop {
+        match watch(&app, Who::AcmeAdmin, "").await {
+            Ok(stream) => break stream,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    began.elapsed() < limit,
+                    "the dropped stream's permit not given back within {limit:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(next(&mut second).await.org_id, ACME);
+}
