@@ -197,6 +197,7 @@ fn resolve_request() -> pb::ResolveAgentRequest {
     pb::ResolveAgentRequest {
         called_number: ACME_NUMBER.into(),
         caller_number: String::new(),
+        ..Default::default()
     }
 }
 
@@ -476,6 +477,7 @@ fn micro(c: &mut Criterion) {
             ..Default::default()
         }),
         caller: None,
+        ..Default::default()
     };
     group.bench_function("encode ResolveAgent answer", |b| {
         b.iter(|| std::hint::black_box(&response).encode_to_vec())
@@ -603,6 +605,7 @@ fn scale(rt: &tokio::runtime::Runtime, recorder: &Recorder) -> Vec<ScaleRow> {
                     pb::ResolveAgentRequest {
                         called_number: probe.clone(),
                         caller_number: String::new(),
+                        ..Default::default()
                     },
                 ))
                 .await
@@ -625,6 +628,7 @@ fn scale(rt: &tokio::runtime::Runtime, recorder: &Recorder) -> Vec<ScaleRow> {
                     pb::ResolveAgentRequest {
                         called_number: number,
                         caller_number: String::new(),
+                        ..Default::default()
                     },
                 );
                 let begun = Instant::now();

@@ -184,7 +184,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u64,
     /// Separates deployments (or test runs) sharing one Redis:
-    /// keys become `switchboard:v2:<namespace>:...`.
+    /// keys become `switchboard:v3:<namespace>:...`.
     #[arg(long, env = "SWITCHBOARD_REDIS_NAMESPACE")]
     pub redis_namespace: Option<String>,
     /// Redis TTL, a backstop as well.

@@ -11,7 +11,8 @@ use tower::ServiceBuilder;
 
 use crate::{
     app::{
-        AgentsService, CallSettings, CallsService, CustomersService, ResolveService, WatchSettings,
+        AgentsService, CallSettings, CallerRulesService, CallsService, CustomersService,
+        ResolveService, WatchSettings,
         WhenRedisDown,
     },
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
@@ -22,7 +23,8 @@ use crate::{
     },
     config::ServeConfig,
     grpc::{
-        AgentApi, CallApi, Connection, CustomerApi, GlobalLimitLayer, Limits, TenantLimitLayer,
+        AgentApi, CallApi, CallerRuleApi, Connection, CustomerApi, GlobalLimitLayer, Limits,
+        TenantLimitLayer,
     },
     live::{LiveCalls, LiveSettings},
     observability::{
@@ -33,6 +35,7 @@ use crate::{
     },
     pb::{
         self, agent_service_server::AgentServiceServer, call_service_server::CallServiceServer,
+        caller_rule_service_server::CallerRuleServiceServer,
         customer_service_server::CustomerServiceServer,
     },
     store::PgStore,
@@ -348,6 +351,13 @@ impl Application {
                     resolve,
                     AgentsService::new(self.store.clone(), cache.clone()),
                 ))
+                .max_decoding_message_size(limits.max_message_bytes),
+            )
+            .add_service(
+                CallerRuleServiceServer::new(CallerRuleApi::new(CallerRulesService::new(
+                    self.store.clone(),
+                    cache.clone(),
+                )))
                 .max_decoding_message_size(limits.max_message_bytes),
             )
             .add_service(

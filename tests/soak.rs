@@ -287,6 +287,7 @@ async fn resolver_client(
                 ResolveAgentRequest {
                     called_number: agent.phone.clone(),
                     caller_number: caller.into(),
+                    ..Default::default()
                 },
             )))
             .await;
@@ -569,6 +570,7 @@ async fn malformed_round(
             ResolveAgentRequest {
                 called_number: called.into(),
                 caller_number: "not a phone".into(),
+                ..Default::default()
             },
         ));
         match tokio::time::timeout(bound, call).await {
@@ -607,6 +609,7 @@ async fn malformed_round(
             ResolveAgentRequest {
                 called_number: ACME_NUMBER.into(),
                 caller_number: String::new(),
+                ..Default::default()
             },
         ));
         match tokio::time::timeout(bound, call).await {
@@ -652,6 +655,7 @@ async fn malformed_round(
             ResolveAgentRequest {
                 called_number: ACME_NUMBER.into(),
                 caller_number: String::new(),
+                ..Default::default()
             },
         );
         if let Ok(value) = MetadataValue::try_from("j".repeat(size)) {
@@ -1050,6 +1054,7 @@ async fn soak_with_faults_loses_nothing_and_answers_nothing_wrong() {
                 ResolveAgentRequest {
                     called_number: agent.phone.clone(),
                     caller_number: String::new(),
+                    ..Default::default()
                 },
             )))
             .await
@@ -1227,6 +1232,7 @@ async fn a_write_while_redis_is_frozen_is_not_undone_when_it_thaws() {
             ResolveAgentRequest {
                 called_number: ACME_NUMBER.into(),
                 caller_number: String::new(),
+                ..Default::default()
             },
         )
     };
@@ -1325,6 +1331,7 @@ async fn fills_racing_writes_never_leave_an_older_route() {
                         ResolveAgentRequest {
                             called_number: ACME_NUMBER.into(),
                             caller_number: String::new(),
+                            ..Default::default()
                         },
                     ))
                     .await

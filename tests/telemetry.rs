@@ -207,6 +207,7 @@ fn resolve_request() -> ResolveAgentRequest {
     ResolveAgentRequest {
         called_number: ACME_NUMBER.into(),
         caller_number: SHARED_CALLER.into(),
+        ..Default::default()
     }
 }
 
@@ -632,6 +633,7 @@ async fn metrics_are_scraped_over_http_and_move_with_calls() {
     let unknown = ResolveAgentRequest {
         called_number: "+18005550999".into(),
         caller_number: String::new(),
+        ..Default::default()
     };
     let not_found = agents
         .resolve_agent(authed(&service, unknown))
@@ -956,6 +958,7 @@ async fn otlp_metrics_are_pushed_every_interval_with_the_numbers_of_the_page() {
     let unknown = ResolveAgentRequest {
         called_number: "+18005550999".into(),
         caller_number: String::new(),
+        ..Default::default()
     };
     let not_found = agents.resolve_agent(authed(&service, unknown)).await;
     assert_eq!(not_found.err().map(|s| s.code()), Some(Code::NotFound));

@@ -6,10 +6,12 @@ use prost_types::Timestamp;
 
 use super::pb;
 use crate::domain::{
-    json_to_value, Agent, AgentChange, AgentId, CallLimits, CallRecord, CallStatus,
-    ChangeOperation, Customer, Decision, DisconnectReason, OrgId, Organization, Outcome, PlanTier,
-    Reason, Resolution,
+    json_to_value, AfterHours, Agent, AgentChange, AgentId, AgentRouting, AgentVersion,
+    BusinessHours, CallLimits, CallRecord, CallStatus, CallerAction, CallerMatch, CallerRule,
+    ChangeOperation, Customer, Decision, DisconnectReason, FieldChange, OrgId, Organization,
+    Outcome, PlanTier, Reason, Resolution, VersionServing,
 };
+use crate::error::Error;
 
 pub(crate) fn timestamp(at: DateTime<Utc>) -> Option<Timestamp> {
     Some(Timestamp {
@@ -35,6 +37,200 @@ pub(crate) fn agent_to_pb(agent: &Agent) -> pb::Agent {
             .as_ref()
             .map(|t| t.as_str().to_owned())
             .unwrap_or_default(),
+        latest_version: agent
+            .routing
+            .latest_version
+            .map_or(0, |v| i32::try_from(v).unwrap_or(i32::MAX)),
+        serving: serving_to_pb(&agent.routing.serving),
+        business_hours: hours_to_pb(&agent.routing),
+    }
+}
+
+fn serving_to_pb(serving: &VersionServing) -> Option<pb::VersionServing> {
+    let rule = match serving {
+        VersionServing::Latest => return None,
+        VersionServing::Pinned(v) => {
+            pb::version_serving::Rule::PinnedVersion(i32::try_from(*v).unwrap_or(i32::MAX))
+        }
+        VersionServing::Split(arms) => pb::version_serving::Rule::Split(pb::VersionSplit {
+            arms: arms
+                .iter()
+                .map(|(v, w)| pb::VersionWeight {
+                    version: i32::try_from(*v).unwrap_or(i32::MAX),
+                    weight: i32::try_from(*w).unwrap_or(i32::MAX),
+                })
+                .collect(),
+        }),
+    };
+    Some(pb::VersionServing { rule: Some(rule) })
+}
+
+/// The serving rule a route's agent carries (unset: the latest).
+pub(crate) fn serving_from_pb(serving: Option<&pb::VersionServing>) -> VersionServing {
+    match serving.and_then(|s| s.rule.as_ref()) {
+        None => VersionServing::Latest,
+        Some(pb::version_serving::Rule::PinnedVersion(v)) => {
+            u32::try_from(*v).map_or(VersionServing::Latest, VersionServing::Pinned)
+        }
+        Some(pb::version_serving::Rule::Split(split)) => VersionServing::Split(
+            split
+                .arms
+                .iter()
+                .filter_map(|a| Some((u32::try_from(a.version).ok()?, u32::try_from(a.weight).ok()?)))
+                .collect(),
+        ),
+    }
+}
+
+fn hours_to_pb(routing: &AgentRouting) -> Option<pb::BusinessHours> {
+    let hours = routing.hours.as_ref()?;
+    let json = hours.to_json();
+    let text = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let list = |key: &str| {
+        json.get(key)
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    Some(pb::BusinessHours {
+        time_zone: hours.time_zone().name().to_owned(),
+        weekly: list("weekly")
+            .iter()
+            .map(|w| pb::HoursWindow {
+                day: text(w, "day"),
+                open: text(w, "open"),
+                close: text(w, "close"),
+            })
+            .collect(),
+        exceptions: list("exceptions")
+            .iter()
+            .map(|e| pb::HoursException {
+                date: text(e, "date"),
+                closed: e
+                    .get("closed")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+                hours: e
+                    .get("hours")
+                    .and_then(serde_json::Value::as_array)
+                    .map(|ranges| {
+                        ranges
+                            .iter()
+                            .map(|r| pb::TimeRange {
+                                open: text(r, "open"),
+                                close: text(r, "close"),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        after_hours_agent_id: match &routing.after_hours {
+            AfterHours::Agent(id) => id.to_string(),
+            _ => String::new(),
+        },
+        after_hours_transfer_to: match &routing.after_hours {
+            AfterHours::Transfer(target) => target.as_str().to_owned(),
+            _ => String::new(),
+        },
+    })
+}
+
+/// Business hours as a client sends them (or a cached route carries them),
+/// parsed by the domain's rules. `field` prefixes error messages.
+pub(crate) fn hours_from_pb(field: &str, hours: &pb::BusinessHours) -> Result<BusinessHours, Error> {
+    let range = |open: &str, close: &str| serde_json::json!({ "open": open, "close": close });
+    let json = serde_json::json!({
+        "time_zone": hours.time_zone,
+        "weekly": hours.weekly.iter().map(|w| serde_json::json!({
+            "day": w.day, "open": w.open, "close": w.close,
+        })).collect::<Vec<_>>(),
+        "exceptions": hours.exceptions.iter().map(|e| {
+            let mut exception = serde_json::json!({ "date": e.date, "closed": e.closed });
+            if !e.hours.is_empty() {
+                exception["hours"] = e.hours.iter().map(|r| range(&r.open, &r.close)).collect();
+            }
+            exception
+        }).collect::<Vec<_>>(),
+    });
+    BusinessHours::parse(field, &json)
+}
+
+pub(crate) fn agent_version_to_pb(version: &AgentVersion) -> pb::AgentVersion {
+    pb::AgentVersion {
+        agent_id: version.agent_id.to_string(),
+        org_id: version.org_id.to_string(),
+        version: i32::try_from(version.version).unwrap_or(i32::MAX),
+        name: version.name.clone(),
+        voice_id: version.voice_id.clone(),
+        llm_config: Some(version.llm_config.to_struct()),
+        published_at: timestamp(version.published_at),
+        published_by: version
+            .published_by
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+pub(crate) fn caller_rule_to_pb(rule: &CallerRule) -> pb::CallerRule {
+    pb::CallerRule {
+        id: rule.id.to_string(),
+        org_id: rule.org_id.to_string(),
+        r#match: match rule.matching {
+            CallerMatch::Exact => pb::CallerMatch::Exact,
+            CallerMatch::Prefix => pb::CallerMatch::Prefix,
+        } as i32,
+        pattern: rule.pattern.clone(),
+        action: match rule.action {
+            CallerAction::Block => pb::CallerAction::Block,
+            CallerAction::Route(_) => pb::CallerAction::Route,
+        } as i32,
+        agent_id: match rule.action {
+            CallerAction::Route(agent) => agent.to_string(),
+            CallerAction::Block => String::new(),
+        },
+        label: rule.label.clone().unwrap_or_default(),
+        created_at: (rule.created_at.timestamp() != 0)
+            .then(|| timestamp(rule.created_at))
+            .flatten(),
+        updated_at: (rule.updated_at.timestamp() != 0)
+            .then(|| timestamp(rule.updated_at))
+            .flatten(),
+        agent_number: rule
+            .agent_number
+            .as_ref()
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// A caller-rule change: the same shape as an agent's, the rule's id in
+/// `agent_id`.
+pub(crate) fn caller_rule_change_to_pb(change: &AgentChange) -> pb::CallerRuleChange {
+    let agent = agent_change_to_pb(change);
+    pb::CallerRuleChange {
+        id: agent.id,
+        rule_id: agent.agent_id,
+        org_id: agent.org_id,
+        changed_at: agent.changed_at,
+        changed_by: agent.changed_by,
+        actor_role: agent.actor_role,
+        actor_sql_role: agent.actor_sql_role,
+        operation: agent.operation,
+        fields: agent.fields,
+    }
+}
+
+pub(crate) fn field_change_to_pb(change: &FieldChange) -> pb::FieldChange {
+    pb::FieldChange {
+        field: change.field.clone(),
+        old_value: change.old.as_ref().map(json_to_value),
+        new_value: change.new.as_ref().map(json_to_value),
     }
 }
 
@@ -56,15 +252,7 @@ pub(crate) fn agent_change_to_pb(change: &AgentChange) -> pb::AgentChange {
         actor_role: change.actor_role.clone(),
         actor_sql_role: change.actor_sql_role.clone().unwrap_or_default(),
         operation: operation as i32,
-        fields: change
-            .fields
-            .iter()
-            .map(|f| pb::FieldChange {
-                field: f.field.clone(),
-                old_value: f.old.as_ref().map(json_to_value),
-                new_value: f.new.as_ref().map(json_to_value),
-            })
-            .collect(),
+        fields: change.fields.iter().map(field_change_to_pb).collect(),
     }
 }
 
@@ -77,6 +265,11 @@ pub(crate) fn customer_to_pb(customer: &Customer) -> pb::Customer {
         email: customer.email.clone().unwrap_or_default(),
         created_at: timestamp(customer.created_at),
         updated_at: timestamp(customer.updated_at),
+        attributes: customer
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -102,6 +295,27 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
         agent: Some(agent_to_pb(&resolution.agent)),
         organization: Some(organization_to_pb(&resolution.organization)),
         caller: resolution.caller.as_ref().map(customer_to_pb),
+        route_data: Some(pb::RouteData {
+            served_versions: resolution
+                .extras
+                .served_versions
+                .iter()
+                .map(agent_version_to_pb)
+                .collect(),
+            caller_rules: resolution
+                .extras
+                .caller_rules
+                .iter()
+                .map(caller_rule_to_pb)
+                .collect(),
+            after_hours_agent_number: resolution
+                .extras
+                .after_hours_agent_number
+                .as_ref()
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default(),
+        }),
+        ..Default::default()
     }
 }
 
@@ -130,6 +344,9 @@ fn reason_to_pb(reason: Reason) -> pb::CallReason {
         Reason::OrganizationAtLimit => pb::CallReason::OrganizationAtLimit,
         Reason::AgentAtLimit => pb::CallReason::AgentAtLimit,
         Reason::LimitsUnavailable => pb::CallReason::LimitsUnavailable,
+        Reason::CallerBlocked => pb::CallReason::CallerBlocked,
+        Reason::Closed => pb::CallReason::Closed,
+        Reason::RoutingLoop => pb::CallReason::RoutingLoop,
     }
 }
 
@@ -207,6 +424,9 @@ pub(crate) fn decision_to_pb(
         agent: route.agent,
         organization: route.organization,
         caller: route.caller,
+        agent_version: route.agent_version,
+        variables: route.variables,
+        route_path: route.route_path,
         transfer_to: decision
             .transfer_to
             .as_ref()
@@ -264,6 +484,9 @@ pub(crate) fn call_to_pb(call: &CallRecord) -> pb::Call {
         disconnect_reason: call
             .disconnect_reason
             .map_or(0, |d| disconnect_reason_to_pb(d) as i32),
+        agent_version: call
+            .agent_version
+            .map_or(0, |v| i32::try_from(v).unwrap_or(i32::MAX)),
     }
 }
 

@@ -5,7 +5,10 @@ use super::data::Data;
 use crate::{
     auth::Claims,
     cache::Cache,
-    domain::{Agent, AgentChange, AgentId, AgentPatch, NewAgent, Page, PageRequest, Seq},
+    domain::{
+        routing::compare_versions, Agent, AgentChange, AgentId, AgentPatch, AgentVersion,
+        FieldChange, NewAgent, Page, PageRequest, Seq,
+    },
     error::Error,
     store::PgStore,
 };
@@ -61,6 +64,44 @@ impl AgentsService {
             .write(|store| store.update_agent(claims, id, patch))
             .await?;
         Ok(agent)
+    }
+
+    /// Freezes the agent's draft as its next version; its route is
+    /// evicted (the latest version changed).
+    pub(crate) async fn publish(
+        &self,
+        claims: &Claims,
+        id: AgentId,
+    ) -> Result<AgentVersion, Error> {
+        let (version, _number) = self
+            .data
+            .write(|store| store.publish_agent(claims, id))
+            .await?;
+        Ok(version)
+    }
+
+    pub(crate) async fn versions(
+        &self,
+        claims: &Claims,
+        id: AgentId,
+        page: PageRequest<Seq>,
+    ) -> Result<Page<AgentVersion>, Error> {
+        self.data.reads().list_agent_versions(claims, id, page).await
+    }
+
+    pub(crate) async fn compare(
+        &self,
+        claims: &Claims,
+        id: AgentId,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<FieldChange>, Error> {
+        let (from, to) = self
+            .data
+            .reads()
+            .agent_versions_pair(claims, id, from, to)
+            .await?;
+        Ok(compare_versions(&from, &to))
     }
 
     pub(crate) async fn delete(&self, claims: &Claims, id: AgentId) -> Result<Agent, Error> {

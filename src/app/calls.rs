@@ -12,9 +12,9 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 
-use super::{data::Data, local_slots::LocalSlots, resolve::ResolveService};
+use super::{data::Data, local_slots::LocalSlots, resolve::ResolveService, routing::Verdict};
 use crate::{
-    api::{convert::org_of, pb},
+    api::pb,
     auth::Claims,
     cache::Cache,
     domain::{
@@ -185,7 +185,11 @@ impl CallsService {
     ) -> Result<StartedCall, Error> {
         service_only(claims, "StartCall")?;
         let call_id = call_id.unwrap_or_else(CallId::generate);
-        let Some(resolved) = self.resolve.route(claims, called, caller).await? else {
+        let Some(routed) = self
+            .resolve
+            .decide(claims, called, caller, call_id.as_str(), Utc::now())
+            .await?
+        else {
             // Nobody's number: counted, not recorded (no org to keep it).
             let decision = Decision::refused(Reason::NumberNotFound, None);
             self.metrics
@@ -201,13 +205,20 @@ impl CallsService {
                 limits_unchecked: false,
             });
         };
-        let route = resolved.response;
+        let org_id = routed.org_id;
+        let agent_id = routed.agent_id;
+        // Refused by the pipeline (caller blocked, inactive, closed, a
+        // loop): no slot; else the answering agent's fallback for a limit.
+        let (refused_for, fallback) = match &routed.verdict {
+            Verdict::Answer => (None, routed.fallback()),
+            Verdict::Refuse {
+                reason,
+                transfer_to,
+            } => (Some(*reason), transfer_to.clone()),
+        };
+        let agent_version = routed.agent_version;
+        let route = routed.response;
         let agent = route.agent.as_ref().ok_or(Error::Internal)?;
-        let org_id = org_of(&route).ok_or(Error::Internal)?;
-        let agent_id = AgentId::parse(&agent.id).map_err(|_| Error::Internal)?;
-        let fallback = (!agent.fallback_destination.is_empty())
-            .then(|| TransferTarget::from_db(agent.fallback_destination.clone()));
-        let active = agent.is_active == Some(true);
         let org_limit = route
             .organization
             .as_ref()
@@ -226,7 +237,7 @@ impl CallsService {
                 agent_id,
                 org_limit,
                 agent_limit,
-                refused_for: (!active).then_some(Reason::AgentInactive),
+                refused_for,
                 fallback: fallback.as_ref().map(TransferTarget::as_str),
             })
             .await;
@@ -294,8 +305,8 @@ impl CallsService {
                     tracing::debug!(%error, org_id = %org_id, "call limits could not be checked (Redis)");
                 }
                 started.limits_unchecked = true;
-                started.decision = if !active {
-                    Decision::refused(Reason::AgentInactive, fallback.as_ref())
+                started.decision = if let Some(reason) = refused_for {
+                    Decision::refused(reason, fallback.as_ref())
                 } else {
                     match self.settings.when_redis_down {
                         WhenRedisDown::Answer => {
@@ -363,6 +374,8 @@ impl CallsService {
                         .transfer_to
                         .as_ref()
                         .map(|t| t.as_str().to_owned()),
+                    agent_version: agent_version
+                        .filter(|_| started.decision.outcome == crate::domain::Outcome::Answer),
                 },
             };
             self.record(&fact).await;
@@ -406,17 +419,12 @@ impl CallsService {
     /// call Redis does not know (lost, or never started) must show before
     /// any state is made for it.
     async fn matches_route(&self, call: &CallRef) -> Result<bool, Error> {
-        let route = self
+        let reachable = self
             .resolve
-            .route(&Claims::service(), &call.called, None)
+            .reachable_agents(&Claims::service(), &call.called)
             .await?;
-        Ok(route.is_some_and(|r| {
-            org_of(&r.response) == Some(call.org_id)
-                && r.response
-                    .agent
-                    .as_ref()
-                    .is_some_and(|a| a.id == call.agent_id.to_string())
-        }))
+        let agent = call.agent_id.to_string();
+        Ok(reachable.is_some_and(|(org_id, agents)| org_id == call.org_id && agents.contains(&agent)))
     }
 
     /// Renews the slot; with `answered`, also ringing → in progress.
@@ -771,6 +779,7 @@ impl CallRecord {
             ended_at,
             duration_ms: None,
             disconnect_reason,
+            agent_version: None,
         }
     }
 }

@@ -31,6 +31,21 @@ impl Evicts for (Agent, PhoneNumber) {
     }
 }
 
+/// A published version: its agent's route (the versions it serves).
+impl Evicts for (crate::domain::AgentVersion, PhoneNumber) {
+    fn evictions(&self) -> Invalidation {
+        Invalidation::numbers([self.1.as_str()])
+    }
+}
+
+/// A caller rule written or deleted, and its org's numbers: every route of
+/// the org carries the org's rules.
+impl Evicts for (crate::domain::CallerRule, Vec<String>) {
+    fn evictions(&self) -> Invalidation {
+        Invalidation::numbers(self.1.iter().map(String::as_str))
+    }
+}
+
 /// A customer written or deleted: its caller record in its org.
 impl Evicts for Customer {
     fn evictions(&self) -> Invalidation {

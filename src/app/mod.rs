@@ -23,6 +23,8 @@ mod customers;
 mod data;
 mod local_slots;
 mod resolve;
+mod routing;
+mod caller_rules;
 mod watch;
 
 pub use agents::AgentsService;
@@ -30,5 +32,6 @@ pub use calls::{
     ActiveCallsView, CallRef, CallSettings, CallsService, Lease, StartedCall, WatchSettings,
     WhenRedisDown,
 };
+pub use caller_rules::CallerRulesService;
 pub use customers::CustomersService;
 pub use resolve::{ResolveService, Resolved};

@@ -11,6 +11,10 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chrono::Utc;
+
+use super::routing::Verdict;
+
 use crate::{
     api::{
         convert::{customer_to_pb, org_of, resolution_to_pb},
@@ -18,7 +22,7 @@ use crate::{
     },
     auth::Claims,
     cache::{Breaker, Cache, CallerRecord, Tier},
-    domain::{OrgId, PhoneNumber},
+    domain::{OrgId, PhoneNumber, Reason, TransferTarget},
     error::Error,
     store::PgStore,
 };
@@ -48,13 +52,20 @@ fn no_agent() -> Error {
     Error::NotFound("no agent answers this number".into())
 }
 
-fn check_active(route: &pb::ResolveAgentResponse) -> Result<(), Error> {
-    match route.agent.as_ref().and_then(|a| a.is_active) {
-        Some(true) => Ok(()),
-        _ => Err(Error::FailedPrecondition(
-            "the agent for this number is inactive".into(),
-        )),
-    }
+/// What ResolveAgent answers when StartCall would not answer the call.
+fn not_answered(reason: Reason, transfer_to: Option<&TransferTarget>) -> Error {
+    let why = match reason {
+        Reason::CallerBlocked => "the caller is blocked by a caller rule",
+        Reason::Closed => "the agent for this number is closed (outside its business hours)",
+        Reason::RoutingLoop => {
+            "no agent answers: the caller rules and after-hours agents loop or pass the hop limit"
+        }
+        _ => "the agent for this number is inactive",
+    };
+    Error::FailedPrecondition(match transfer_to {
+        Some(target) => format!("{why}; StartCall transfers to {}", target.as_str()),
+        None => why.to_owned(),
+    })
 }
 
 impl ResolveService {
@@ -72,18 +83,29 @@ impl ResolveService {
         self.database.is_open()
     }
 
+    /// ResolveAgent: the decision pipeline (`routing.rs`) without limits.
     pub(crate) async fn resolve(
         &self,
         claims: &Claims,
         called: &PhoneNumber,
         caller: Option<&PhoneNumber>,
+        call_id: &str,
     ) -> Result<Resolved, Error> {
-        let resolved = self
-            .route(claims, called, caller)
+        let routed = self
+            .decide(claims, called, caller, call_id, Utc::now())
             .await?
             .ok_or_else(no_agent)?;
-        check_active(&resolved.response)?;
-        Ok(resolved)
+        match routed.verdict {
+            Verdict::Answer => Ok(Resolved {
+                response: routed.response,
+                org_id: Some(routed.org_id),
+                tier: routed.tier,
+            }),
+            Verdict::Refuse {
+                reason,
+                transfer_to,
+            } => Err(not_answered(reason, transfer_to.as_ref())),
+        }
     }
 
     /// The route with the caller's record, active agent or not; `None`

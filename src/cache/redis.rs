@@ -1,5 +1,5 @@
 //! The shared tier: routes as protobuf bytes under versioned keys
-//! (`switchboard:v2:[<namespace>:]<database identity>:route:<E.164>`), with
+//! (`switchboard:v3:[<namespace>:]<database identity>:route:<E.164>`), with
 //! a TTL as a backstop only.
 //!
 //! Keys and the pub/sub channel belong to one database: its identity (a
@@ -44,8 +44,9 @@ use crate::{api::pb, observability::metrics::Metrics, store::DatabaseIdentity};
 /// Every key and channel starts with this; bump the version when the value
 /// format changes, so old and new replicas never read each other's bytes.
 /// v2: routes carry the concurrent-call limits and the agent's fallback
-/// (a v1 route would read as limit 0).
-pub const KEY_VERSION: &str = "switchboard:v2:";
+/// (a v1 route would read as limit 0). v3: routes carry the routing rules
+/// (versions, hours, caller rules): a v2 route would read as having none.
+pub const KEY_VERSION: &str = "switchboard:v3:";
 
 #[derive(Clone)]
 pub struct RedisTier {
@@ -59,7 +60,7 @@ struct Inner {
     breaker: Breaker,
     timeout: Duration,
     ttl_secs: u64,
-    /// `switchboard:v2:[<namespace>:]`
+    /// `switchboard:v3:[<namespace>:]`
     base: String,
     /// `<base><database identity>:`, the start of every key and of the
     /// channel; `None` until the identity is known. Loaded once per call,
@@ -149,7 +150,7 @@ impl RedisTier {
         scope
     }
 
-    /// The current `switchboard:v2:[<namespace>:]<identity>:`, if known.
+    /// The current `switchboard:v3:[<namespace>:]<identity>:`, if known.
     fn prefix(&self) -> Option<Arc<String>> {
         self.inner.prefix.load_full()
     }
@@ -221,7 +222,7 @@ impl RedisTier {
         self.inner.connection.get().cloned()
     }
 
-    /// The current key prefix (`switchboard:v2:[<ns>:]<identity>:`), for
+    /// The current key prefix (`switchboard:v3:[<ns>:]<identity>:`), for
     /// the live-call state that shares this Redis (`live/`, on a connection
     /// of its own). `None` until the database's identity is known.
     pub(crate) fn key_prefix(&self) -> Option<Arc<String>> {

@@ -125,6 +125,9 @@ db_enum!(
         OrganizationAtLimit = "organization_at_limit",
         AgentAtLimit = "agent_at_limit",
         LimitsUnavailable = "limits_unavailable",
+        CallerBlocked = "caller_blocked",
+        Closed = "closed",
+        RoutingLoop = "routing_loop",
     }
 );
 
@@ -168,7 +171,8 @@ impl Reason {
         match self {
             Reason::Answered => 200,
             Reason::NumberNotFound => 404,
-            Reason::AgentInactive => 480,
+            Reason::AgentInactive | Reason::Closed | Reason::RoutingLoop => 480,
+            Reason::CallerBlocked => 603,
             Reason::OrganizationAtLimit | Reason::AgentAtLimit => 486,
             Reason::LimitsUnavailable => 503,
         }
@@ -233,6 +237,10 @@ pub enum Fact {
         outcome: Outcome,
         reason: Reason,
         transfer_to: Option<String>,
+        /// The agent version that answered (absent in facts written before
+        /// versions existed).
+        #[serde(default)]
+        agent_version: Option<u32>,
     },
     Answered,
     Ended {
@@ -260,6 +268,7 @@ pub struct CallRecord {
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub disconnect_reason: Option<DisconnectReason>,
+    pub agent_version: Option<u32>,
 }
 
 /// Which call `GetCall` asks for.

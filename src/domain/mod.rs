@@ -3,9 +3,11 @@
 
 pub mod call;
 mod history;
+pub mod hours;
 mod ids;
 mod llm_config;
 pub mod model;
+pub mod routing;
 mod page;
 mod phone;
 
@@ -14,6 +16,7 @@ pub use call::{
     Decision, DisconnectReason, EndStatus, Fact, Outcome, Reason, TransferTarget,
 };
 pub use history::{field_changes, AgentChange, ChangeOperation, FieldChange};
+pub use hours::{BusinessHours, TZDB_VERSION};
 pub use ids::{AgentId, CustomerId, OrgId};
 pub use llm_config::{json_to_value, LlmConfig};
 pub use model::{
@@ -22,3 +25,7 @@ pub use model::{
 };
 pub use page::{Page, PageRequest, Seq};
 pub use phone::PhoneNumber;
+pub use routing::{
+    AfterHours, AgentRouting, AgentVersion, CallerAction, CallerMatch, CallerRule, NewCallerRule,
+    RouteExtras, VersionServing,
+};

@@ -3,7 +3,12 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{AgentId, CustomerId, LlmConfig, OrgId, PhoneNumber, TransferTarget};
+use std::collections::BTreeMap;
+
+use super::{
+    AfterHours, AgentId, AgentRouting, BusinessHours, CustomerId, LlmConfig, OrgId, PhoneNumber,
+    RouteExtras, TransferTarget, VersionServing,
+};
 use crate::error::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +56,8 @@ pub struct Agent {
     pub(crate) max_concurrent_calls: Option<u32>,
     /// Where calls it cannot take go; refused when `None`.
     pub(crate) fallback_destination: Option<TransferTarget>,
+    /// Versions, hours, after hours.
+    pub(crate) routing: AgentRouting,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +69,8 @@ pub struct Customer {
     pub(crate) email: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
+    /// For prompt templates (`routing::parse_attributes` bounds them).
+    pub(crate) attributes: BTreeMap<String, String>,
 }
 
 /// The answer to `ResolveAgent`.
@@ -71,6 +80,8 @@ pub struct Resolution {
     pub(crate) organization: Organization,
     /// The caller's record in the agent's organization, when known.
     pub(crate) caller: Option<Customer>,
+    /// What the decision pipeline needs beyond the agent and org.
+    pub(crate) extras: RouteExtras,
 }
 
 /// Text fields a client sets. Bounded like the database's check constraints,
@@ -134,6 +145,8 @@ pub struct NewAgent {
     pub(crate) is_active: bool,
     pub(crate) max_concurrent_calls: Option<u32>,
     pub(crate) fallback_destination: Option<TransferTarget>,
+    pub(crate) hours: Option<BusinessHours>,
+    pub(crate) after_hours: AfterHours,
 }
 
 /// The fields `UpdateAgent` may change.
@@ -146,10 +159,12 @@ pub enum AgentField {
     IsActive,
     MaxConcurrentCalls,
     FallbackDestination,
+    Serving,
+    BusinessHours,
 }
 
 impl AgentField {
-    pub const ALL: [AgentField; 7] = [
+    pub const ALL: [AgentField; 9] = [
         AgentField::Name,
         AgentField::PhoneNumber,
         AgentField::VoiceId,
@@ -157,6 +172,8 @@ impl AgentField {
         AgentField::IsActive,
         AgentField::MaxConcurrentCalls,
         AgentField::FallbackDestination,
+        AgentField::Serving,
+        AgentField::BusinessHours,
     ];
 
     pub fn parse_path(path: &str) -> Result<Self, Error> {
@@ -168,8 +185,10 @@ impl AgentField {
             "is_active" | "isActive" => Ok(AgentField::IsActive),
             "max_concurrent_calls" | "maxConcurrentCalls" => Ok(AgentField::MaxConcurrentCalls),
             "fallback_destination" | "fallbackDestination" => Ok(AgentField::FallbackDestination),
+            "serving" => Ok(AgentField::Serving),
+            "business_hours" | "businessHours" => Ok(AgentField::BusinessHours),
             other => Err(Error::invalid(format!(
-                "update_mask path {:?} is not one of: name, phone_number, voice_id, llm_config, is_active, max_concurrent_calls, fallback_destination",
+                "update_mask path {:?} is not one of: name, phone_number, voice_id, llm_config, is_active, max_concurrent_calls, fallback_destination, serving, business_hours",
                 shortened(other)
             ))),
         }
@@ -187,6 +206,9 @@ pub struct AgentPatch {
     pub(crate) is_active: Option<bool>,
     pub(crate) max_concurrent_calls: Option<Option<u32>>,
     pub(crate) fallback_destination: Option<Option<TransferTarget>>,
+    pub(crate) serving: Option<VersionServing>,
+    /// `Some((None, _))` clears the hours (always open).
+    pub(crate) hours: Option<(Option<BusinessHours>, AfterHours)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -196,6 +218,7 @@ pub struct CustomerUpsert {
     pub(crate) phone: PhoneNumber,
     pub(crate) name: Option<String>,
     pub(crate) email: Option<String>,
+    pub(crate) attributes: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

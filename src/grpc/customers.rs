@@ -12,6 +12,7 @@ use crate::{
     auth::claims_of,
     domain::{
         model::{parse_optional_text, MAX_EMAIL_CHARS, MAX_NAME_CHARS},
+        routing::parse_attributes,
         CustomerId, CustomerUpsert, OrgId, PageRequest, PhoneNumber,
     },
     error::Error,
@@ -80,6 +81,7 @@ impl CustomerService for CustomerApi {
             phone: PhoneNumber::parse_for_write(&customer.phone).map_err(in_field("phone"))?,
             name: parse_optional_text("name", &customer.name, MAX_NAME_CHARS)?,
             email: parse_optional_text("email", &customer.email, MAX_EMAIL_CHARS)?,
+            attributes: parse_attributes("customer.attributes", customer.attributes)?,
         };
         let customer = self.customers.upsert(&claims, &upsert).await?;
         Ok(with_org(customer_to_pb(&customer), customer.org_id))

@@ -3,6 +3,7 @@
 //! No store, no cache, no SQL, no tenant filtering here.
 
 mod agents;
+mod caller_rules;
 mod calls;
 mod connection;
 mod customers;
@@ -13,6 +14,7 @@ mod parse;
 /// log line, the cache tier for the log, the metrics and the trailer.
 pub use crate::observability::{LoggedOrg, CACHE_TIER_HEADER};
 pub use agents::AgentApi;
+pub use caller_rules::CallerRuleApi;
 pub use calls::CallApi;
 pub use connection::Connection;
 pub use customers::CustomerApi;

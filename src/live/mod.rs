@@ -14,7 +14,7 @@
 //!   clock: lease expiry is a score in Redis milliseconds.
 //! * A call's hash remembers its decision for `remember` after its last
 //!   activity; once it says `ended`, no renewal brings the slot back.
-//! * Keys live under the cache's prefix (`switchboard:v2:[ns:]<database
+//! * Keys live under the cache's prefix (`switchboard:v3:[ns:]<database
 //!   identity>:`): a reset database or another deployment counts nothing
 //!   of ours.
 //! * Nothing here decides an outcome beyond the counts: the core

@@ -33,7 +33,7 @@ use crate::{
 
 const CALL_COLUMNS: &str = "id, org_id, call_id, agent_id, customer_id, called_number, \
      caller_number, outcome, reason, transfer_to, status, started_at, answered_at, ended_at, \
-     duration_ms, disconnect_reason";
+     duration_ms, disconnect_reason, agent_version";
 
 /// An organization's limit after a write, and the numbers whose cached
 /// routes carry the old one.
@@ -262,6 +262,7 @@ fn at(value: Option<DateTime<Utc>>) -> String {
 fn record_sql(fact: &CallFact) -> Option<String> {
     let (mut caller, mut agent, mut customer) = (None, None, None);
     let (mut outcome, mut reason, mut transfer) = (None, None, None);
+    let mut version: Option<u32> = None;
     let (mut answered, mut ended, mut end_status, mut disconnect) = (None, None, None, None);
     match &fact.what {
         Fact::Decided {
@@ -271,7 +272,9 @@ fn record_sql(fact: &CallFact) -> Option<String> {
             outcome: o,
             reason: r,
             transfer_to,
+            agent_version,
         } => {
+            version = *agent_version;
             caller = caller_number.as_deref();
             agent = agent_id.map(|a| a.as_uuid());
             customer = customer_id.map(|c| c.as_uuid());
@@ -294,11 +297,11 @@ fn record_sql(fact: &CallFact) -> Option<String> {
         "SET LOCAL ROLE service_role; \
          insert into public.calls as c (org_id, call_id, called_number, caller_number, \
              agent_id, customer_id, outcome, reason, transfer_to, started_at, answered_at, \
-             ended_at, end_status, disconnect_reason) \
+             ended_at, end_status, disconnect_reason, agent_version) \
          values ({org}, {call_id}, {called}, {caller}, \
              (select a.id from public.agents a where a.id = {agent} and a.org_id = {org}), \
              (select u.id from public.customers u where u.id = {customer} and u.org_id = {org}), \
-             {outcome}, {reason}, {transfer}, {started}, {answered}, {ended}, {end_status}, {disconnect}) \
+             {outcome}, {reason}, {transfer}, {started}, {answered}, {ended}, {end_status}, {disconnect}, {version}) \
          on conflict (org_id, call_id) do update set \
            caller_number = coalesce(excluded.caller_number, c.caller_number), \
            agent_id = coalesce(excluded.agent_id, c.agent_id), \
@@ -310,7 +313,9 @@ fn record_sql(fact: &CallFact) -> Option<String> {
            answered_at = least(c.answered_at, excluded.answered_at), \
            ended_at = least(c.ended_at, excluded.ended_at), \
            end_status = coalesce(c.end_status, excluded.end_status), \
-           disconnect_reason = coalesce(c.disconnect_reason, excluded.disconnect_reason)",
+           disconnect_reason = coalesce(c.disconnect_reason, excluded.disconnect_reason), \
+           agent_version = case when c.outcome is null then excluded.agent_version else c.agent_version end",
+        version = version.map_or_else(|| "null::integer".to_owned(), |v| format!("{v}::integer")),
         call_id = sql_literal(&fact.call_id)?,
         called = sql_literal(&fact.called_number)?,
         caller = text(caller)?,
@@ -361,5 +366,7 @@ fn call_from_row(row: &PgRow) -> Result<CallRecord, Error> {
         ended_at: get(row, "ended_at")?,
         duration_ms: get(row, "duration_ms")?,
         disconnect_reason: closed(get(row, "disconnect_reason")?, DisconnectReason::from_db),
+        agent_version: get::<Option<i32>>(row, "agent_version")?
+            .and_then(|v| u32::try_from(v).ok()),
     })
 }

@@ -6,6 +6,7 @@ mod calls;
 mod identity;
 pub mod outbox;
 mod postgres;
+mod routing;
 mod sql_literal;
 mod tx;
 

@@ -42,9 +42,10 @@ use super::{
 use crate::{
     auth::Claims,
     domain::{
-        field_changes, Agent, AgentChange, AgentId, AgentPatch, ChangeOperation, Customer,
-        CustomerId, CustomerUpsert, LlmConfig, NewAgent, OrgId, Organization, Page, PageRequest,
-        PhoneNumber, PlanTier, Resolution, Seq, TransferTarget,
+        field_changes, AfterHours, Agent, AgentChange, AgentId, AgentPatch, AgentRouting,
+        BusinessHours, ChangeOperation, Customer, CustomerId, CustomerUpsert, LlmConfig,
+        NewAgent, OrgId, Organization, Page, PageRequest, PhoneNumber, PlanTier, Resolution, Seq,
+        TransferTarget, VersionServing,
     },
     error::Error,
 };
@@ -134,8 +135,9 @@ pub struct PoolStats {
 }
 
 const AGENT_COLUMNS: &str = "id, org_id, name, phone_number, voice_id, llm_config, is_active, \
-     created_at, updated_at, max_concurrent_calls, fallback_destination";
-const CUSTOMER_COLUMNS: &str = "id, org_id, phone, name, email, created_at, updated_at";
+     created_at, updated_at, max_concurrent_calls, fallback_destination, latest_version, serving, \
+     business_hours, after_hours_agent_id, after_hours_destination";
+const CUSTOMER_COLUMNS: &str = "id, org_id, phone, name, email, created_at, updated_at, attributes";
 
 impl PgStore {
     /// Parses the URL now (a bad one stops start-up); connects lazily, so the
@@ -273,7 +275,7 @@ impl PgStore {
             None => "NULL".to_owned(),
         };
         let sql = format!(
-            "select * from switchboard_private.resolve_route({claims_literal}, '{role}', {called_literal}, {caller_literal})",
+            "select * from switchboard_private.resolve_number({claims_literal}, '{role}', {called_literal}, {caller_literal})",
             role = claims.role.as_str()
         );
         // The number is unique: at most one row.
@@ -296,12 +298,16 @@ impl PgStore {
                     a.llm_config, a.is_active, a.created_at as agent_created_at, \
                     a.updated_at as agent_updated_at, \
                     a.max_concurrent_calls as agent_max_concurrent_calls, a.fallback_destination, \
+                    a.latest_version, a.serving, a.business_hours, a.after_hours_agent_id, \
+                    a.after_hours_destination, \
                     o.name as org_name, o.slug as org_slug, \
                     o.plan_tier::text as org_plan_tier, o.created_at as org_created_at, \
                     coalesce(o.max_concurrent_calls, switchboard_private.plan_call_limit(o.plan_tier)) \
                       as org_max_concurrent_calls, \
-                    null::uuid as customer_id \
+                    null::uuid as customer_id, \
+                    x.served_versions, x.after_hours_agent_number, x.caller_rules \
              from public.agents a join public.organizations o on o.id = a.org_id \
+             cross join lateral switchboard_private.route_extras(a.id, a.org_id) x \
              where $1::text is null or a.phone_number > $1 \
              order by a.phone_number limit $2",
         )
@@ -322,8 +328,10 @@ impl PgStore {
     ) -> Result<Agent, Error> {
         let sql = format!(
             "insert into public.agents (org_id, name, phone_number, voice_id, llm_config, is_active, \
-                                        max_concurrent_calls, fallback_destination) \
-             values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5, $6, $7, $8) \
+                                        max_concurrent_calls, fallback_destination, business_hours, \
+                                        after_hours_agent_id, after_hours_destination) \
+             values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5, $6, $7, $8, \
+                     $9, $10, $11) \
              returning {AGENT_COLUMNS}"
         );
         let insert = sqlx::query(&sql)
@@ -339,7 +347,10 @@ impl PgStore {
                     .fallback_destination
                     .as_ref()
                     .map(TransferTarget::as_str),
-            );
+            )
+            .bind(agent.hours.as_ref().map(BusinessHours::to_json))
+            .bind(after_hours_agent(&agent.after_hours))
+            .bind(after_hours_destination(&agent.after_hours));
         let row = self
             .transaction(claims, Access::Write, "create_agent", async |tx| {
                 tx.fetch_one(insert).await
@@ -365,7 +376,11 @@ impl PgStore {
                llm_config = coalesce($5, a.llm_config), \
                is_active = coalesce($6, a.is_active), \
                max_concurrent_calls = case when $7 then $8 else a.max_concurrent_calls end, \
-               fallback_destination = case when $9 then $10 else a.fallback_destination end \
+               fallback_destination = case when $9 then $10 else a.fallback_destination end, \
+               serving = case when $11 then $12 else a.serving end, \
+               business_hours = case when $13 then $14 else a.business_hours end, \
+               after_hours_agent_id = case when $13 then $15 else a.after_hours_agent_id end, \
+               after_hours_destination = case when $13 then $16 else a.after_hours_destination end \
              from before where a.id = before.id \
              returning {cols}, before.phone_number as previous_phone_number",
             cols = AGENT_COLUMNS
@@ -389,6 +404,22 @@ impl PgStore {
                     .fallback_destination
                     .as_ref()
                     .and_then(|t| t.as_ref().map(TransferTarget::as_str)),
+            )
+            .bind(patch.serving.is_some())
+            .bind(patch.serving.as_ref().and_then(VersionServing::to_json))
+            .bind(patch.hours.is_some())
+            .bind(
+                patch
+                    .hours
+                    .as_ref()
+                    .and_then(|(h, _)| h.as_ref().map(BusinessHours::to_json)),
+            )
+            .bind(patch.hours.as_ref().and_then(|(_, a)| after_hours_agent(a)))
+            .bind(
+                patch
+                    .hours
+                    .as_ref()
+                    .and_then(|(_, a)| after_hours_destination(a)),
             );
         let row = self
             .write_by_id::<Agent>(claims, "update_agent", id.as_uuid(), update)
@@ -476,7 +507,8 @@ impl PgStore {
             .bind(customer.org_id.map(|o| o.as_uuid()))
             .bind(customer.phone.as_str())
             .bind(customer.name.as_deref())
-            .bind(customer.email.as_deref());
+            .bind(customer.email.as_deref())
+            .bind(serde_json::to_value(&customer.attributes).unwrap_or_default());
         let row = self
             .transaction(claims, Access::Write, "upsert_customer", async |tx| {
                 tx.fetch_one(upsert).await
@@ -711,6 +743,53 @@ fn agent_from_columns(
         max_concurrent_calls: get::<Option<i32>>(row, max_calls)?.map(limit_from_db),
         fallback_destination: get::<Option<String>>(row, "fallback_destination")?
             .map(TransferTarget::from_db),
+        routing: routing_from_row(row)?,
+    })
+}
+
+fn after_hours_agent(after: &AfterHours) -> Option<Uuid> {
+    match after {
+        AfterHours::Agent(id) => Some(id.as_uuid()),
+        _ => None,
+    }
+}
+
+fn after_hours_destination(after: &AfterHours) -> Option<&str> {
+    match after {
+        AfterHours::Transfer(target) => Some(target.as_str()),
+        _ => None,
+    }
+}
+
+/// An agent's versions, hours and after-hours target as stored. Hours the
+/// service cannot read (written from SQL in another shape) are logged and
+/// read as none: the agent answers at all times rather than never.
+fn routing_from_row(row: &PgRow) -> Result<AgentRouting, Error> {
+    let serving: Option<serde_json::Value> = get(row, "serving")?;
+    let hours = match get::<Option<serde_json::Value>>(row, "business_hours")? {
+        None => None,
+        Some(json) => match BusinessHours::parse("business_hours", &json) {
+            Ok(hours) => Some(hours),
+            Err(error) => {
+                tracing::error!(%error, "an agent's business_hours cannot be read; treated as always open");
+                None
+            }
+        },
+    };
+    let after_hours = match (
+        get::<Option<Uuid>>(row, "after_hours_agent_id")?,
+        get::<Option<String>>(row, "after_hours_destination")?,
+    ) {
+        (Some(id), _) => AfterHours::Agent(AgentId::from_uuid(id)),
+        (None, Some(target)) => AfterHours::Transfer(TransferTarget::from_db(target)),
+        (None, None) => AfterHours::Refuse,
+    };
+    Ok(AgentRouting {
+        latest_version: get::<Option<i32>>(row, "latest_version")?
+            .and_then(|v| u32::try_from(v).ok()),
+        serving: VersionServing::from_json(serving.as_ref()),
+        hours,
+        after_hours,
     })
 }
 
@@ -751,7 +830,22 @@ fn customer_from_row(row: &PgRow) -> Result<Customer, Error> {
         email: get(row, "email")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
+        attributes: attributes_from_db(get(row, "attributes")?),
     })
+}
+
+/// The check constraint keeps it a flat object of strings.
+fn attributes_from_db(value: Option<serde_json::Value>) -> std::collections::BTreeMap<String, String> {
+    match value {
+        Some(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => Default::default(),
+    }
 }
 
 fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
@@ -783,12 +877,15 @@ fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
             email: get(row, "customer_email")?,
             created_at: get::<DateTime<Utc>>(row, "customer_created_at")?,
             updated_at: get::<DateTime<Utc>>(row, "customer_updated_at")?,
+            attributes: attributes_from_db(get(row, "customer_attributes")?),
         }),
     };
+    let extras = super::routing::extras_from_row(row, &agent)?;
     Ok(Resolution {
         agent,
         organization,
         caller,
+        extras,
     })
 }
 
@@ -796,9 +893,10 @@ fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
 /// caller's.
 fn customer_upsert_sql() -> String {
     format!(
-        "insert into public.customers (org_id, phone, name, email) \
-         values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4) \
-         on conflict (org_id, phone) do update set name = excluded.name, email = excluded.email \
+        "insert into public.customers (org_id, phone, name, email, attributes) \
+         values (coalesce($1, switchboard_private.auth_org_id()), $2, $3, $4, $5) \
+         on conflict (org_id, phone) do update set name = excluded.name, email = excluded.email, \
+           attributes = excluded.attributes \
          returning {CUSTOMER_COLUMNS}"
     )
 }

@@ -266,6 +266,38 @@ pub(super) fn db_error(error: sqlx::Error, operation: &'static str) -> Error {
             let column = pg.and_then(|p| p.column()).unwrap_or_default();
             tracing::debug!(operation, code = %code, constraint, column, "database refused");
             match code.as_ref() {
+                "23505" if constraint == "caller_rules_one_per_pattern" => Error::AlreadyExists(
+                    "a caller rule with this match and pattern already exists".into(),
+                ),
+                "23503" if constraint == "agents_after_hours_same_org_fkey" => Error::invalid(
+                    "business_hours.after_hours_agent_id does not name an agent of this organization",
+                ),
+                "23503" if constraint == "caller_rules_agent_same_org_fkey" => {
+                    Error::invalid("rule.agent_id does not name an agent of this organization")
+                }
+                "23503" if constraint == "agent_versions_agent_same_org_fkey" => {
+                    Error::not_found("agent")
+                }
+                "23514" if constraint == "agents_after_hours_not_itself" => Error::invalid(
+                    "business_hours: the after-hours agent or destination may not be the agent itself",
+                ),
+                // Raised by our own triggers, with messages written for clients.
+                "23514"
+                    if matches!(
+                        constraint,
+                        "agents_serving_versions_exist" | "agents_latest_version_by_publishing"
+                    ) =>
+                {
+                    Error::invalid(db.message().to_owned())
+                }
+                "23514"
+                    if matches!(
+                        constraint,
+                        "caller_rules_per_org" | "agent_versions_version_check"
+                    ) =>
+                {
+                    Error::FailedPrecondition(db.message().to_owned())
+                }
                 "23505" if constraint == "agents_phone_number_key" => {
                     Error::AlreadyExists("phone number is already taken by an agent".into())
                 }

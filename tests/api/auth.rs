@@ -549,6 +549,7 @@ async fn jwks_tokens_over_grpc() {
             ResolveAgentRequest {
                 called_number: BLUEBIRD_NUMBER.into(),
                 caller_number: SHARED_CALLER.into(),
+                ..Default::default()
             },
         ))
         .await
@@ -852,6 +853,7 @@ async fn a_deleted_or_moved_profile_takes_effect_on_the_same_token_at_once() {
     let resolve_own = || ResolveAgentRequest {
         called_number: ACME_NUMBER.into(),
         caller_number: SHARED_CALLER.into(),
+        ..Default::default()
     };
     let mut agents = app.agents().await;
     agents

@@ -45,6 +45,7 @@ async fn assert_cannot_touch_other_org(app: &TestApp, who: Who, token: &str) {
                 ResolveAgentRequest {
                     called_number: other_number.into(),
                     caller_number: SHARED_CALLER.into(),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -341,6 +342,7 @@ async fn a_user_with_no_profile_sees_nothing() {
                     ResolveAgentRequest {
                         called_number: number.into(),
                         caller_number: String::new(),
+                        ..Default::default()
                     },
                 ))
                 .await,

@@ -36,6 +36,7 @@ async fn database_down_is_unavailable_at_once() {
                 ResolveAgentRequest {
                     called_number: ACME_NUMBER.into(),
                     caller_number: String::new(),
+                    ..Default::default()
                 },
             ))
             .await,

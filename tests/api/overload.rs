@@ -67,6 +67,7 @@ fn resolve(called: &str) -> ResolveAgentRequest {
     ResolveAgentRequest {
         called_number: called.into(),
         caller_number: String::new(),
+        ..Default::default()
     }
 }
 

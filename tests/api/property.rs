@@ -576,6 +576,7 @@ impl Run {
                     ResolveAgentRequest {
                         called_number: row.phone.clone(),
                         caller_number: caller.to_owned(),
+                        ..Default::default()
                     },
                 ))
                 .await
@@ -721,6 +722,7 @@ impl Run {
                 } else {
                     self.sent_form(caller)
                 },
+                ..Default::default()
             };
             let result = self
                 .agents
@@ -877,6 +879,7 @@ async fn a_customer_write_is_on_the_very_next_resolve() {
     let resolve = || ResolveAgentRequest {
         called_number: ACME_NUMBER.into(),
         caller_number: SHARED_CALLER.into(),
+        ..Default::default()
     };
     // The notification usually wins the race; a few rounds make losing it
     // (the bug) show up every time.

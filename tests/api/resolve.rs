@@ -7,6 +7,7 @@ fn resolve(called: &str, caller: &str) -> ResolveAgentRequest {
     ResolveAgentRequest {
         called_number: called.into(),
         caller_number: caller.into(),
+        ..Default::default()
     }
 }
 

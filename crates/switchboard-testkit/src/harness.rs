@@ -563,7 +563,7 @@ impl Drop for Server {
     }
 }
 
-/// Every Redis key of a deployment namespace (`switchboard:v2:<namespace>:`),
+/// Every Redis key of a deployment namespace (`switchboard:v3:<namespace>:`),
 /// deleted; failures ignored (a clean-up).
 pub async fn delete_redis_namespace(redis_url: &str, namespace: &str) {
     let Ok(client) = redis::Client::open(redis_url) else {
@@ -573,7 +573,7 @@ pub async fn delete_redis_namespace(redis_url: &str, namespace: &str) {
         return;
     };
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("switchboard:v2:{namespace}:*"))
+        .arg(format!("switchboard:v3:{namespace}:*"))
         .query_async(&mut redis)
         .await
         .unwrap_or_default();
@@ -770,6 +770,7 @@ pub fn resolve_req(called: &str, caller: &str) -> switchboard::pb::ResolveAgentR
     switchboard::pb::ResolveAgentRequest {
         called_number: called.into(),
         caller_number: caller.into(),
+        ..Default::default()
     }
 }
 
@@ -854,7 +855,7 @@ where
 }
 
 impl<M: PoolerMode> TestDb<M> {
-    /// `switchboard:v2:<namespace>:<database identity>:`, how every Redis
+    /// `switchboard:v3:<namespace>:<database identity>:`, how every Redis
     /// key and the channel of a `TestApp` on this database begin.
     pub async fn redis_prefix(&self) -> String {
         let identity: Uuid =
@@ -862,7 +863,7 @@ impl<M: PoolerMode> TestDb<M> {
                 .fetch_one(&self.pool)
                 .await
                 .unwrap_or_else(|e| panic!("database identity: {e}"));
-        format!("switchboard:v2:{}:{}:", self.name, identity.simple())
+        format!("switchboard:v3:{}:{}:", self.name, identity.simple())
     }
 
     /// Holds the lock on Acme's customer for `SHARED_CALLER`, so every

@@ -1,0 +1,416 @@
+//! The decision pipeline: one order, used by `StartCall` and `ResolveAgent`
+//! alike, so the two never disagree (docs/routing.md).
+//!
+//! 1. Caller rules of the number's organization (most specific first): a
+//!    block refuses (SIP 603); a route sends the call to the rule's agent.
+//! 2. The agent: inactive → refused (its fallback, else SIP 480). Outside its
+//!    business hours → its after-hours agent (back to 2 for that agent), or
+//!    a transfer to its after-hours destination, or refused (SIP 480).
+//! 3. The version the agent serves: pinned, a split by call id, or the
+//!    latest published (never published: its own fields).
+//! 4. (StartCall only) the limits, for the agent that answers.
+//! 5. (StartCall only) the fallback of that agent when a limit is reached.
+//!
+//! Every step reads only what the cached routes carry: no round trip
+//! beyond the route lookups themselves (one per hop, a memory hit when
+//! warm). At most `MAX_HOPS` hops, never the same agent twice: a chain that
+//! would loop is refused with `RoutingLoop` (SIP 480).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::resolve::{ResolveService, Resolved};
+use crate::{
+    api::{
+        convert::{hours_from_pb, org_of, serving_from_pb},
+        pb,
+    },
+    auth::Claims,
+    cache::Tier,
+    domain::{
+        routing::{rule_rank, MAX_HOPS},
+        AgentId, CallerMatch, OrgId, PhoneNumber, Reason, TransferTarget,
+    },
+    error::Error,
+};
+
+/// What the pipeline decided before any limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The agent in the answer takes the call (limits permitting).
+    Answer,
+    /// Nobody takes it: refused for `reason`, or transferred.
+    Refuse {
+        reason: Reason,
+        transfer_to: Option<TransferTarget>,
+    },
+}
+
+/// A decision before limits.
+pub(crate) struct Routed {
+    /// The agent that answers (or refuses), with the version it serves
+    /// applied; its org; the caller's record; variables; the path.
+    pub(crate) response: pb::ResolveAgentResponse,
+    pub(crate) org_id: OrgId,
+    pub(crate) agent_id: AgentId,
+    /// The version that answers (`None`: never published).
+    pub(crate) agent_version: Option<u32>,
+    /// Where the number's route came from.
+    pub(crate) tier: Tier,
+    pub(crate) verdict: Verdict,
+}
+
+impl Routed {
+    /// The answering agent's fallback (for a limit reached).
+    pub(crate) fn fallback(&self) -> Option<TransferTarget> {
+        self.response
+            .agent
+            .as_ref()
+            .filter(|a| !a.fallback_destination.is_empty())
+            .map(|a| TransferTarget::from_db(a.fallback_destination.clone()))
+    }
+}
+
+fn agent_of(route: &pb::ResolveAgentResponse) -> Result<&pb::Agent, Error> {
+    route.agent.as_ref().ok_or(Error::Internal)
+}
+
+/// The most specific caller rule for `caller`: an exact number, else the
+/// longest prefix.
+fn caller_rule<'a>(
+    route: &'a pb::ResolveAgentResponse,
+    caller: &str,
+) -> Option<&'a pb::CallerRule> {
+    let rules = route.route_data.as_ref()?.caller_rules.iter();
+    rules
+        .filter_map(|rule| {
+            let matching = match pb::CallerMatch::try_from(rule.r#match).ok()? {
+                pb::CallerMatch::Exact => CallerMatch::Exact,
+                pb::CallerMatch::Prefix => CallerMatch::Prefix,
+                pb::CallerMatch::Unspecified => return None,
+            };
+            rule_rank(matching, &rule.pattern, caller).map(|rank| (rank, rule))
+        })
+        .max_by_key(|(rank, _)| *rank)
+        .map(|(_, rule)| rule)
+}
+
+/// Whether the agent takes calls at `now` (no hours: always). Hours a
+/// route carries were checked when written; any that no longer parse
+/// (a newer zone name and an older build) count as open.
+fn open_at(agent: &pb::Agent, now: DateTime<Utc>) -> bool {
+    match &agent.business_hours {
+        None => true,
+        Some(hours) => hours_from_pb("business_hours", hours).map_or(true, |h| h.is_open(now)),
+    }
+}
+
+impl ResolveService {
+    /// The pipeline for a ringing call. `None`: no agent has the number.
+    /// `call_id` places the call in a version split (empty: as any call
+    /// with that id would be).
+    pub(crate) async fn decide(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+        caller: Option<&PhoneNumber>,
+        call_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Routed>, Error> {
+        let Some(first) = self.route(claims, called, caller).await? else {
+            return Ok(None);
+        };
+        let org_id = org_of(&first.response).ok_or(Error::Internal)?;
+        let tier = first.tier;
+        let caller_record = first.response.caller.clone();
+        let mut path: Vec<String> = Vec::new();
+        let mut visited: Vec<String> = vec![agent_of(&first.response)?.id.clone()];
+        let mut current = first;
+
+        // 1. Caller rules.
+        if let Some(caller) = caller {
+            if let Some(rule) = caller_rule(&current.response, caller.as_str()) {
+                match pb::CallerAction::try_from(rule.action) {
+                    Ok(pb::CallerAction::Block) => {
+                        return self.finish(
+                            current,
+                            org_id,
+                            tier,
+                            caller_record,
+                            path,
+                            Verdict::Refuse {
+                                reason: Reason::CallerBlocked,
+                                transfer_to: None,
+                            },
+                            call_id,
+                            caller.as_str(),
+                            now,
+                        );
+                    }
+                    Ok(pb::CallerAction::Route) => {
+                        // A rule naming an agent that is gone (evicted
+                        // within the second) is passed over.
+                        if let Some(next) = self
+                            .hop(claims, org_id, &rule.agent_id, &rule.agent_number)
+                            .await?
+                        {
+                            path.push("caller_rule".to_owned());
+                            visited.push(rule.agent_id.clone());
+                            current = next;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        // 2. Active, and within hours (or the after-hours chain).
+        let verdict = loop {
+            let agent = agent_of(&current.response)?;
+            if agent.is_active != Some(true) {
+                break Verdict::Refuse {
+                    reason: Reason::AgentInactive,
+                    transfer_to: (!agent.fallback_destination.is_empty())
+                        .then(|| TransferTarget::from_db(agent.fallback_destination.clone())),
+                };
+            }
+            if open_at(agent, now) {
+                break Verdict::Answer;
+            }
+            let Some(hours) = agent.business_hours.as_ref() else {
+                break Verdict::Answer;
+            };
+            if !hours.after_hours_transfer_to.is_empty() {
+                break Verdict::Refuse {
+                    reason: Reason::Closed,
+                    transfer_to: Some(TransferTarget::from_db(
+                        hours.after_hours_transfer_to.clone(),
+                    )),
+                };
+            }
+            if hours.after_hours_agent_id.is_empty() {
+                break Verdict::Refuse {
+                    reason: Reason::Closed,
+                    transfer_to: None,
+                };
+            }
+            let next_id = hours.after_hours_agent_id.clone();
+            if path.len() >= MAX_HOPS || visited.contains(&next_id) {
+                break Verdict::Refuse {
+                    reason: Reason::RoutingLoop,
+                    transfer_to: None,
+                };
+            }
+            let number = current
+                .response
+                .route_data
+                .as_ref()
+                .map(|d| d.after_hours_agent_number.clone())
+                .unwrap_or_default();
+            match self.hop(claims, org_id, &next_id, &number).await? {
+                Some(next) => {
+                    path.push("after_hours".to_owned());
+                    visited.push(next_id);
+                    current = next;
+                }
+                // Gone since this route was cached: closed, as if none.
+                None => {
+                    break Verdict::Refuse {
+                        reason: Reason::Closed,
+                        transfer_to: None,
+                    }
+                }
+            }
+        };
+        let caller = caller.map(PhoneNumber::as_str).unwrap_or_default();
+        self.finish(
+            current,
+            org_id,
+            tier,
+            caller_record,
+            path,
+            verdict,
+            call_id,
+            caller,
+            now,
+        )
+    }
+
+    /// The route of `agent_id` (at `number`), if it is still that agent's
+    /// and in `org_id`.
+    async fn hop(
+        &self,
+        claims: &Claims,
+        org_id: OrgId,
+        agent_id: &str,
+        number: &str,
+    ) -> Result<Option<Resolved>, Error> {
+        let Ok(number) = PhoneNumber::parse(number) else {
+            return Ok(None);
+        };
+        let Some(next) = self.route(claims, &number, None).await? else {
+            return Ok(None);
+        };
+        let same = org_of(&next.response) == Some(org_id)
+            && next.response.agent.as_ref().is_some_and(|a| a.id == agent_id);
+        Ok(same.then_some(next))
+    }
+
+    /// Steps 3 and the variables: the version applied to the answering
+    /// agent, the route's internal data dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        current: Resolved,
+        org_id: OrgId,
+        tier: Tier,
+        caller_record: Option<pb::Customer>,
+        path: Vec<String>,
+        verdict: Verdict,
+        call_id: &str,
+        caller: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Routed>, Error> {
+        let mut response = current.response;
+        let data = response.route_data.take().unwrap_or_default();
+        let agent = response.agent.as_mut().ok_or(Error::Internal)?;
+        let agent_id = AgentId::parse(&agent.id).map_err(|_| Error::Internal)?;
+        let mut agent_version = None;
+        if verdict == Verdict::Answer && agent.latest_version > 0 {
+            let wanted = serving_from_pb(agent.serving.as_ref())
+                .pick(&agent.id, call_id)
+                .or_else(|| u32::try_from(agent.latest_version).ok());
+            let served = wanted
+                .and_then(|w| {
+                    data.served_versions
+                        .iter()
+                        .find(|v| u32::try_from(v.version).ok() == Some(w))
+                })
+                // Not carried (a split changed under a cached route): the
+                // newest the route has.
+                .or_else(|| data.served_versions.iter().max_by_key(|v| v.version));
+            if let Some(version) = served {
+                agent.name = version.name.clone();
+                agent.voice_id = version.voice_id.clone();
+                agent.llm_config = version.llm_config.clone();
+                agent_version = u32::try_from(version.version).ok();
+            }
+        }
+        response.caller = caller_record;
+        response.agent_version = agent_version.map_or(0, |v| i32::try_from(v).unwrap_or(0));
+        response.route_path = path;
+        response.variables = variables(&response, caller, now);
+        Ok(Some(Routed {
+            response,
+            org_id,
+            agent_id,
+            agent_version,
+            tier,
+            verdict,
+        }))
+    }
+
+    /// The agents a call to `called` may be answered by now or after a
+    /// change of hours: its own, its caller rules' agents, and the
+    /// after-hours chains from each (what a `CallRef` may name).
+    pub(crate) async fn reachable_agents(
+        &self,
+        claims: &Claims,
+        called: &PhoneNumber,
+    ) -> Result<Option<(OrgId, Vec<String>)>, Error> {
+        let Some(first) = self.route(claims, called, None).await? else {
+            return Ok(None);
+        };
+        let org_id = org_of(&first.response).ok_or(Error::Internal)?;
+        let mut agents = vec![agent_of(&first.response)?.id.clone()];
+        let mut frontier = vec![first.response.clone()];
+        if let Some(data) = &first.response.route_data {
+            for rule in &data.caller_rules {
+                if !rule.agent_id.is_empty() && !agents.contains(&rule.agent_id) {
+                    if let Some(next) = self
+                        .hop(claims, org_id, &rule.agent_id, &rule.agent_number)
+                        .await?
+                    {
+                        agents.push(rule.agent_id.clone());
+                        frontier.push(next.response);
+                    }
+                }
+            }
+        }
+        for _ in 0..MAX_HOPS {
+            let mut next_frontier = Vec::new();
+            for route in &frontier {
+                let Some(hours) = route.agent.as_ref().and_then(|a| a.business_hours.as_ref())
+                else {
+                    continue;
+                };
+                let id = &hours.after_hours_agent_id;
+                if id.is_empty() || agents.contains(id) {
+                    continue;
+                }
+                let number = route
+                    .route_data
+                    .as_ref()
+                    .map(|d| d.after_hours_agent_number.as_str())
+                    .unwrap_or_default();
+                if let Some(next) = self.hop(claims, org_id, id, number).await? {
+                    agents.push(id.clone());
+                    next_frontier.push(next.response);
+                }
+            }
+            frontier = next_frontier;
+        }
+        Ok(Some((org_id, agents)))
+    }
+}
+
+/// Prompt-template variables: the caller's number, name, email and
+/// attributes (`caller.<key>`), the organization's and agent's names, the
+/// version, and the local date and time in the answering agent's zone (UTC
+/// without hours). Only this call's org's data is ever read here.
+fn variables(
+    route: &pb::ResolveAgentResponse,
+    caller: &str,
+    now: DateTime<Utc>,
+) -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    if !caller.is_empty() {
+        vars.insert("caller_number".to_owned(), caller.to_owned());
+    }
+    if let Some(record) = &route.caller {
+        if !record.name.is_empty() {
+            vars.insert("caller_name".to_owned(), record.name.clone());
+        }
+        if !record.email.is_empty() {
+            vars.insert("caller_email".to_owned(), record.email.clone());
+        }
+        for (key, value) in &record.attributes {
+            vars.insert(format!("caller.{key}"), value.clone());
+        }
+    }
+    if let Some(org) = &route.organization {
+        vars.insert("organization_name".to_owned(), org.name.clone());
+    }
+    let zone = route
+        .agent
+        .as_ref()
+        .and_then(|a| a.business_hours.as_ref())
+        .and_then(|h| h.time_zone.parse::<chrono_tz::Tz>().ok())
+        .unwrap_or(chrono_tz::Tz::UTC);
+    if let Some(agent) = &route.agent {
+        vars.insert("agent_name".to_owned(), agent.name.clone());
+    }
+    if route.agent_version > 0 {
+        vars.insert("agent_version".to_owned(), route.agent_version.to_string());
+    }
+    let local = now.with_timezone(&zone);
+    vars.insert("time_zone".to_owned(), zone.name().to_owned());
+    vars.insert(
+        "local_date".to_owned(),
+        local.format("%Y-%m-%d").to_string(),
+    );
+    vars.insert("local_time".to_owned(), local.format("%H:%M").to_string());
+    vars.insert("local_weekday".to_owned(), local.format("%A").to_string());
+    vars
+}
