@@ -149,7 +149,8 @@ $$;
 revoke all on function switchboard_private.agent_version_published() from public, anon, authenticated, service_role;
 
 -- Versions are immutable: no update ever; a delete only as its agent's
--- cascade or org move (inside another trigger).
+-- cascade or org move (inside another trigger). Whoever owns the table
+-- (truncate, disabling triggers) is outside this guarantee.
 create or replace function switchboard_private.agent_versions_immutable()
 returns trigger
 language plpgsql
@@ -175,9 +176,9 @@ create trigger agent_versions_published after insert on public.agent_versions
 drop trigger if exists agent_versions_immutable on public.agent_versions;
 create trigger agent_versions_immutable before update or delete on public.agent_versions
   for each row execute function switchboard_private.agent_versions_immutable();
+-- TRUNCATE is left to the owner (no API role holds it): `truncate agents
+-- cascade` must still empty the versions with their agents.
 drop trigger if exists agent_versions_no_truncate on public.agent_versions;
-create trigger agent_versions_no_truncate before truncate on public.agent_versions
-  for each statement execute function switchboard_private.agent_versions_immutable();
 
 -- Every version `serving` names exists for the agent; `latest_version`
 -- changes only through publishing.

@@ -97,6 +97,7 @@ async fn serve(config: ServeConfig) -> Result<(), String> {
     tracing::info!(
         addr = %app.local_addr(),
         admin = %app.admin_addr(),
+        tzdb = switchboard::domain::TZDB_VERSION,
         "switchboard serving gRPC; metrics at http://<admin>/metrics"
     );
     app.run_until(shutdown_signal())

@@ -12,8 +12,7 @@ use tower::ServiceBuilder;
 use crate::{
     app::{
         AgentsService, CallSettings, CallerRulesService, CallsService, CustomersService,
-        ResolveService, WatchSettings,
-        WhenRedisDown,
+        ResolveService, WatchSettings, WhenRedisDown,
     },
     auth::{AuthLayer, Jwks, JwksError, JwtVerifier},
     cache::{

@@ -76,7 +76,12 @@ pub(crate) fn serving_from_pb(serving: Option<&pb::VersionServing>) -> VersionSe
             split
                 .arms
                 .iter()
-                .filter_map(|a| Some((u32::try_from(a.version).ok()?, u32::try_from(a.weight).ok()?)))
+                .filter_map(|a| {
+                    Some((
+                        u32::try_from(a.version).ok()?,
+                        u32::try_from(a.weight).ok()?,
+                    ))
+                })
                 .collect(),
         ),
     }
@@ -143,7 +148,10 @@ fn hours_to_pb(routing: &AgentRouting) -> Option<pb::BusinessHours> {
 
 /// Business hours as a client sends them (or a cached route carries them),
 /// parsed by the domain's rules. `field` prefixes error messages.
-pub(crate) fn hours_from_pb(field: &str, hours: &pb::BusinessHours) -> Result<BusinessHours, Error> {
+pub(crate) fn hours_from_pb(
+    field: &str,
+    hours: &pb::BusinessHours,
+) -> Result<BusinessHours, Error> {
     let range = |open: &str, close: &str| serde_json::json!({ "open": open, "close": close });
     let json = serde_json::json!({
         "time_zone": hours.time_zone,

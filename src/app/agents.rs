@@ -86,7 +86,10 @@ impl AgentsService {
         id: AgentId,
         page: PageRequest<Seq>,
     ) -> Result<Page<AgentVersion>, Error> {
-        self.data.reads().list_agent_versions(claims, id, page).await
+        self.data
+            .reads()
+            .list_agent_versions(claims, id, page)
+            .await
     }
 
     pub(crate) async fn compare(

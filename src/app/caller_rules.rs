@@ -58,6 +58,9 @@ impl CallerRulesService {
         claims: &Claims,
         page: PageRequest<Seq>,
     ) -> Result<Page<AgentChange>, Error> {
-        self.data.reads().list_caller_rule_history(claims, page).await
+        self.data
+            .reads()
+            .list_caller_rule_history(claims, page)
+            .await
     }
 }

@@ -424,7 +424,8 @@ impl CallsService {
             .reachable_agents(&Claims::service(), &call.called)
             .await?;
         let agent = call.agent_id.to_string();
-        Ok(reachable.is_some_and(|(org_id, agents)| org_id == call.org_id && agents.contains(&agent)))
+        Ok(reachable
+            .is_some_and(|(org_id, agents)| org_id == call.org_id && agents.contains(&agent)))
     }
 
     /// Renews the slot; with `answered`, also ringing → in progress.

@@ -18,20 +18,20 @@
 //! * Nothing here knows tonic or sqlx.
 
 mod agents;
+mod caller_rules;
 mod calls;
 mod customers;
 mod data;
 mod local_slots;
 mod resolve;
 mod routing;
-mod caller_rules;
 mod watch;
 
 pub use agents::AgentsService;
+pub use caller_rules::CallerRulesService;
 pub use calls::{
     ActiveCallsView, CallRef, CallSettings, CallsService, Lease, StartedCall, WatchSettings,
     WhenRedisDown,
 };
-pub use caller_rules::CallerRulesService;
 pub use customers::CustomersService;
 pub use resolve::{ResolveService, Resolved};

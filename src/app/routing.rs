@@ -253,7 +253,11 @@ impl ResolveService {
             return Ok(None);
         };
         let same = org_of(&next.response) == Some(org_id)
-            && next.response.agent.as_ref().is_some_and(|a| a.id == agent_id);
+            && next
+                .response
+                .agent
+                .as_ref()
+                .is_some_and(|a| a.id == agent_id);
         Ok(same.then_some(next))
     }
 

@@ -7,9 +7,9 @@ pub mod hours;
 mod ids;
 mod llm_config;
 pub mod model;
-pub mod routing;
 mod page;
 mod phone;
+pub mod routing;
 
 pub use call::{
     CallCursor, CallFact, CallFilter, CallId, CallLimits, CallLookup, CallRecord, CallStatus,

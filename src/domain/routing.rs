@@ -62,9 +62,7 @@ impl VersionServing {
                 .ok()
                 .filter(|w| *w <= MAX_SPLIT_TOTAL)
                 .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "{field}.split: weights are 0 to {MAX_SPLIT_TOTAL}"
-                    ))
+                    Error::invalid(format!("{field}.split: weights are 0 to {MAX_SPLIT_TOTAL}"))
                 })?;
             if parsed.iter().any(|(v, _)| *v == version) {
                 return Err(Error::invalid(format!(

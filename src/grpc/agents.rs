@@ -11,8 +11,7 @@ use super::{
 use crate::{
     api::{
         convert::{
-            agent_change_to_pb, agent_to_pb, agent_version_to_pb, field_change_to_pb,
-            hours_from_pb,
+            agent_change_to_pb, agent_to_pb, agent_version_to_pb, field_change_to_pb, hours_from_pb,
         },
         pb::{self, agent_service_server::AgentService},
     },

@@ -444,6 +444,19 @@ impl Registry {
                 help: "gRPC call latency in the server, by method and the cache tier that answered (ResolveAgent; none otherwise).",
                 series: latency,
             },
+            Family {
+                name: "switchboard.build.info",
+                unit: "",
+                kind: Kind::Gauge,
+                help: "Always 1: the build's version and the IANA time zone database release business hours are evaluated with (zones change with it).",
+                series: vec![Series::labelled(
+                    vec![
+                        ("version", env!("CARGO_PKG_VERSION")),
+                        ("tzdb", crate::domain::TZDB_VERSION),
+                    ],
+                    Value::Number(1),
+                )],
+            },
         ];
 
         let redis = gauges.redis_breaker_open.is_some();

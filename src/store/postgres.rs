@@ -43,8 +43,8 @@ use crate::{
     auth::Claims,
     domain::{
         field_changes, AfterHours, Agent, AgentChange, AgentId, AgentPatch, AgentRouting,
-        BusinessHours, ChangeOperation, Customer, CustomerId, CustomerUpsert, LlmConfig,
-        NewAgent, OrgId, Organization, Page, PageRequest, PhoneNumber, PlanTier, Resolution, Seq,
+        BusinessHours, ChangeOperation, Customer, CustomerId, CustomerUpsert, LlmConfig, NewAgent,
+        OrgId, Organization, Page, PageRequest, PhoneNumber, PlanTier, Resolution, Seq,
         TransferTarget, VersionServing,
     },
     error::Error,
@@ -835,7 +835,9 @@ fn customer_from_row(row: &PgRow) -> Result<Customer, Error> {
 }
 
 /// The check constraint keeps it a flat object of strings.
-fn attributes_from_db(value: Option<serde_json::Value>) -> std::collections::BTreeMap<String, String> {
+fn attributes_from_db(
+    value: Option<serde_json::Value>,
+) -> std::collections::BTreeMap<String, String> {
     match value {
         Some(serde_json::Value::Object(map)) => map
             .into_iter()

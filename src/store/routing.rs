@@ -46,13 +46,14 @@ impl PgStore {
         );
         let insert = sqlx::query(&sql).bind(agent.as_uuid());
         let row = self
-            .transaction(claims, Access::Write, "publish_agent", async |tx| {
-                match tx.fetch_optional(insert).await? {
-                    Some(row) => Ok(row),
-                    None => Err(tx
-                        .missing_or_forbidden("agents", agent.as_uuid(), "agent")
-                        .await),
-                }
+            .transaction(claims, Access::Write, "publish_agent", async |tx| match tx
+                .fetch_optional(insert)
+                .await?
+            {
+                Some(row) => Ok(row),
+                None => Err(tx
+                    .missing_or_forbidden("agents", agent.as_uuid(), "agent")
+                    .await),
             })
             .await?;
         let number: String = get(&row, "phone_number")?;
@@ -90,7 +91,9 @@ impl PgStore {
             .iter()
             .map(version_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page::from_rows(versions, page, |v| Seq(i64::from(v.version))))
+        Ok(Page::from_rows(versions, page, |v| {
+            Seq(i64::from(v.version))
+        }))
     }
 
     /// Two versions of one agent (in the order asked).
@@ -223,9 +226,12 @@ impl PgStore {
         .bind(page.after.map(|seq| seq.0))
         .bind(i64::from(page.size) + 1);
         let rows = self
-            .transaction(claims, Access::Read, "list_caller_rule_history", async |tx| {
-                tx.fetch_all(select).await
-            })
+            .transaction(
+                claims,
+                Access::Read,
+                "list_caller_rule_history",
+                async |tx| tx.fetch_all(select).await,
+            )
             .await?;
         let changes = rows
             .iter()

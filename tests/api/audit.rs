@@ -124,13 +124,18 @@ async fn updates_through_the_service_are_listed_newest_first_with_who_and_what()
     assert_eq!(
         names,
         [
+            "after_hours_agent_id",
+            "after_hours_destination",
+            "business_hours",
             "fallback_destination",
             "is_active",
+            "latest_version",
             "llm_config",
             "max_concurrent_calls",
             "name",
             "org_id",
             "phone_number",
+            "serving",
             "voice_id"
         ]
     );

@@ -23,6 +23,8 @@ mod redis_keys;
 mod redis_topologies;
 mod references;
 mod resolve;
+mod routing_hours;
+mod routing_versions;
 mod stock_pooler;
 
 // This binary's service talks to Postgres directly; `tests/pooled.rs` runs

@@ -49,8 +49,9 @@ async fn migrations_apply_twice_in_a_row() {
             .await
             .unwrap_or_default();
     // One per operation a tenant may do: calls are read-only for tenants
-    // since 20261130000001 (select only).
-    assert_eq!(policies, 19, "one policy per operation, none duplicated");
+    // since 20261130000001 (select only); 20261201000001 adds agent_versions
+    // (select, insert), caller_rules (four) and caller_rule_history (select).
+    assert_eq!(policies, 26, "one policy per operation, none duplicated");
     let agents: i64 = sqlx::query_scalar("select count(*) from public.agents")
         .fetch_one(&db.pool)
         .await

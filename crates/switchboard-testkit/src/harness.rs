@@ -29,6 +29,7 @@ use switchboard::{
     observability::MetricsExport,
     pb::{
         agent_service_client::AgentServiceClient, call_service_client::CallServiceClient,
+        caller_rule_service_client::CallerRuleServiceClient,
         customer_service_client::CustomerServiceClient,
     },
     startup::Application,
@@ -609,6 +610,10 @@ impl<M: PoolerMode> TestApp<M> {
 
     pub async fn calls(&self) -> CallServiceClient<Channel> {
         CallServiceClient::new(self.channel().await)
+    }
+
+    pub async fn caller_rules(&self) -> CallerRuleServiceClient<Channel> {
+        CallerRuleServiceClient::new(self.channel().await)
     }
 
     pub async fn customers(&self) -> CustomerServiceClient<Channel> {
