@@ -279,7 +279,7 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Record
         )
         .unwrap_or_else(|e| panic!("database identity: {e}"));
     let route_key = format!(
-        "switchboard:v2:{}:{}:route:{ACME_NUMBER}",
+        "switchboard:v3:{}:{}:route:{ACME_NUMBER}",
         deployment.namespace,
         identity.simple()
     );

@@ -39,7 +39,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "switchboard:v2:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "switchboard:v3:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
   redis-cli --scan --pattern "bench:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
   rm -rf "$OUT"
 }

@@ -29,7 +29,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "switchboard:v2:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "switchboard:v3:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
   rm -rf "$OUT"
 }
 trap cleanup EXIT
@@ -120,11 +120,11 @@ overload overload-db ${BASE_PORT}4
 overload overload-global ${BASE_PORT}5
 
 # Raw floors of the parts.
-redis-cli set "switchboard:v2:$DB:floor" "$(head -c 300 /dev/zero | tr '\0' x)" >/dev/null
+redis-cli set "switchboard:v3:$DB:floor" "$(head -c 300 /dev/zero | tr '\0' x)" >/dev/null
 redis-benchmark -h 127.0.0.1 -p 6379 -c "$C" -n $((SECS * 30000)) -t get --csv -q \
   -r 1 >"$OUT/redis.csv" 2>/dev/null || true
 redis-benchmark -h 127.0.0.1 -p 6379 -c "$C" -n $((SECS * 30000)) --csv \
-  get "switchboard:v2:$DB:floor" >"$OUT/redis-get.csv" 2>/dev/null
+  get "switchboard:v3:$DB:floor" >"$OUT/redis-get.csv" 2>/dev/null
 cat >"$OUT/bare.sql" <<'SQL'
 select a.id, a.org_id, a.voice_id, a.llm_config, o.name from public.agents a join public.organizations o on o.id = a.org_id where a.phone_number = '+18005550100';
 SQL

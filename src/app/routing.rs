@@ -148,6 +148,8 @@ impl ResolveService {
                             now,
                         );
                     }
+                    // To the number's own agent: no hop.
+                    Ok(pb::CallerAction::Route) if visited.contains(&rule.agent_id) => {}
                     Ok(pb::CallerAction::Route) => {
                         // A rule naming an agent that is gone (evicted
                         // within the second) is passed over.
