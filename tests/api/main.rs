@@ -24,6 +24,8 @@ mod redis_topologies;
 mod references;
 mod resolve;
 mod routing_hours;
+mod routing_pipeline;
+mod routing_rules;
 mod routing_versions;
 mod stock_pooler;
 
