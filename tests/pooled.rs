@@ -26,6 +26,8 @@ mod property;
 mod references;
 #[path = "api/resolve.rs"]
 mod resolve;
+#[path = "api/routing_pipeline.rs"]
+mod routing_pipeline;
 #[path = "api/stock_pooler.rs"]
 mod stock_pooler;
 
