@@ -453,6 +453,107 @@ fn text_fields_are_bounded_and_storable() {
     });
 }
 
+// ---- Routing: business hours, splits, caller patterns, attributes ----------
+
+fn hhmm() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u32..25, 0u32..60).prop_map(|(h, m)| format!("{h:02}:{m:02}")),
+        "[0-9:]{0,6}",
+        ".{0,8}",
+    ]
+}
+
+fn hours_json() -> impl Strategy<Value = Value> {
+    let zone = prop_oneof![
+        Just("America/New_York".to_owned()),
+        Just("UTC".to_owned()),
+        Just("Asia/Kolkata".to_owned()),
+        ".{0,70}",
+    ];
+    let day = prop_oneof![Just("mon".to_owned()), Just("sun".to_owned()), "[a-z]{0,4}",];
+    let window =
+        (day, hhmm(), hhmm()).prop_map(|(d, o, c)| json!({"day": d, "open": o, "close": c}));
+    let date = prop_oneof![
+        (2000i32..2100, 1u32..13, 1u32..29).prop_map(|(y, m, d)| format!("{y:04}-{m:02}-{d:02}")),
+        ".{0,12}",
+    ];
+    let range = (hhmm(), hhmm()).prop_map(|(o, c)| json!({"open": o, "close": c}));
+    let exception = (date, any::<bool>(), prop::collection::vec(range, 0..6))
+        .prop_map(|(d, closed, hours)| json!({"date": d, "closed": closed, "hours": hours}));
+    (
+        zone,
+        prop::collection::vec(window, 0..40),
+        prop::collection::vec(exception, 0..10),
+    )
+        .prop_map(|(z, w, e)| json!({"time_zone": z, "weekly": w, "exceptions": e}))
+}
+
+#[test]
+fn business_hours_parse_canonically_or_are_refused_briefly() {
+    use switchboard::domain::BusinessHours;
+    let target = Target::new("business hours");
+    let at = (0i64..4_102_444_800).prop_map(|s| chrono::DateTime::from_timestamp(s, 0));
+    check(&target, (hours_json(), at), |(json, at)| {
+        match target.call(256 * 1024, || BusinessHours::parse("business_hours", &json))? {
+            Ok(hours) => {
+                // Canonical: parsing what it prints gives the same schedule.
+                let again = BusinessHours::parse("business_hours", &hours.to_json());
+                prop_assert_eq!(again.as_ref(), Ok(&hours));
+                if let Some(at) = at {
+                    // Evaluating never allocates.
+                    let open = target.call(0, || hours.is_open(at))?;
+                    prop_assert_eq!(open, hours.is_open(at));
+                }
+            }
+            Err(e) => prop_assert!(e.to_string().len() <= 300, "{e}"),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn version_splits_are_bounded_and_stable() {
+    use switchboard::domain::VersionServing;
+    let target = Target::new("version split");
+    let arms = prop::collection::vec((any::<i32>(), prop_oneof![any::<i32>(), 0i32..200]), 0..8);
+    check(&target, (arms, ".{0,40}"), |(arms, call_id)| {
+        if let Ok(split) = target.call(4096, || VersionServing::split("serving", &arms))? {
+            let picked = split.pick("aa000000-0000-4000-8000-000000000001", &call_id);
+            // A split always names one of its versions, the same every time.
+            prop_assert!(picked.is_some_and(|v| arms.iter().any(|(a, _)| *a as i64 == v as i64)));
+            prop_assert_eq!(
+                picked,
+                split.pick("aa000000-0000-4000-8000-000000000001", &call_id)
+            );
+            prop_assert_eq!(VersionServing::from_json(split.to_json().as_ref()), split);
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn caller_patterns_and_attributes_are_bounded() {
+    use switchboard::domain::routing::{parse_attributes, parse_pattern};
+    let target = Target::new("caller pattern, attributes");
+    let attributes = prop::collection::vec(("[A-Za-z_0-9\\-]{0,70}", ".{0,200}"), 0..60);
+    check(&target, (".{0,40}", attributes), |(pattern, attributes)| {
+        if let Ok(p) = target.call(4096, || parse_pattern("rule.pattern", &pattern))? {
+            prop_assert!(p.starts_with('+') && p.len() <= 16, "{p}");
+            prop_assert!(p[1..].bytes().all(|b| b.is_ascii_digit()));
+        }
+        let given = attributes.len();
+        if let Ok(map) = target.call(256 * 1024, || {
+            parse_attributes("customer.attributes", attributes.clone())
+        })? {
+            prop_assert!(map.len() <= 50 && map.len() <= given);
+            let bytes = serde_json::to_string(&map).map_or(usize::MAX, |s| s.len());
+            prop_assert!(bytes <= 16 * 1024, "{bytes}");
+            prop_assert!(map.values().all(|v| !v.contains('\0')));
+        }
+        Ok(())
+    });
+}
+
 // ---- llm_config ------------------------------------------------------------
 
 /// The limits `llm_config` documents in its error messages.
