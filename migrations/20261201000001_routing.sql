@@ -48,6 +48,20 @@ begin
          or (serving ? 'split' and jsonb_typeof(serving -> 'split') = 'array'
              and jsonb_array_length(serving -> 'split') between 2 and 5))));
   end if;
+  -- Nesting bounded (the service's JSON reader stops at 128 levels; the
+  -- shapes need 5 and 3): a row it cannot read would fail every read of
+  -- the agent.
+  if not exists (select 1 from pg_catalog.pg_constraint where conname = 'agents_routing_json_depth') then
+    alter table public.agents add constraint agents_routing_json_depth check (
+      not coalesce(jsonb_path_exists(business_hours, 'strict $.**{6 to last}'), false)
+      and not coalesce(jsonb_path_exists(serving, 'strict $.**{4 to last}'), false));
+  end if;
+  if not exists (select 1 from pg_catalog.pg_constraint where conname = 'agents_llm_config_depth') then
+    -- NOT VALID: rows written before stay (the service bounds what it
+    -- writes at 16 levels); new writes from anywhere are checked.
+    alter table public.agents add constraint agents_llm_config_depth check (
+      not jsonb_path_exists(llm_config, 'strict $.**{64 to last}')) not valid;
+  end if;
   if not exists (select 1 from pg_catalog.pg_constraint where conname = 'agents_business_hours_bounds') then
     alter table public.agents add constraint agents_business_hours_bounds check (
       business_hours is null
@@ -109,6 +123,14 @@ as $$
 declare
   a record;
 begin
+  -- A tenant inserting for an org it may not publish in gets RLS's own
+  -- answer before anything is looked up: whether another org's agent
+  -- exists is not for it to learn.
+  if pg_catalog.current_setting('role') = 'authenticated'
+     and new.org_id is distinct from switchboard_private.auth_org_id(array['admin', 'manager']) then
+    raise exception 'new row violates row-level security policy for table "agent_versions"'
+      using errcode = 'insufficient_privilege';
+  end if;
   select ag.name, ag.voice_id, ag.llm_config, ag.latest_version into a
   from public.agents ag
   where ag.id = new.agent_id and ag.org_id = new.org_id
@@ -128,25 +150,16 @@ begin
   new.llm_config := a.llm_config;
   new.published_at := pg_catalog.now();
   new.published_by := switchboard_private.change_actor_uid();
+  -- The agent learns its latest version now, so the next row of the same
+  -- statement numbers after this one; an agent change (history, caches).
+  update public.agents set latest_version = new.version
+  where id = new.agent_id and org_id = new.org_id;
   return new;
 end
 $$;
 revoke all on function switchboard_private.agent_version_snapshot() from public, anon, authenticated, service_role;
 
--- The agent learns its latest version: an agent change (history, caches).
-create or replace function switchboard_private.agent_version_published()
-returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  update public.agents set latest_version = new.version
-  where id = new.agent_id and org_id = new.org_id;
-  return null;
-end
-$$;
-revoke all on function switchboard_private.agent_version_published() from public, anon, authenticated, service_role;
+drop function if exists switchboard_private.agent_version_published() cascade;
 
 -- Versions are immutable: no update ever; a delete only as its agent's
 -- cascade or org move (inside another trigger). Whoever owns the table
@@ -170,9 +183,6 @@ revoke all on function switchboard_private.agent_versions_immutable() from publi
 drop trigger if exists agent_versions_snapshot on public.agent_versions;
 create trigger agent_versions_snapshot before insert on public.agent_versions
   for each row execute function switchboard_private.agent_version_snapshot();
-drop trigger if exists agent_versions_published on public.agent_versions;
-create trigger agent_versions_published after insert on public.agent_versions
-  for each row execute function switchboard_private.agent_version_published();
 drop trigger if exists agent_versions_immutable on public.agent_versions;
 create trigger agent_versions_immutable before update or delete on public.agent_versions
   for each row execute function switchboard_private.agent_versions_immutable();
@@ -205,6 +215,25 @@ begin
   end if;
   if new.serving is null then
     return new;
+  end if;
+  -- Numbers only, integers, each version once: what the service reads is
+  -- what is stored.
+  if exists (
+    select 1 from pg_catalog.jsonb_path_query(new.serving, '$.pinned') v
+    where pg_catalog.jsonb_typeof(v) <> 'number' or (v #>> '{}') !~ '^[0-9]+$'
+  ) or exists (
+    select 1 from pg_catalog.jsonb_array_elements(coalesce(new.serving -> 'split', '[]')) e
+    where pg_catalog.jsonb_typeof(e) <> 'object'
+       or pg_catalog.jsonb_typeof(e -> 'version') is distinct from 'number'
+       or pg_catalog.jsonb_typeof(e -> 'weight') is distinct from 'number'
+       or (e ->> 'version') !~ '^[0-9]+$' or (e ->> 'weight') !~ '^[0-9]+$'
+       or (select pg_catalog.count(*) from pg_catalog.jsonb_object_keys(e)) <> 2
+  ) or (
+    select pg_catalog.count(*) <> pg_catalog.count(distinct e ->> 'version')
+    from pg_catalog.jsonb_array_elements(coalesce(new.serving -> 'split', '[]')) e
+  ) or (new.serving ? 'pinned' and new.serving ? 'split') then
+    raise exception 'serving is {"pinned": n} or {"split": [{"version": n, "weight": w}, …]} with integers and each version once'
+      using errcode = 'check_violation', constraint = 'agents_serving_versions_exist';
   end if;
   if new.serving ? 'pinned' then
     wanted := array[(new.serving ->> 'pinned')::integer];

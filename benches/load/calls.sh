@@ -91,7 +91,7 @@ raw_redis() {
   redis-benchmark -h $REDIS_HOST -p $REDIS_PORT -c "$2" -n $(( $2 == 1 ? SECS * RATE * 4 : SECS * 20000 )) \
     -r 1000000000 --csv \
     evalsha "$SHA" 5 "$K:active" "$K:agent:$AGENT" "$K:agents" "$K:call:__rand_int__" "$K:refusals" \
-    __rand_int__ +18005550100 "$AGENT" 100000 0 3000 10000 "" "" 100 >"$OUT/$1.csv" 2>/dev/null
+    __rand_int__ +18005550100 "$AGENT" 100000 0 3000 10000 "" "" 100 6000 "" >"$OUT/$1.csv" 2>/dev/null
 }
 # $1 name, then pgbench's flags.
 raw_pg() {

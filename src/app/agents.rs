@@ -59,11 +59,11 @@ impl AgentsService {
         id: AgentId,
         patch: &AgentPatch,
     ) -> Result<Agent, Error> {
-        let (agent, _previous_number) = self
+        let updated = self
             .data
             .write(|store| store.update_agent(claims, id, patch))
             .await?;
-        Ok(agent)
+        Ok(updated.agent)
     }
 
     /// Freezes the agent's draft as its next version; its route is

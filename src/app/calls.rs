@@ -217,7 +217,7 @@ impl CallsService {
             } => (Some(*reason), transfer_to.clone()),
         };
         let agent_version = routed.agent_version;
-        let route = routed.response;
+        let mut route = routed.response;
         let agent = route.agent.as_ref().ok_or(Error::Internal)?;
         let org_limit = route
             .organization
@@ -239,6 +239,7 @@ impl CallsService {
                 agent_limit,
                 refused_for,
                 fallback: fallback.as_ref().map(TransferTarget::as_str),
+                agent_version: agent_version.filter(|_| refused_for.is_none()),
             })
             .await;
         let mut started = StartedCall {
@@ -266,6 +267,8 @@ impl CallsService {
                 reason,
                 transfer_to,
                 lease_expires_ms,
+                agent_id: first_agent,
+                agent_version: first_version,
             }) => {
                 started.decision = Decision {
                     outcome,
@@ -274,6 +277,30 @@ impl CallsService {
                 };
                 started.lease_expires_ms = lease_expires_ms;
                 started.replayed = true;
+                // Hours, serving or a version changed since the first
+                // answer: the retry still gets the agent and version that
+                // answered it (one read, only in that case).
+                if let Some(first_agent) = first_agent.filter(|first| {
+                    outcome == crate::domain::Outcome::Answer
+                        && (*first != agent_id || first_version != agent_version)
+                }) {
+                    if let Some(served) =
+                        self.resolve.served_agent(first_agent, first_version).await
+                    {
+                        route.agent_version =
+                            first_version.map_or(0, |v| i32::try_from(v).unwrap_or(0));
+                        route
+                            .variables
+                            .insert("agent_name".to_owned(), served.name.clone());
+                        match first_version {
+                            Some(v) => route
+                                .variables
+                                .insert("agent_version".to_owned(), v.to_string()),
+                            None => route.variables.remove("agent_version"),
+                        };
+                        route.agent = Some(served);
+                    }
+                }
                 false
             }
             Ok(Admission::New {

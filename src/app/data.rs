@@ -23,11 +23,18 @@ impl Evicts for Agent {
 }
 
 /// An updated agent and the number it had: both routes (they differ when
-/// the update moved it to another number).
-impl Evicts for (Agent, PhoneNumber) {
+/// the update moved it to another number), and then every route of its
+/// org, which may name it by its old number (rules, after hours).
+impl Evicts for crate::store::AgentUpdated {
     fn evictions(&self) -> Invalidation {
-        let (agent, previous_number) = self;
-        Invalidation::numbers([previous_number.as_str(), agent.phone_number.as_str()])
+        Invalidation::numbers(
+            [
+                self.previous_number.as_str(),
+                self.agent.phone_number.as_str(),
+            ]
+            .into_iter()
+            .chain(self.org_numbers.iter().map(String::as_str)),
+        )
     }
 }
 

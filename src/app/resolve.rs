@@ -78,6 +78,11 @@ impl ResolveService {
         }
     }
 
+    /// The primary, which the cache is filled from.
+    pub(super) fn fill_store(&self) -> &PgStore {
+        &self.fill_store
+    }
+
     /// Whether cache misses fail at once because Postgres is unreachable.
     pub(crate) fn database_breaker_open(&self) -> bool {
         self.database.is_open()

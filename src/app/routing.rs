@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use super::resolve::{ResolveService, Resolved};
 use crate::{
     api::{
-        convert::{hours_from_pb, org_of, serving_from_pb},
+        convert::{agent_to_pb, hours_from_pb, org_of, serving_from_pb},
         pb,
     },
     auth::Claims,
@@ -315,6 +315,29 @@ impl ResolveService {
             tier,
             verdict,
         }))
+    }
+
+    /// An agent as it answered in `version` (`None`: its own fields), read
+    /// from the primary: a retried StartCall gets what its first answer
+    /// gave. `None` when it is gone.
+    pub(crate) async fn served_agent(
+        &self,
+        agent_id: AgentId,
+        version: Option<u32>,
+    ) -> Option<pb::Agent> {
+        let claims = Claims::service();
+        let store = self.fill_store();
+        let mut agent = agent_to_pb(&store.get_agent(&claims, agent_id).await.ok()?);
+        if let Some(version) = version {
+            let (served, _) = store
+                .agent_versions_pair(&claims, agent_id, version, version)
+                .await
+                .ok()?;
+            agent.name = served.name;
+            agent.voice_id = served.voice_id;
+            agent.llm_config = Some(served.llm_config.to_struct());
+        }
+        Some(agent)
     }
 
     /// The agents a call to `called` may be answered by now or after a

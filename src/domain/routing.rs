@@ -26,8 +26,9 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
 // ---------------------------------------------------------------- versions
 
 /// Which published version of an agent calls get.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum VersionServing {
+    #[default]
     Latest,
     Pinned(u32),
     /// (version, weight), weights adding up to 1..=10 000.
@@ -278,12 +279,6 @@ pub struct AgentRouting {
     /// `None`: always open.
     pub(crate) hours: Option<super::BusinessHours>,
     pub(crate) after_hours: AfterHours,
-}
-
-impl Default for VersionServing {
-    fn default() -> Self {
-        VersionServing::Latest
-    }
 }
 
 /// Where a call goes outside business hours.

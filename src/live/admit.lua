@@ -1,6 +1,6 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local known = redis.call('HMGET', KEYS[4], 'called', 'outcome', 'reason', 'transfer', 'expires', 'state')
+local known = redis.call('HMGET', KEYS[4], 'called', 'outcome', 'reason', 'transfer', 'expires', 'state', 'agent', 'version')
 if known[1] then
   if known[1] ~= ARGV[2] then return {'conflict'} end
   -- An answered call that has ended (or was ended before its start was
@@ -8,7 +8,7 @@ if known[1] then
   if known[6] == 'ended' and (not known[2] or known[2] == '' or known[2] == 'answer') then
     return {'ended'}
   end
-  return {'replay', known[2], known[3], known[4] or '', known[5] or '0'}
+  return {'replay', known[2], known[3], known[4] or '', known[5] or '0', known[7] or '', known[8] or ''}
 end
 local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -45,7 +45,7 @@ else
   if n > tonumber(ARGV[10]) then record = '0' end
 end
 redis.call('HSET', KEYS[4], 'called', ARGV[2], 'agent', ARGV[3], 'outcome', outcome,
-  'reason', reason, 'transfer', transfer, 'expires', expires, 'state', state)
+  'reason', reason, 'transfer', transfer, 'expires', expires, 'state', state, 'version', ARGV[12])
 -- A decision that took no slot is remembered for the retry window only.
 if reason == 'answered' then
   redis.call('PEXPIRE', KEYS[4], remember)

@@ -14,14 +14,29 @@
 //!   clock: lease expiry is a score in Redis milliseconds.
 //! * A call's hash remembers its decision for `remember` after its last
 //!   activity; once it says `ended`, no renewal brings the slot back.
-//! * Keys live under the cache's prefix (`switchboard:v3:[ns:]<database
-//!   identity>:`): a reset database or another deployment counts nothing
-//!   of ours.
+//! * Keys live under the cache's prefix with their own format version
+//!   (`switchboard:v2:[ns:]<database identity>:`, `LIVE_KEY_VERSION`): a
+//!   reset database or another deployment counts nothing of ours, and a
+//!   change of the routes' format (v3) does not split the counts between
+//!   old and new replicas during a rolling upgrade.
 //! * Nothing here decides an outcome beyond the counts: the core
 //!   (`app::CallsService`) turns a result into a decision.
 
 pub(crate) mod backlog;
 mod scripts;
+
+/// The live keys' own format version. The call hash gained a `version`
+/// field in v3 of the routes, read as absent by older replicas and written
+/// by newer ones, so both count in the same keys.
+pub const LIVE_KEY_VERSION: &str = "switchboard:v2:";
+
+/// The cache's prefix (`KEY_VERSION`…) with the live keys' version.
+fn live_prefix(cache_prefix: &str) -> String {
+    match cache_prefix.strip_prefix(crate::cache::KEY_VERSION) {
+        Some(rest) => format!("{LIVE_KEY_VERSION}{rest}"),
+        None => cache_prefix.to_owned(),
+    }
+}
 
 use std::{sync::Arc, time::Duration};
 
@@ -92,12 +107,15 @@ pub enum Admission {
         expired: u64,
         record: bool,
     },
-    /// A retry: the decision first given.
+    /// A retry: the decision first given, with the agent and version that
+    /// answered it.
     Replay {
         outcome: Outcome,
         reason: Reason,
         transfer_to: Option<String>,
         lease_expires_ms: Option<i64>,
+        agent_id: Option<AgentId>,
+        agent_version: Option<u32>,
     },
     /// The id is known in this org with another called number.
     Conflict,
@@ -120,6 +138,8 @@ pub struct AdmissionRequest<'a> {
     pub refused_for: Option<Reason>,
     /// Where a refused call goes instead (the agent's fallback).
     pub fallback: Option<&'a str>,
+    /// The version that answers, remembered for retries.
+    pub agent_version: Option<u32>,
 }
 
 /// What a renewal (or an answer) answered.
@@ -270,11 +290,11 @@ impl LiveCalls {
         self.link().is_ok()
     }
 
-    fn link(&self) -> Result<(Link, Arc<String>), LiveError> {
+    fn link(&self) -> Result<(Link, String), LiveError> {
         let tier = self.redis.as_ref().ok_or(LiveError::NotConfigured)?;
         let link = self.link.get().ok_or(LiveError::NotConnected)?;
         let prefix = tier.key_prefix().ok_or(LiveError::NotConnected)?;
-        Ok((link.clone(), prefix))
+        Ok((link.clone(), live_prefix(&prefix)))
     }
 
     /// Runs a script within the timeout, and once more (twice as long)
@@ -324,7 +344,12 @@ impl LiveCalls {
                     .arg(call.refused_for.map(Reason::as_db).unwrap_or(""))
                     .arg(call.fallback.unwrap_or(""))
                     .arg(self.settings.refusals_recorded_per_minute)
-                    .arg(ms(self.settings.short_memory())),
+                    .arg(ms(self.settings.short_memory()))
+                    .arg(
+                        call.agent_version
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
+                    ),
                 &mut link,
             )
             .await?;
@@ -336,6 +361,7 @@ impl LiveCalls {
                 reason,
                 transfer_to,
                 lease_expires_ms,
+                ..
             } if retried => Ok(Admission::New {
                 outcome,
                 reason,

@@ -75,6 +75,9 @@ pub(super) fn parse_admission(answer: &[String]) -> Result<Admission, LiveError>
                 reason,
                 transfer_to,
                 lease_expires_ms,
+                // Absent in calls admitted before versions were remembered.
+                agent_id: answer.get(5).and_then(|a| AgentId::parse(a).ok()),
+                agent_version: answer.get(6).and_then(|v| v.parse().ok()),
             })
         }
         Some("new") => {
@@ -179,6 +182,27 @@ mod tests {
                 reason: Reason::AgentAtLimit,
                 transfer_to: Some("+15550001111".into()),
                 lease_expires_ms: None,
+                agent_id: None,
+                agent_version: None,
+            })
+        );
+        assert_eq!(
+            parse_admission(&strings(&[
+                "replay",
+                "answer",
+                "answered",
+                "",
+                "1700",
+                "aa000000-0000-4000-8000-000000000001",
+                "3"
+            ])),
+            Ok(Admission::Replay {
+                outcome: Outcome::Answer,
+                reason: Reason::Answered,
+                transfer_to: None,
+                lease_expires_ms: Some(1700),
+                agent_id: AgentId::parse("aa000000-0000-4000-8000-000000000001").ok(),
+                agent_version: Some(3),
             })
         );
         assert!(parse_admission(&strings(&["new", "maybe"])).is_err());

@@ -12,5 +12,5 @@ mod tx;
 
 pub use calls::OrgLimitWritten;
 pub use identity::{retire_database_identity, DatabaseIdentity};
-pub use postgres::{PgStore, PoolSettings, PoolStats};
+pub use postgres::{AgentUpdated, PgStore, PoolSettings, PoolStats};
 pub use sql_literal::sql_literal;

@@ -125,6 +125,16 @@ impl Pool {
     }
 }
 
+/// An agent after `update_agent`, with what caches may hold of it.
+pub struct AgentUpdated {
+    pub(crate) agent: Agent,
+    /// The number it had before (its route may be cached under it).
+    pub(crate) previous_number: PhoneNumber,
+    /// Every number of its org when its number changed (their routes name
+    /// it by number); else empty.
+    pub(crate) org_numbers: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     pub(crate) max: u32,
@@ -359,14 +369,16 @@ impl PgStore {
         agent_from_row(&row)
     }
 
-    /// Returns the agent after the update, and the number it had before (the
-    /// one a cache may hold it under).
+    /// Returns the agent after the update, the number it had before (the
+    /// one a cache may hold it under), and, when its number changed, every
+    /// number of its org (their routes name it by number: rules, after
+    /// hours).
     pub(crate) async fn update_agent(
         &self,
         claims: &Claims,
         id: AgentId,
         patch: &AgentPatch,
-    ) -> Result<(Agent, PhoneNumber), Error> {
+    ) -> Result<AgentUpdated, Error> {
         let sql = format!(
             "with before as (select id, phone_number from public.agents where id = $1 for update) \
              update public.agents a set \
@@ -421,13 +433,44 @@ impl PgStore {
                     .as_ref()
                     .and_then(|(_, a)| after_hours_destination(a)),
             );
-        let row = self
-            .write_by_id::<Agent>(claims, "update_agent", id.as_uuid(), update)
+        let moved = patch.phone_number.is_some();
+        let (row, numbers) = self
+            .transaction(claims, Access::Write, "update_agent", async |tx| {
+                let Some(row) = tx.fetch_optional(update).await? else {
+                    return Err(tx
+                        .missing_or_forbidden("agents", id.as_uuid(), "agent")
+                        .await);
+                };
+                let numbers = if moved {
+                    let org: Uuid = get(&row, "org_id")?;
+                    tx.fetch_all(
+                        sqlx::query("select phone_number from public.agents where org_id = $1")
+                            .bind(org),
+                    )
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                Ok((row, numbers))
+            })
             .await?;
         let previous: String = row
             .try_get("previous_phone_number")
             .map_err(|e| db_error(e, "update_agent"))?;
-        Ok((agent_from_row(&row)?, phone_from_db(&previous)?))
+        let agent = agent_from_row(&row)?;
+        let org_numbers = if previous == agent.phone_number.as_str() {
+            Vec::new()
+        } else {
+            numbers
+                .iter()
+                .map(|r| get::<String>(r, "phone_number"))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(AgentUpdated {
+            agent,
+            previous_number: phone_from_db(&previous)?,
+            org_numbers,
+        })
     }
 
     /// An agent's recorded changes, newest first, as RLS lets the caller see
@@ -747,6 +790,19 @@ fn agent_from_columns(
     })
 }
 
+/// A routing column as JSON, or `None` when the service cannot read it (a
+/// shape from SQL the checks let through): logged, and read as unset, so
+/// one odd row does not fail every read of its agent or a preload page.
+pub(super) fn readable_json(row: &PgRow, column: &str) -> Option<serde_json::Value> {
+    match row.try_get::<Option<serde_json::Value>, _>(column) {
+        Ok(value) => value,
+        Err(error) => {
+            tracing::error!(column, %error, "a routing column cannot be read; treated as unset");
+            None
+        }
+    }
+}
+
 fn after_hours_agent(after: &AfterHours) -> Option<Uuid> {
     match after {
         AfterHours::Agent(id) => Some(id.as_uuid()),
@@ -765,8 +821,8 @@ fn after_hours_destination(after: &AfterHours) -> Option<&str> {
 /// service cannot read (written from SQL in another shape) are logged and
 /// read as none: the agent answers at all times rather than never.
 fn routing_from_row(row: &PgRow) -> Result<AgentRouting, Error> {
-    let serving: Option<serde_json::Value> = get(row, "serving")?;
-    let hours = match get::<Option<serde_json::Value>>(row, "business_hours")? {
+    let serving = readable_json(row, "serving");
+    let hours = match readable_json(row, "business_hours") {
         None => None,
         Some(json) => match BusinessHours::parse("business_hours", &json) {
             Ok(hours) => Some(hours),

@@ -307,7 +307,7 @@ fn rule_change_from_row(row: &PgRow) -> Result<AgentChange, Error> {
 
 /// The pipeline's part of a `resolve_number` row (or a preload row).
 pub(super) fn extras_from_row(row: &PgRow, agent: &Agent) -> Result<RouteExtras, Error> {
-    let versions: Option<serde_json::Value> = get(row, "served_versions")?;
+    let versions = super::postgres::readable_json(row, "served_versions");
     let served_versions = versions
         .as_ref()
         .and_then(serde_json::Value::as_array)
@@ -317,7 +317,7 @@ pub(super) fn extras_from_row(row: &PgRow, agent: &Agent) -> Result<RouteExtras,
                 .collect()
         })
         .unwrap_or_default();
-    let rules: Option<serde_json::Value> = get(row, "caller_rules")?;
+    let rules = super::postgres::readable_json(row, "caller_rules");
     let caller_rules = rules
         .as_ref()
         .and_then(serde_json::Value::as_array)

@@ -106,6 +106,13 @@ type Expect = (&'static str, Op, Caller, Outcome);
 /// `Hidden`; agent_history is read by the org and written by nobody; anon
 /// reaches nothing; service_role bypasses RLS but has no write privilege on
 /// agent_history.
+///
+/// Routing (20261201000001): agent_versions are published (inserted) by
+/// admins and managers of the org and read by every member; nobody, not
+/// even service_role, holds UPDATE or DELETE on them (immutable). Caller
+/// rules are written by admins and managers and read by the org, like
+/// agents. caller_rule_history is agent_history's twin: read by the org,
+/// written only by its trigger.
 #[rustfmt::skip]
 const MATRIX: &[Expect] = &[
     // table           op      caller        outcome
@@ -541,16 +548,42 @@ const TABLES: &[TableSql] = &[
                  values ('{org}', '{agent}', 'authenticated', 'update', '{}')",
         update_set: "actor_role = actor_role",
     },
+    TableSql {
+        name: "agent_versions",
+        target: "select id::text from public.agent_versions where org_id = '{org}' order by version limit 1",
+        // The trigger numbers the version and copies the agent's fields.
+        insert: "insert into public.agent_versions (agent_id, org_id, name, voice_id, llm_config) \
+                 values ('{agent}', '{org}', '', '', '{}')",
+        update_set: "name = name",
+    },
+    TableSql {
+        name: "caller_rules",
+        target: "select id::text from public.caller_rules where org_id = '{org}' order by id limit 1",
+        insert: "insert into public.caller_rules (org_id, match, pattern, action) \
+                 values ('{org}', 'prefix', '+1900', 'block')",
+        update_set: "label = label",
+    },
+    TableSql {
+        name: "caller_rule_history",
+        target: "select id::text from public.caller_rule_history where org_id = '{org}' order by id limit 1",
+        insert: "insert into public.caller_rule_history (org_id, rule_id, actor_role, operation, changes) \
+                 values ('{org}', '{agent}', 'authenticated', 'update', '{}')",
+        update_set: "actor_role = actor_role",
+    },
 ];
 
 const ACME_STAFF: &str = "a0000000-0000-4000-8000-0000000000f1";
 const BLUEBIRD_STAFF: &str = "b0000000-0000-4000-8000-0000000000f1";
 const SPARE_USER: &str = "c0000000-0000-4000-8000-0000000000f1";
 const NO_PROFILE_USER: &str = "c0000000-0000-4000-8000-0000000000f2";
+/// Each org's second agent (fixtures): versions and caller rules name it.
+const ACME_LINE: &str = "aa000000-0000-4000-8000-0000000000f1";
+const BLUEBIRD_LINE: &str = "bb000000-0000-4000-8000-0000000000f1";
 
 /// Rows the seed lacks: a member who is nobody's caller (the profile
 /// target), a call and a knowledge-base entry per org, and two users without
-/// a profile.
+/// a profile; per org, a second agent with a published version and a caller
+/// rule routing to it (which leaves a row in caller_rule_history).
 async fn add_fixtures(db: &TestDb) {
     db.exec(&format!(
         "insert into auth.users (id) values ('{ACME_STAFF}'), ('{BLUEBIRD_STAFF}'), ('{SPARE_USER}'), ('{NO_PROFILE_USER}');
@@ -560,7 +593,15 @@ async fn add_fixtures(db: &TestDb) {
          insert into public.calls (org_id, agent_id, called_number) values
            ('{ACME}', '{ACME_AGENT}', '{ACME_NUMBER}'), ('{BLUEBIRD}', '{BLUEBIRD_AGENT}', '{BLUEBIRD_NUMBER}');
          insert into public.knowledge_base (org_id, agent_id, title, content) values
-           ('{ACME}', '{ACME_AGENT}', 'Hours', '9 to 5'), ('{BLUEBIRD}', '{BLUEBIRD_AGENT}', 'Hours', '8 to 4');"
+           ('{ACME}', '{ACME_AGENT}', 'Hours', '9 to 5'), ('{BLUEBIRD}', '{BLUEBIRD_AGENT}', 'Hours', '8 to 4');
+         insert into public.agents (id, org_id, name, phone_number, voice_id) values
+           ('{ACME_LINE}', '{ACME}', 'Matrix Line', '+15550001001', 'alloy'),
+           ('{BLUEBIRD_LINE}', '{BLUEBIRD}', 'Matrix Line', '+15550002002', 'verse');
+         insert into public.agent_versions (agent_id, org_id, name, voice_id, llm_config) values
+           ('{ACME_LINE}', '{ACME}', '', '', '{{}}'), ('{BLUEBIRD_LINE}', '{BLUEBIRD}', '', '', '{{}}');
+         insert into public.caller_rules (org_id, match, pattern, action, agent_id) values
+           ('{ACME}', 'exact', '+15550003003', 'route', '{ACME_LINE}'),
+           ('{BLUEBIRD}', 'exact', '+15550003003', 'route', '{BLUEBIRD_LINE}');"
     ))
     .await;
 }
@@ -1459,15 +1500,21 @@ async fn references_into_another_org_fail_as_references_to_nothing() {
                 continue;
             };
             let source_id = source["id"].as_str().unwrap_or_default().to_owned();
+            // A key into its own table (an agent's after-hours agent): aim
+            // at another row than the source, which may not name itself.
+            let not_source = (key.target == key.table).then(|| source_id.clone());
             let target_in = |org: &'static str| {
                 let sql = format!(
-                    "select {target_column}::text from {} where org_id = $1 limit 1",
+                    "select {target_column}::text from {} where org_id = $1 \
+                       and ($2::text is null or id::text <> $2) order by id limit 1",
                     key.target
                 );
+                let not_source = not_source.clone();
                 let pool = db.pool.clone();
                 async move {
                     sqlx::query_scalar::<_, String>(&sql)
                         .bind(uuid::Uuid::parse_str(org).unwrap_or_default())
+                        .bind(not_source)
                         .fetch_optional(&pool)
                         .await
                         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -1484,6 +1531,16 @@ async fn references_into_another_org_fail_as_references_to_nothing() {
                 // A call's id is unique in its org: a copy needs its own.
                 if row.get("call_id").is_some() {
                     row["call_id"] = uuid::Uuid::new_v4().to_string().into();
+                }
+                // So is an agent's number, and a caller rule's pattern; an
+                // agent's versions are its own (set only by publishing).
+                if key.table == "public.agents" {
+                    row["phone_number"] = "+15550008888".into();
+                    row["latest_version"] = serde_json::Value::Null;
+                    row["serving"] = serde_json::Value::Null;
+                }
+                if key.table == "public.caller_rules" {
+                    row["pattern"] = "+15550008888".into();
                 }
                 row[column.as_str()] = target.into();
                 let literal = switchboard::store::sql_literal(&row.to_string())

@@ -826,17 +826,19 @@ async fn bad_hours_are_invalid_argument_and_change_nothing() {
 async fn hours_edited_in_sql_reach_a_warm_cached_route() {
     let app = TestApp::spawn().await;
     let night = acme_agent(&app, "+18005550111").await;
-    let mut agents = app.agents().await;
-    // Warm: the second resolve is a memory hit.
-    let mut tiers = Vec::new();
-    for _ in 0..2 {
-        let (answer, tier) = service_resolve(&mut agents, ACME_NUMBER)
-            .await
-            .unwrap_or_else(|s| panic!("{s:?}"));
-        assert_eq!(answer.agent.map(|a| a.id), Some(ACME_AGENT.to_owned()));
-        tiers.push(tier);
-    }
-    assert_eq!(tiers[1], "memory", "{tiers:?}");
+    let agents = app.agents().await;
+    // Warm: resolved until a memory hit (the agent just created evicts
+    // routes through the listener too, so the first fills may not stay).
+    service_resolves_until(
+        &agents,
+        ACME_NUMBER,
+        "the route in the memory tier",
+        Duration::from_secs(5),
+        |answer, tier| {
+            answer.agent.as_ref().map(|a| a.id.as_str()) == Some(ACME_AGENT) && tier == "memory"
+        },
+    )
+    .await;
 
     let today = local_today();
     let closed_days: Vec<serde_json::Value> = [
@@ -1034,4 +1036,118 @@ async fn a_retry_of_a_closed_call_replays_closed() {
     assert_refused(&again, CallReason::Closed, 480, "replayed");
     let fresh = start(&app, ACME_NUMBER, "", "retry-open").await;
     assert_answered_by(&fresh, ACME_AGENT, &[], "a new call, open");
+}
+
+/// An after-hours agent (of the first, closed agent) whose route and the
+/// first's are warm in the memory tier, then moved to another number with
+/// UpdateAgent. Returns its id.
+async fn move_a_warm_after_hours_agent(app: &TestApp) -> String {
+    let night = acme_agent(app, "+18005550111").await;
+    must_set_hours(app, ACME_AGENT, closed_to_agent(&night.id)).await;
+    let night_id = night.id.clone();
+    service_resolves_until(
+        &app.agents().await,
+        ACME_NUMBER,
+        "the after-hours route in the memory tier",
+        Duration::from_secs(5),
+        |answer, tier| {
+            answer.agent.as_ref().map(|a| a.id.as_str()) == Some(night_id.as_str())
+                && tier == "memory"
+        },
+    )
+    .await;
+    let moved = update(
+        app,
+        Agent {
+            id: night.id.clone(),
+            phone_number: "+18005550121".into(),
+            ..Default::default()
+        },
+        &["phone_number"],
+    )
+    .await
+    .unwrap_or_else(|s| panic!("{s:?}"));
+    assert_eq!(moved.phone_number, "+18005550121");
+    night.id
+}
+
+/// The first agent's cached route carries its after-hours agent's number:
+/// when that agent moves to another number through UpdateAgent, the very
+/// next call follows it (service writes evict synchronously).
+#[tokio::test]
+#[ignore = "bug: moving an after-hours agent's number through UpdateAgent evicts only its own \
+            numbers; the first agent's cached route keeps the old number until the listener \
+            (src/app/data.rs, Evicts for (Agent, PhoneNumber))"]
+async fn an_after_hours_agent_moved_to_another_number_is_followed_at_once() {
+    let app = TestApp::spawn().await;
+    let night = move_a_warm_after_hours_agent(&app).await;
+    let decision = start(&app, ACME_NUMBER, "", "moved-1").await;
+    assert_answered_by(
+        &decision,
+        &night,
+        &["after_hours"],
+        "the call right after the move",
+    );
+}
+
+/// The same move is followed once the database's notification has evicted
+/// the org's routes (within the second).
+#[tokio::test]
+async fn an_after_hours_agent_moved_to_another_number_is_followed_within_a_second() {
+    let app = TestApp::spawn().await;
+    let night = move_a_warm_after_hours_agent(&app).await;
+    let expected = night.clone();
+    let took = within_named(
+        "ResolveAgent following the moved after-hours agent",
+        Duration::from_secs(5),
+        || {
+            let app = &app;
+            let expected = expected.clone();
+            async move {
+                resolve(app, ACME_NUMBER).await.is_ok_and(|(answer, _)| {
+                    answer.agent.map(|a| a.id) == Some(expected)
+                        && answer.route_path == ["after_hours"]
+                })
+            }
+        },
+    )
+    .await;
+    eprintln!("the move was followed after {took:?}");
+    let decision = start(&app, ACME_NUMBER, "", "moved-2").await;
+    assert_answered_by(&decision, &night, &["after_hours"], "after the move");
+    assert_eq!(
+        decision.agent.map(|a| a.phone_number),
+        Some("+18005550121".to_owned())
+    );
+}
+
+/// An after-hours agent deleted: the first agent's link is cleared (by the
+/// database) and its calls are refused CLOSED, as with no target.
+#[tokio::test]
+async fn a_deleted_after_hours_agent_leaves_the_first_closed() {
+    let app = TestApp::spawn().await;
+    let night = acme_agent(&app, "+18005550111").await;
+    must_set_hours(&app, ACME_AGENT, closed_to_agent(&night.id)).await;
+    let decision = start(&app, ACME_NUMBER, "", "deleted-0").await;
+    assert_answered_by(&decision, &night.id, &["after_hours"], "before the delete");
+    app.agents()
+        .await
+        .delete_agent(as_who(
+            Who::AcmeAdmin,
+            switchboard::pb::DeleteAgentRequest {
+                id: night.id.clone(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
+    let hours = get_agent(&app, ACME_AGENT)
+        .await
+        .business_hours
+        .unwrap_or_else(|| panic!("the hours stay"));
+    assert_eq!(hours.after_hours_agent_id, "", "the link is cleared");
+    assert_eq!(hours.time_zone, ZONE);
+    let decision = start(&app, ACME_NUMBER, "", "deleted-1").await;
+    assert_refused(&decision, CallReason::Closed, 480, "after the delete");
+    let message = resolve_refusal(&app, ACME_NUMBER).await;
+    assert!(message.contains("closed"), "{message}");
 }

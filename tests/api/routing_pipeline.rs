@@ -204,7 +204,10 @@ async fn limits_are_the_answering_agents_then_its_fallback() {
     let second = start(&app, ACME_NUMBER, SHARED_CALLER, "limit-2").await;
     assert_eq!(
         outcome(&second),
-        (CallOutcome::Transfer as i32, CallReason::AgentAtLimit as i32),
+        (
+            CallOutcome::Transfer as i32,
+            CallReason::AgentAtLimit as i32
+        ),
         "{second:?}"
     );
     assert_eq!(
@@ -390,5 +393,34 @@ async fn resolve_agent_answers_what_start_call_would() {
     assert_eq!(
         agent_of(&assert_agree(&app, SHARED_CALLER, "agree-night").await),
         night
+    );
+}
+
+#[tokio::test]
+async fn a_rule_to_the_numbers_own_agent_takes_no_hop() {
+    let app = TestApp::spawn().await;
+    // Three after-hours hops reach an open agent: the most a decision takes.
+    let mut chain = vec![ACME_AGENT.to_owned()];
+    for i in 1..=3 {
+        chain.push(create_agent(&app, &format!("+1800555015{i}"), &format!("Hop {i}")).await);
+    }
+    for pair in chain.windows(2) {
+        set_hours(&app, &pair[0], closed(&pair[1], "")).await;
+    }
+    set_hours(&app, &chain[3], open()).await;
+    // A VIP rule naming the number's own agent (rules are org-wide: the VIP
+    // also calls the VIP agent's own number) must not use up a hop.
+    rule(&app, CallerMatch::Exact, SHARED_CALLER, Some(ACME_AGENT)).await;
+
+    let decision = start(&app, ACME_NUMBER, SHARED_CALLER, "own-rule").await;
+    assert_eq!(
+        outcome(&decision),
+        (CallOutcome::Answer as i32, CallReason::Answered as i32),
+        "{decision:?}"
+    );
+    assert_eq!(agent_of(&decision), chain[3]);
+    assert_eq!(
+        decision.route_path,
+        ["after_hours", "after_hours", "after_hours"]
     );
 }
