@@ -26,6 +26,7 @@ mod resolve;
 mod routing_hours;
 mod routing_pipeline;
 mod routing_rules;
+mod routing_schema;
 mod routing_versions;
 mod stock_pooler;
 

@@ -1,0 +1,221 @@
+//! What the routing schema holds for every writer (SQL, Studio, PostgREST),
+//! found by the attack review: nesting bounds, a strict `serving`, versions
+//! numbered per row, no existence oracle through version inserts, and an
+//! odd row that the checks let through never fails a read.
+
+use crate::helpers::*;
+use switchboard::pb::{GetAgentRequest, ListAgentsRequest, ResolveAgentRequest};
+
+fn user(who: Who) -> String {
+    who.user_id().map(|u| u.to_string()).unwrap_or_default()
+}
+
+/// Runs `sql` in a transaction as `who` would through PostgREST (claims and
+/// role set locally), returning the database's error text if refused.
+async fn as_tenant(app: &TestApp, who: Who, sql: &str) -> Result<u64, String> {
+    let claims = serde_json::json!({"role": "authenticated", "sub": user(who)});
+    let mut tx = app.db.pool.begin().await.map_err(|e| e.to_string())?;
+    sqlx::query(
+        "select set_config('request.jwt.claims', $1, true), set_config('role', 'authenticated', true)",
+    )
+    .bind(claims.to_string())
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| e.to_string())?;
+    let done = sqlx::raw_sql(sql)
+        .execute(&mut *tx)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(|e| e.to_string());
+    if done.is_ok() {
+        tx.commit().await.map_err(|e| e.to_string())?;
+    }
+    done
+}
+
+async fn as_postgres(app: &TestApp, sql: &str) -> Result<u64, String> {
+    sqlx::raw_sql(sql)
+        .execute(&app.db.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn deeply_nested_routing_json_is_refused_for_every_writer() {
+    let app = TestApp::spawn().await;
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for (column, value) in [
+        (
+            "business_hours",
+            format!(r#"{{"time_zone":"UTC","x":{deep}}}"#),
+        ),
+        ("llm_config", format!(r#"{{"model":"x","x":{deep}}}"#)),
+    ] {
+        let sql = format!(
+            "update public.agents set {column} = '{value}'::jsonb where id = '{ACME_AGENT}'"
+        );
+        let refused = as_tenant(&app, Who::AcmeAdmin, &sql).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("depth")),
+            "{column} as a tenant: {refused:?}"
+        );
+        let refused = as_postgres(&app, &sql).await;
+        assert!(refused.is_err(), "{column} as postgres: {refused:?}");
+    }
+    // The agent still reads and answers.
+    let agent = app
+        .agents()
+        .await
+        .get_agent(as_who(
+            Who::AcmeAdmin,
+            GetAgentRequest {
+                id: ACME_AGENT.into(),
+            },
+        ))
+        .await;
+    assert!(agent.is_ok(), "{agent:?}");
+}
+
+#[tokio::test]
+async fn hours_the_service_cannot_read_count_as_always_open_and_fail_no_read() {
+    let app = TestApp::spawn().await;
+    // Shallow, within every check, but not a schedule the service reads.
+    as_postgres(
+        &app,
+        &format!(
+            r#"update public.agents set business_hours = '{{"time_zone":"Mars/Olympus","weekly":[]}}'::jsonb
+               where id = '{ACME_AGENT}'"#
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let answer = service_resolve_ok(&app).await;
+    assert_eq!(
+        answer.agent.as_ref().map(|a| a.id.as_str()),
+        Some(ACME_AGENT),
+        "unreadable hours: always open"
+    );
+    for who in [Who::Service, Who::AcmeAdmin] {
+        let listed = app
+            .agents()
+            .await
+            .list_agents(as_who(who, ListAgentsRequest::default()))
+            .await;
+        assert!(listed.is_ok(), "{who:?}: {listed:?}");
+    }
+}
+
+async fn service_resolve_ok(app: &TestApp) -> switchboard::pb::ResolveAgentResponse {
+    app.agents()
+        .await
+        .resolve_agent(as_who(
+            Who::Service,
+            ResolveAgentRequest {
+                called_number: ACME_NUMBER.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner()
+}
+
+#[tokio::test]
+async fn serving_takes_integers_and_each_version_once() {
+    let app = TestApp::spawn().await;
+    for _ in 0..2 {
+        as_tenant(
+            &app,
+            Who::AcmeAdmin,
+            &format!(
+                "insert into public.agent_versions (agent_id, org_id) values ('{ACME_AGENT}', '{ACME}')"
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for bad in [
+        r#"{"split":[{"version":"1","weight":"5"},{"version":2,"weight":5}]}"#,
+        r#"{"split":[{"version":1,"weight":5},{"version":1,"weight":5}]}"#,
+        r#"{"split":[{"version":1,"weight":5.5},{"version":2,"weight":5}]}"#,
+        r#"{"split":[{"version":1,"weight":5,"x":1},{"version":2,"weight":5}]}"#,
+        r#"{"pinned":"1"}"#,
+        r#"{"pinned":1,"split":[{"version":1,"weight":5},{"version":2,"weight":5}]}"#,
+    ] {
+        let refused = as_tenant(
+            &app,
+            Who::AcmeAdmin,
+            &format!("update public.agents set serving = '{bad}' where id = '{ACME_AGENT}'"),
+        )
+        .await;
+        assert!(refused.is_err(), "{bad}: {refused:?}");
+    }
+    let ok = as_tenant(
+        &app,
+        Who::AcmeAdmin,
+        &format!(
+            r#"update public.agents set serving = '{{"split":[{{"version":1,"weight":5}},{{"version":2,"weight":5}}]}}' where id = '{ACME_AGENT}'"#
+        ),
+    )
+    .await;
+    assert_eq!(ok, Ok(1));
+}
+
+#[tokio::test]
+async fn versions_inserted_in_one_statement_are_numbered_in_turn() {
+    let app = TestApp::spawn().await;
+    as_postgres(
+        &app,
+        &format!(
+            "insert into public.agent_versions (agent_id, org_id) \
+             select '{ACME_AGENT}', '{ACME}' from generate_series(1, 3)"
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let versions: Vec<i32> = sqlx::query_scalar(
+        "select version from public.agent_versions where agent_id = $1::uuid order by version",
+    )
+    .bind(ACME_AGENT)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(versions, [1, 2, 3]);
+    let latest: Option<i32> =
+        sqlx::query_scalar("select latest_version from public.agents where id = $1::uuid")
+            .bind(ACME_AGENT)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(latest, Some(3));
+}
+
+#[tokio::test]
+async fn a_version_insert_tells_a_tenant_nothing_about_other_orgs() {
+    let app = TestApp::spawn().await;
+    let missing = "dd000000-0000-4000-8000-000000000001";
+    // Acme's real agent in Acme's org, a made-up agent in Acme's org, and
+    // Acme's agent said to be Bluebird's own: one answer for all three.
+    let mut answers = Vec::new();
+    for (agent, org) in [(ACME_AGENT, ACME), (missing, ACME), (ACME_AGENT, BLUEBIRD)] {
+        let refused = as_tenant(
+            &app,
+            Who::BluebirdAdmin,
+            &format!(
+                "insert into public.agent_versions (agent_id, org_id) values ('{agent}', '{org}')"
+            ),
+        )
+        .await;
+        answers.push(refused.err().unwrap_or_default());
+    }
+    // Into its own org, the foreign agent is simply not found.
+    assert!(answers[0].contains("row-level security"), "{answers:?}");
+    assert_eq!(answers[0], answers[1], "an existing agent looks like none");
+    assert!(answers[2].contains("agent not found"), "{answers:?}");
+    let versions: i64 = sqlx::query_scalar("select count(*) from public.agent_versions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(versions, 0);
+}
