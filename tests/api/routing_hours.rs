@@ -1075,9 +1075,6 @@ async fn move_a_warm_after_hours_agent(app: &TestApp) -> String {
 /// when that agent moves to another number through UpdateAgent, the very
 /// next call follows it (service writes evict synchronously).
 #[tokio::test]
-#[ignore = "bug: moving an after-hours agent's number through UpdateAgent evicts only its own \
-            numbers; the first agent's cached route keeps the old number until the listener \
-            (src/app/data.rs, Evicts for (Agent, PhoneNumber))"]
 async fn an_after_hours_agent_moved_to_another_number_is_followed_at_once() {
     let app = TestApp::spawn().await;
     let night = move_a_warm_after_hours_agent(&app).await;
