@@ -59,7 +59,10 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "switchboard:v3:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+  # Routes under v3, live call keys under v2 (src/live/mod.rs).
+  for v in v2 v3; do
+    redis-cli --scan --pattern "switchboard:$v:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+  done
   rm -rf "$OUT"
 }
 trap cleanup EXIT

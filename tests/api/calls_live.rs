@@ -865,11 +865,7 @@ async fn the_keys_of_one_org_share_one_cluster_slot() {
     assert_answered(&b1);
 
     // Live keys keep their own format version (v2) under the routes' (v3).
-    let prefix = app
-        .db
-        .redis_prefix()
-        .await
-        .replacen("switchboard:v3:", "switchboard:v2:", 1);
+    let prefix = app.db.live_prefix().await;
     let mut redis = redis_connection(&redis_url()).await;
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;

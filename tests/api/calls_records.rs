@@ -238,10 +238,10 @@ fn adjust(f: impl Fn(&mut ServeArgs) + Send + Sync + 'static) -> Option<AdjustAr
     Some(Arc::new(f))
 }
 
-/// `switchboard:v1:<ns>:<identity>:calls:backlog`, the deployment's stream
+/// `switchboard:v2:<ns>:<identity>:calls:backlog`, the deployment's stream
 /// of records waiting for Postgres.
 async fn backlog_key(app: &TestApp) -> String {
-    format!("{}calls:backlog", app.db.redis_prefix().await)
+    format!("{}calls:backlog", app.db.live_prefix().await)
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {
