@@ -185,6 +185,60 @@ pub(crate) fn agent_version_to_pb(version: &AgentVersion) -> pb::AgentVersion {
     }
 }
 
+/// The org's caller rules as a route carries them (`RouteData.caller_rules`):
+/// one line a rule, `<e|p>\t<pattern>\t<b|r>\t<agent id>\t<agent number>`.
+/// Patterns, ids and numbers hold no tab or newline.
+pub(crate) fn rule_index(rules: &[CallerRule]) -> String {
+    let mut index = String::new();
+    for rule in rules {
+        let (action, agent) = match rule.action {
+            CallerAction::Block => ("b", String::new()),
+            CallerAction::Route(agent) => ("r", agent.to_string()),
+        };
+        let matching = match rule.matching {
+            CallerMatch::Exact => "e",
+            CallerMatch::Prefix => "p",
+        };
+        let number = rule.agent_number.as_ref().map_or("", |n| n.as_str());
+        index.push_str(&format!(
+            "{matching}\t{}\t{action}\t{agent}\t{number}\n",
+            rule.pattern
+        ));
+    }
+    index
+}
+
+/// One line of a rule index.
+pub(crate) struct IndexedRule<'a> {
+    pub(crate) matching: CallerMatch,
+    pub(crate) pattern: &'a str,
+    /// `None`: block; else the agent's id and number.
+    pub(crate) route_to: Option<(&'a str, &'a str)>,
+}
+
+/// The rules of an index, skipping any line that is not one.
+pub(crate) fn indexed_rules(index: &str) -> impl Iterator<Item = IndexedRule<'_>> {
+    index.lines().filter_map(|line| {
+        let mut parts = line.split('\t');
+        let matching = match parts.next()? {
+            "e" => CallerMatch::Exact,
+            "p" => CallerMatch::Prefix,
+            _ => return None,
+        };
+        let pattern = parts.next()?;
+        let route_to = match (parts.next()?, parts.next()?, parts.next()?) {
+            ("b", _, _) => None,
+            ("r", agent, number) => Some((agent, number)),
+            _ => return None,
+        };
+        Some(IndexedRule {
+            matching,
+            pattern,
+            route_to,
+        })
+    })
+}
+
 pub(crate) fn caller_rule_to_pb(rule: &CallerRule) -> pb::CallerRule {
     pb::CallerRule {
         id: rule.id.to_string(),
@@ -308,14 +362,15 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
                 .extras
                 .served_versions
                 .iter()
-                .map(agent_version_to_pb)
+                .map(|v| prost::Message::encode_to_vec(&agent_version_to_pb(v)))
                 .collect(),
-            caller_rules: resolution
+            served_version_numbers: resolution
                 .extras
-                .caller_rules
+                .served_versions
                 .iter()
-                .map(caller_rule_to_pb)
+                .map(|v| i32::try_from(v.version).unwrap_or(i32::MAX))
                 .collect(),
+            caller_rules: rule_index(&resolution.extras.caller_rules),
             after_hours_agent_number: resolution
                 .extras
                 .after_hours_agent_number

@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 
-use super::routing::Verdict;
+use super::routing::{HoursMemo, Verdict};
 
 use crate::{
     api::{
@@ -46,6 +46,8 @@ pub struct ResolveService {
     /// Open while Postgres is unreachable: misses fail at once instead of
     /// each waiting out the pool's acquire timeout.
     database: Arc<Breaker>,
+    /// Business hours parsed once per agent version (`routing.rs`).
+    hours: Arc<HoursMemo>,
 }
 
 fn no_agent() -> Error {
@@ -75,7 +77,12 @@ impl ResolveService {
             store,
             cache,
             database: Arc::new(Breaker::new(1, Duration::from_millis(1000))),
+            hours: Arc::default(),
         }
+    }
+
+    pub(super) fn hours(&self) -> &HoursMemo {
+        &self.hours
     }
 
     /// The primary, which the cache is filled from.

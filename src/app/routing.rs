@@ -16,21 +16,26 @@
 //! warm). At most `MAX_HOPS` hops, never the same agent twice: a chain that
 //! would loop is refused with `RoutingLoop` (SIP 480).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 use chrono::{DateTime, Utc};
 
 use super::resolve::{ResolveService, Resolved};
 use crate::{
     api::{
-        convert::{agent_to_pb, hours_from_pb, org_of, serving_from_pb},
+        convert::{
+            agent_to_pb, hours_from_pb, indexed_rules, org_of, serving_from_pb, IndexedRule,
+        },
         pb,
     },
     auth::Claims,
     cache::Tier,
     domain::{
         routing::{rule_rank, MAX_HOPS},
-        AgentId, CallerMatch, OrgId, PhoneNumber, Reason, TransferTarget,
+        AgentId, BusinessHours, OrgId, PhoneNumber, Reason, TransferTarget,
     },
     error::Error,
 };
@@ -78,31 +83,56 @@ fn agent_of(route: &pb::ResolveAgentResponse) -> Result<&pb::Agent, Error> {
 
 /// The most specific caller rule for `caller`: an exact number, else the
 /// longest prefix.
-fn caller_rule<'a>(
-    route: &'a pb::ResolveAgentResponse,
-    caller: &str,
-) -> Option<&'a pb::CallerRule> {
-    let rules = route.route_data.as_ref()?.caller_rules.iter();
-    rules
-        .filter_map(|rule| {
-            let matching = match pb::CallerMatch::try_from(rule.r#match).ok()? {
-                pb::CallerMatch::Exact => CallerMatch::Exact,
-                pb::CallerMatch::Prefix => CallerMatch::Prefix,
-                pb::CallerMatch::Unspecified => return None,
-            };
-            rule_rank(matching, &rule.pattern, caller).map(|rank| (rank, rule))
-        })
+fn caller_rule<'a>(route: &'a pb::ResolveAgentResponse, caller: &str) -> Option<IndexedRule<'a>> {
+    let index = &route.route_data.as_ref()?.caller_rules;
+    indexed_rules(index)
+        .filter_map(|rule| rule_rank(rule.matching, rule.pattern, caller).map(|rank| (rank, rule)))
         .max_by_key(|(rank, _)| *rank)
         .map(|(_, rule)| rule)
 }
 
-/// Whether the agent takes calls at `now` (no hours: always). Hours a
-/// route carries were checked when written; any that no longer parse
-/// (a newer zone name and an older build) count as open.
-fn open_at(agent: &pb::Agent, now: DateTime<Utc>) -> bool {
-    match &agent.business_hours {
-        None => true,
-        Some(hours) => hours_from_pb("business_hours", hours).map_or(true, |h| h.is_open(now)),
+/// Business hours parsed once per version of an agent, not once per call:
+/// keyed by (agent id, `updated_at`), which every change of the agent's row
+/// moves (a trigger). Bounded: past `HOURS_MEMO_MAX` entries it starts over.
+#[derive(Default)]
+pub(crate) struct HoursMemo {
+    parsed: RwLock<HashMap<(u128, i64, i32), Option<Arc<BusinessHours>>>>,
+}
+
+const HOURS_MEMO_MAX: usize = 4096;
+
+impl HoursMemo {
+    /// Whether the agent takes calls at `now` (no hours: always). Hours a
+    /// route carries were checked when written; any that no longer parse
+    /// (a newer zone name and an older build) count as open.
+    fn open_at(&self, agent: &pb::Agent, now: DateTime<Utc>) -> bool {
+        let Some(hours) = &agent.business_hours else {
+            return true;
+        };
+        let key = uuid::Uuid::parse_str(&agent.id).ok().map(|id| {
+            let at = agent.updated_at.unwrap_or_default();
+            (id.as_u128(), at.seconds, at.nanos)
+        });
+        let known = key.and_then(|key| {
+            self.parsed
+                .read()
+                .ok()
+                .and_then(|parsed| parsed.get(&key).cloned())
+        });
+        let parsed = match known {
+            Some(parsed) => parsed,
+            None => {
+                let parsed = hours_from_pb("business_hours", hours).ok().map(Arc::new);
+                if let (Some(key), Ok(mut memo)) = (key, self.parsed.write()) {
+                    if memo.len() >= HOURS_MEMO_MAX {
+                        memo.clear();
+                    }
+                    memo.insert(key, parsed.clone());
+                }
+                parsed
+            }
+        };
+        parsed.is_none_or(|h| h.is_open(now))
     }
 }
 
@@ -130,9 +160,11 @@ impl ResolveService {
 
         // 1. Caller rules.
         if let Some(caller) = caller {
-            if let Some(rule) = caller_rule(&current.response, caller.as_str()) {
-                match pb::CallerAction::try_from(rule.action) {
-                    Ok(pb::CallerAction::Block) => {
+            let rule = caller_rule(&current.response, caller.as_str())
+                .map(|rule| rule.route_to.map(|(a, n)| (a.to_owned(), n.to_owned())));
+            if let Some(route_to) = rule {
+                match route_to {
+                    None => {
                         return self.finish(
                             current,
                             org_id,
@@ -149,20 +181,16 @@ impl ResolveService {
                         );
                     }
                     // To the number's own agent: no hop.
-                    Ok(pb::CallerAction::Route) if visited.contains(&rule.agent_id) => {}
-                    Ok(pb::CallerAction::Route) => {
+                    Some((agent_id, _)) if visited.contains(&agent_id) => {}
+                    Some((agent_id, number)) => {
                         // A rule naming an agent that is gone (evicted
                         // within the second) is passed over.
-                        if let Some(next) = self
-                            .hop(claims, org_id, &rule.agent_id, &rule.agent_number)
-                            .await?
-                        {
+                        if let Some(next) = self.hop(claims, org_id, &agent_id, &number).await? {
                             path.push("caller_rule".to_owned());
-                            visited.push(rule.agent_id.clone());
+                            visited.push(agent_id);
                             current = next;
                         }
                     }
-                    _ => {}
                 }
             }
         }
@@ -177,7 +205,7 @@ impl ResolveService {
                         .then(|| TransferTarget::from_db(agent.fallback_destination.clone())),
                 };
             }
-            if open_at(agent, now) {
+            if self.hours().open_at(agent, now) {
                 break Verdict::Answer;
             }
             let Some(hours) = agent.business_hours.as_ref() else {
@@ -287,19 +315,30 @@ impl ResolveService {
             let wanted = serving_from_pb(agent.serving.as_ref())
                 .pick(&agent.id, call_id)
                 .or_else(|| u32::try_from(agent.latest_version).ok());
-            let served = wanted
+            let numbers = &data.served_version_numbers;
+            let at = wanted
                 .and_then(|w| {
-                    data.served_versions
+                    numbers
                         .iter()
-                        .find(|v| u32::try_from(v.version).ok() == Some(w))
+                        .position(|n| u32::try_from(*n).ok() == Some(w))
                 })
                 // Not carried (a split changed under a cached route): the
                 // newest the route has.
-                .or_else(|| data.served_versions.iter().max_by_key(|v| v.version));
+                .or_else(|| {
+                    numbers
+                        .iter()
+                        .enumerate()
+                        .max_by_key(|(_, n)| **n)
+                        .map(|(i, _)| i)
+                });
+            // Only the version served is decoded.
+            let served = at
+                .and_then(|i| data.served_versions.get(i))
+                .and_then(|bytes| <pb::AgentVersion as prost::Message>::decode(&bytes[..]).ok());
             if let Some(version) = served {
-                agent.name = version.name.clone();
-                agent.voice_id = version.voice_id.clone();
-                agent.llm_config = version.llm_config.clone();
+                agent.name = version.name;
+                agent.voice_id = version.voice_id;
+                agent.llm_config = version.llm_config;
                 agent_version = u32::try_from(version.version).ok();
             }
         }
@@ -354,16 +393,22 @@ impl ResolveService {
         let org_id = org_of(&first.response).ok_or(Error::Internal)?;
         let mut agents = vec![agent_of(&first.response)?.id.clone()];
         let mut frontier = vec![first.response.clone()];
-        if let Some(data) = &first.response.route_data {
-            for rule in &data.caller_rules {
-                if !rule.agent_id.is_empty() && !agents.contains(&rule.agent_id) {
-                    if let Some(next) = self
-                        .hop(claims, org_id, &rule.agent_id, &rule.agent_number)
-                        .await?
-                    {
-                        agents.push(rule.agent_id.clone());
-                        frontier.push(next.response);
-                    }
+        let routed_to: Vec<(String, String)> = first
+            .response
+            .route_data
+            .as_ref()
+            .map(|data| {
+                indexed_rules(&data.caller_rules)
+                    .filter_map(|rule| rule.route_to)
+                    .map(|(a, n)| (a.to_owned(), n.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (agent_id, number) in routed_to {
+            if !agents.contains(&agent_id) {
+                if let Some(next) = self.hop(claims, org_id, &agent_id, &number).await? {
+                    agents.push(agent_id);
+                    frontier.push(next.response);
                 }
             }
         }

@@ -1063,7 +1063,20 @@ async fn variables_carry_only_the_called_orgs_record() {
     .unwrap_or_else(|s| panic!("{s:?}"));
     acme_only(&answer.variables, "tenant");
 
-    // Another replica: its memory is cold, Redis is warm.
+    // Another replica: its memory is cold, Redis is warm (the fill is
+    // written there in the background: wait for the key).
+    let client = redis::Client::open(redis_url()).unwrap_or_else(|e| panic!("{e}"));
+    let key = format!("{}route:{ACME_NUMBER}", app.db.redis_prefix().await);
+    within_named(
+        "the route in Redis",
+        std::time::Duration::from_secs(5),
+        || {
+            let client = client.clone();
+            let key = key.clone();
+            async move { crate::cache::key_exists(&client, &key).await }
+        },
+    )
+    .await;
     let replica = app.spawn_replica(AppOptions::default()).await;
     let (answer, tier) = resolve_as(
         &mut replica.agents().await,
