@@ -353,8 +353,11 @@ pub(crate) fn organization_to_pb(org: &Organization) -> pb::Organization {
 }
 
 pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentResponse {
+    let mut agent = agent_to_pb(&resolution.agent);
+    // The hours travel encoded in the route's data, out of the answer.
+    let hours = agent.business_hours.take();
     pb::ResolveAgentResponse {
-        agent: Some(agent_to_pb(&resolution.agent)),
+        agent: Some(agent),
         organization: Some(organization_to_pb(&resolution.organization)),
         caller: resolution.caller.as_ref().map(customer_to_pb),
         route_data: Some(pb::RouteData {
@@ -371,6 +374,19 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
                 .map(|v| i32::try_from(v.version).unwrap_or(i32::MAX))
                 .collect(),
             caller_rules: rule_index(&resolution.extras.caller_rules),
+            business_hours: hours
+                .as_ref()
+                .map(prost::Message::encode_to_vec)
+                .unwrap_or_default(),
+            after_hours_agent_id: hours
+                .as_ref()
+                .map(|h| h.after_hours_agent_id.clone())
+                .unwrap_or_default(),
+            after_hours_transfer_to: hours
+                .as_ref()
+                .map(|h| h.after_hours_transfer_to.clone())
+                .unwrap_or_default(),
+            time_zone: hours.map(|h| h.time_zone).unwrap_or_default(),
             after_hours_agent_number: resolution
                 .extras
                 .after_hours_agent_number

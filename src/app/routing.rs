@@ -102,13 +102,16 @@ pub(crate) struct HoursMemo {
 const HOURS_MEMO_MAX: usize = 4096;
 
 impl HoursMemo {
-    /// Whether the agent takes calls at `now` (no hours: always). Hours a
-    /// route carries were checked when written; any that no longer parse
-    /// (a newer zone name and an older build) count as open.
-    fn open_at(&self, agent: &pb::Agent, now: DateTime<Utc>) -> bool {
-        let Some(hours) = &agent.business_hours else {
+    /// Whether the route's agent takes calls at `now` (no hours: always).
+    /// Hours a route carries were checked when written; any that no longer
+    /// parse (a newer zone name and an older build) count as open.
+    fn open_at(&self, route: &pb::ResolveAgentResponse, now: DateTime<Utc>) -> bool {
+        let (Some(agent), Some(data)) = (&route.agent, &route.route_data) else {
             return true;
         };
+        if data.business_hours.is_empty() {
+            return true;
+        }
         let key = uuid::Uuid::parse_str(&agent.id).ok().map(|id| {
             let at = agent.updated_at.unwrap_or_default();
             (id.as_u128(), at.seconds, at.nanos)
@@ -122,7 +125,11 @@ impl HoursMemo {
         let parsed = match known {
             Some(parsed) => parsed,
             None => {
-                let parsed = hours_from_pb("business_hours", hours).ok().map(Arc::new);
+                let parsed =
+                    <pb::BusinessHours as prost::Message>::decode(&data.business_hours[..])
+                        .ok()
+                        .and_then(|hours| hours_from_pb("business_hours", &hours).ok())
+                        .map(Arc::new);
                 if let (Some(key), Ok(mut memo)) = (key, self.parsed.write()) {
                     if memo.len() >= HOURS_MEMO_MAX {
                         memo.clear();
@@ -205,10 +212,10 @@ impl ResolveService {
                         .then(|| TransferTarget::from_db(agent.fallback_destination.clone())),
                 };
             }
-            if self.hours().open_at(agent, now) {
+            if self.hours().open_at(&current.response, now) {
                 break Verdict::Answer;
             }
-            let Some(hours) = agent.business_hours.as_ref() else {
+            let Some(hours) = current.response.route_data.as_ref() else {
                 break Verdict::Answer;
             };
             if !hours.after_hours_transfer_to.is_empty() {
@@ -345,7 +352,7 @@ impl ResolveService {
         response.caller = caller_record;
         response.agent_version = agent_version.map_or(0, |v| i32::try_from(v).unwrap_or(0));
         response.route_path = path;
-        response.variables = variables(&response, caller, now);
+        response.variables = variables(&response, caller, &data.time_zone, now);
         Ok(Some(Routed {
             response,
             org_id,
@@ -415,8 +422,7 @@ impl ResolveService {
         for _ in 0..MAX_HOPS {
             let mut next_frontier = Vec::new();
             for route in &frontier {
-                let Some(hours) = route.agent.as_ref().and_then(|a| a.business_hours.as_ref())
-                else {
+                let Some(hours) = route.route_data.as_ref() else {
                     continue;
                 };
                 let id = &hours.after_hours_agent_id;
@@ -446,6 +452,7 @@ impl ResolveService {
 fn variables(
     route: &pb::ResolveAgentResponse,
     caller: &str,
+    time_zone: &str,
     now: DateTime<Utc>,
 ) -> HashMap<String, String> {
     let mut vars = HashMap::new();
@@ -466,11 +473,8 @@ fn variables(
     if let Some(org) = &route.organization {
         vars.insert("organization_name".to_owned(), org.name.clone());
     }
-    let zone = route
-        .agent
-        .as_ref()
-        .and_then(|a| a.business_hours.as_ref())
-        .and_then(|h| h.time_zone.parse::<chrono_tz::Tz>().ok())
+    let zone = time_zone
+        .parse::<chrono_tz::Tz>()
         .unwrap_or(chrono_tz::Tz::UTC);
     if let Some(agent) = &route.agent {
         vars.insert("agent_name".to_owned(), agent.name.clone());
