@@ -389,7 +389,7 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Record
                 for _ in 0..iters {
                     let t = Instant::now();
                     let row = sqlx::query(
-                        "select * from switchboard_private.resolve_route($1, 'authenticated', $2, null)",
+                        "select * from switchboard_private.resolve_number($1, 'authenticated', $2, null)",
                     )
                     .bind(&tenant_claims)
                     .bind(ACME_NUMBER)

@@ -129,7 +129,7 @@ cat >"$OUT/bare.sql" <<'SQL'
 select a.id, a.org_id, a.voice_id, a.llm_config, o.name from public.agents a join public.organizations o on o.id = a.org_id where a.phone_number = '+18005550100';
 SQL
 cat >"$OUT/claims.sql" <<'SQL'
-select * from switchboard_private.resolve_route('{"role":"authenticated","sub":"a0000000-0000-4000-8000-000000000003","aud":"authenticated"}', 'authenticated', '+18005550100', '+14155550123');
+select * from switchboard_private.resolve_number('{"role":"authenticated","sub":"a0000000-0000-4000-8000-000000000003","aud":"authenticated"}', 'authenticated', '+18005550100', '+14155550123');
 SQL
 pgbench -n -c "$C" -j 2 -T "$SECS" -M prepared -f "$OUT/bare.sql" "$PG/$DB" >"$OUT/pg-bare.txt" 2>&1
 pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" "$PG/$DB" >"$OUT/pg-claims.txt" 2>&1
