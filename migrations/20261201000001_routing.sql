@@ -231,7 +231,8 @@ begin
   ) or (
     select pg_catalog.count(*) <> pg_catalog.count(distinct e ->> 'version')
     from pg_catalog.jsonb_array_elements(coalesce(new.serving -> 'split', '[]')) e
-  ) or (new.serving ? 'pinned' and new.serving ? 'split') then
+  ) or (new.serving ? 'pinned' and new.serving ? 'split')
+    or exists (select 1 from pg_catalog.jsonb_object_keys(new.serving) k where k not in ('pinned', 'split')) then
     raise exception 'serving is {"pinned": n} or {"split": [{"version": n, "weight": w}, …]} with integers and each version once'
       using errcode = 'check_violation', constraint = 'agents_serving_versions_exist';
   end if;
@@ -288,6 +289,10 @@ create table if not exists public.caller_rules (
 create index if not exists caller_rules_agent_id_idx on public.caller_rules (agent_id);
 
 -- At most 200 rules per org (they travel with every route of the org).
+-- Writers of one org take turns (an advisory lock), then count: a count
+-- sees the rows committed before it only at READ COMMITTED (a new snapshot
+-- per statement) or SERIALIZABLE (a conflict fails); a REPEATABLE READ
+-- transaction counts from its start, so it may not insert rules.
 create or replace function switchboard_private.caller_rules_bound()
 returns trigger
 language plpgsql
@@ -295,6 +300,17 @@ security definer
 set search_path = ''
 as $$
 begin
+  -- A tenant writing into an org it may not write gets RLS's own answer
+  -- before anything of that org is locked or counted.
+  if pg_catalog.current_setting('role') = 'authenticated'
+     and new.org_id is distinct from switchboard_private.auth_org_id(array['admin', 'manager']) then
+    raise exception 'new row violates row-level security policy for table "caller_rules"'
+      using errcode = 'insufficient_privilege';
+  end if;
+  if pg_catalog.current_setting('transaction_isolation') = 'repeatable read' then
+    raise exception 'caller rules are written at READ COMMITTED or SERIALIZABLE: a REPEATABLE READ count cannot hold the bound'
+      using errcode = 'check_violation', constraint = 'caller_rules_per_org';
+  end if;
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('caller_rules:' || new.org_id::text, 0));
   if (select pg_catalog.count(*) from public.caller_rules r where r.org_id = new.org_id and r.id <> new.id) >= 200 then
     raise exception 'an organization has at most 200 caller rules' using errcode = 'check_violation',

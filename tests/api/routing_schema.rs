@@ -141,6 +141,7 @@ async fn serving_takes_integers_and_each_version_once() {
         r#"{"split":[{"version":1,"weight":5.5},{"version":2,"weight":5}]}"#,
         r#"{"split":[{"version":1,"weight":5,"x":1},{"version":2,"weight":5}]}"#,
         r#"{"pinned":"1"}"#,
+        r#"{"pinned":1,"x":2}"#,
         r#"{"pinned":1,"split":[{"version":1,"weight":5},{"version":2,"weight":5}]}"#,
     ] {
         let refused = as_tenant(
@@ -218,4 +219,55 @@ async fn a_version_insert_tells_a_tenant_nothing_about_other_orgs() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(versions, 0);
+}
+
+#[tokio::test]
+async fn caller_rules_tell_no_foreign_count_and_hold_their_bound_at_any_isolation() {
+    let app = TestApp::spawn().await;
+    // Acme full: 200 rules.
+    as_postgres(
+        &app,
+        &format!(
+            "insert into public.caller_rules (org_id, match, pattern, action) \
+             select '{ACME}', 'exact', '+1888' || lpad(n::text, 7, '0'), 'block' \
+             from generate_series(1, 200) n"
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Bluebird learns nothing of Acme's count: the answer of RLS, as for an
+    // org that does not exist.
+    let insert = |org: &str| {
+        format!(
+            "insert into public.caller_rules (org_id, match, pattern, action) \
+             values ('{org}', 'exact', '+19990000001', 'block')"
+        )
+    };
+    let full = as_tenant(&app, Who::BluebirdAdmin, &insert(ACME)).await;
+    let nowhere = as_tenant(
+        &app,
+        Who::BluebirdAdmin,
+        &insert("dd000000-0000-4000-8000-00000000000d"),
+    )
+    .await;
+    assert!(
+        full.as_ref()
+            .is_err_and(|e| e.contains("row-level security")),
+        "{full:?}"
+    );
+    assert_eq!(full, nowhere);
+    // A REPEATABLE READ writer would count from its snapshot: refused.
+    let mut tx = app.db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::raw_sql(&format!(
+        "set transaction isolation level repeatable read; \
+         delete from public.caller_rules where pattern = '+18880000001'; {}",
+        insert(ACME)
+    ))
+    .execute(&mut *tx)
+    .await
+    .map(|_| ())
+    .map_or_else(
+        |e| assert!(e.to_string().contains("REPEATABLE READ"), "{e}"),
+        |()| panic!("a REPEATABLE READ insert was allowed"),
+    );
 }
