@@ -96,8 +96,11 @@ fn caller_rule<'a>(route: &'a pb::ResolveAgentResponse, caller: &str) -> Option<
 /// moves (a trigger). Bounded: past `HOURS_MEMO_MAX` entries it starts over.
 #[derive(Default)]
 pub(crate) struct HoursMemo {
-    parsed: RwLock<HashMap<(u128, i64, i32), Option<Arc<BusinessHours>>>>,
+    parsed: RwLock<HashMap<HoursKey, Option<Arc<BusinessHours>>>>,
 }
+
+/// (agent id, `updated_at` seconds, nanoseconds).
+type HoursKey = (u128, i64, i32);
 
 const HOURS_MEMO_MAX: usize = 4096;
 
