@@ -257,12 +257,8 @@ pub(crate) fn caller_rule_to_pb(rule: &CallerRule) -> pb::CallerRule {
             CallerAction::Block => String::new(),
         },
         label: rule.label.clone().unwrap_or_default(),
-        created_at: (rule.created_at.timestamp() != 0)
-            .then(|| timestamp(rule.created_at))
-            .flatten(),
-        updated_at: (rule.updated_at.timestamp() != 0)
-            .then(|| timestamp(rule.updated_at))
-            .flatten(),
+        created_at: timestamp(rule.created_at),
+        updated_at: timestamp(rule.updated_at),
         agent_number: rule
             .agent_number
             .as_ref()

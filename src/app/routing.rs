@@ -69,12 +69,14 @@ pub(crate) struct Routed {
 impl Routed {
     /// The answering agent's fallback (for a limit reached).
     pub(crate) fn fallback(&self) -> Option<TransferTarget> {
-        self.response
-            .agent
-            .as_ref()
-            .filter(|a| !a.fallback_destination.is_empty())
-            .map(|a| TransferTarget::from_db(a.fallback_destination.clone()))
+        self.response.agent.as_ref().and_then(fallback_of)
     }
+}
+
+/// Where calls an agent cannot take go (`None`: refused).
+fn fallback_of(agent: &pb::Agent) -> Option<TransferTarget> {
+    (!agent.fallback_destination.is_empty())
+        .then(|| TransferTarget::from_db(agent.fallback_destination.clone()))
 }
 
 fn agent_of(route: &pb::ResolveAgentResponse) -> Result<&pb::Agent, Error> {
@@ -158,12 +160,13 @@ impl ResolveService {
         call_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Routed>, Error> {
-        let Some(first) = self.route(claims, called, caller).await? else {
+        let Some(mut first) = self.route(claims, called, caller).await? else {
             return Ok(None);
         };
         let org_id = org_of(&first.response).ok_or(Error::Internal)?;
         let tier = first.tier;
-        let caller_record = first.response.caller.clone();
+        // Put back on the answer by `finish`, whichever agent answers.
+        let caller_record = first.response.caller.take();
         let mut path: Vec<String> = Vec::new();
         let mut visited: Vec<String> = vec![agent_of(&first.response)?.id.clone()];
         let mut current = first;
@@ -211,8 +214,7 @@ impl ResolveService {
             if agent.is_active != Some(true) {
                 break Verdict::Refuse {
                     reason: Reason::AgentInactive,
-                    transfer_to: (!agent.fallback_destination.is_empty())
-                        .then(|| TransferTarget::from_db(agent.fallback_destination.clone())),
+                    transfer_to: fallback_of(agent),
                 };
             }
             if self.hours().open_at(&current.response, now) {
@@ -242,12 +244,7 @@ impl ResolveService {
                     transfer_to: None,
                 };
             }
-            let number = current
-                .response
-                .route_data
-                .as_ref()
-                .map(|d| d.after_hours_agent_number.clone())
-                .unwrap_or_default();
+            let number = hours.after_hours_agent_number.clone();
             match self.hop(claims, org_id, &next_id, &number).await? {
                 Some(next) => {
                     path.push("after_hours".to_owned());
