@@ -11,10 +11,18 @@
 //! `cargo bench --bench resolve` (needs Postgres on 127.0.0.1:5432 and Redis
 //! on 127.0.0.1:6379, as the tests do; override with SWITCHBOARD_TEST_*).
 
+#[path = "bare/service.rs"]
+mod bare;
+
 use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
     collections::BTreeMap,
     str::FromStr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -236,15 +244,24 @@ fn resolve_call(
     }
 }
 
-fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Recorder) {
+fn end_to_end(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    recorder: &Recorder,
+) -> Vec<AllocationRow> {
     let deployment = rt.block_on(Deployment::create());
     let service = bench_token(DbRole::ServiceRole, None);
     let tenant = bench_token(DbRole::Authenticated, Uuid::parse_str(ACME_VIEWER).ok());
 
+    let (full_addr, redis_only_addr, db_only_addr) = rt.block_on(async {
+        (
+            deployment.serve(true, true).await,
+            deployment.serve(false, true).await,
+            deployment.serve(false, false).await,
+        )
+    });
     let (full, redis_only, db_only, health, redis, mut pg) = rt.block_on(async {
-        let full = deployment.serve(true, true).await;
-        let redis_only = deployment.serve(false, true).await;
-        let db_only = deployment.serve(false, false).await;
+        let (full, redis_only, db_only) = (full_addr, redis_only_addr, db_only_addr);
         let full_channel = connect(full).await;
         let mut full = AgentServiceClient::new(full_channel.clone());
         let mut redis_only = AgentServiceClient::new(connect(redis_only).await);
@@ -404,7 +421,9 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, recorder: &Record
         })
     });
     drop(group);
+    let rows = allocations(rt, &deployment, full_addr, redis_only_addr, db_only_addr);
     rt.block_on(deployment.drop_database());
+    rows
 }
 
 fn micro(c: &mut Criterion) {
@@ -723,7 +742,7 @@ fn main() {
     let recorder: Recorder = Arc::default();
     let mut criterion = Criterion::default().configure_from_args();
     micro(&mut criterion);
-    end_to_end(&mut criterion, &rt, &recorder);
+    let allocated = end_to_end(&mut criterion, &rt, &recorder);
     criterion.final_summary();
     // `cargo test --all-targets` runs this binary without `--bench` (criterion's
     // quick test mode): the scale phase, minutes of setup, is for real runs.
@@ -734,7 +753,236 @@ fn main() {
         Vec::new()
     };
     report_scale(&scaled);
+    report_allocations(&allocated);
     if !report(&recorder) {
         std::process::exit(1);
+    }
+}
+
+/// Counts every allocation while `COUNTING` is on, except on threads that
+/// said they are the client's (`UNCOUNTED`): the allocation phase measures
+/// what the servers, on the bench's runtime, allocate per call.
+struct CountingAllocator;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static UNCOUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+impl CountingAllocator {
+    fn count(size: usize) {
+        if COUNTING.load(Ordering::Relaxed) && !UNCOUNTED.try_with(Cell::get).unwrap_or(true) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            ALLOCATED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; counting
+// touches only atomics and a const thread-local (no allocation).
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::count(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::count(layout.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::count(new_size);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// One path's server-side allocations per call.
+struct AllocationRow {
+    case: &'static str,
+    per_call: f64,
+    bytes_per_call: f64,
+}
+
+/// The servers' allocations per call on each path, beside the bare tonic
+/// server's (`benches/bare/`) for the same call: the client runs on a
+/// thread of its own that is not counted; the servers run on the bench's
+/// runtime, and everything they allocate while a case runs is counted
+/// (their background tasks too: a probe every few seconds, negligible over
+/// the calls of a case). Calls one at a time, after a warm-up.
+fn allocations(
+    rt: &tokio::runtime::Runtime,
+    deployment: &Deployment,
+    full: std::net::SocketAddr,
+    redis_only: std::net::SocketAddr,
+    db_only: std::net::SocketAddr,
+) -> Vec<AllocationRow> {
+    let service = bench_token(DbRole::ServiceRole, None);
+    let tenant = bench_token(DbRole::Authenticated, Uuid::parse_str(ACME_VIEWER).ok());
+    let calls: u64 = if std::env::args().any(|a| a == "--bench") {
+        5_000
+    } else {
+        200
+    };
+    // StartCall admits every call: no limit reached, so each is the
+    // answered path (admission + record).
+    rt.block_on(async {
+        let mut db = PgConnection::connect(&deployment.direct_url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        db.execute("update public.organizations set max_concurrent_calls = 1000000")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    });
+    let bare_addr = rt.block_on(async {
+        let mut client = AgentServiceClient::new(connect(full).await);
+        let answer = client
+            .resolve_agent(authed(&service, resolve_request()))
+            .await
+            .unwrap_or_else(|s| panic!("{s:?}"))
+            .into_inner()
+            .encode_to_vec();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(bare::serve(listener, answer.into()));
+        addr
+    });
+    let client = std::thread::spawn(move || {
+        UNCOUNTED.with(|u| u.set(true));
+        let client_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        client_rt.block_on(async move {
+            let mut rows = Vec::new();
+            let mut bare_health = HealthClient::new(connect(bare_addr).await);
+            let mut health = HealthClient::new(connect(full).await);
+            let mut bare_resolve = AgentServiceClient::new(connect(bare_addr).await);
+            let mut full_client = AgentServiceClient::new(connect(full).await);
+            let mut redis_client = AgentServiceClient::new(connect(redis_only).await);
+            let mut db_client = AgentServiceClient::new(connect(db_only).await);
+            let mut calls_client =
+                pb::call_service_client::CallServiceClient::new(connect(full).await);
+            macro_rules! measure {
+                ($case:literal, $call:expr) => {{
+                    for _ in 0..50 {
+                        $call;
+                    }
+                    let (count, bytes) = (
+                        ALLOCATIONS.load(Ordering::Relaxed),
+                        ALLOCATED_BYTES.load(Ordering::Relaxed),
+                    );
+                    COUNTING.store(true, Ordering::Relaxed);
+                    for _ in 0..calls {
+                        $call;
+                    }
+                    COUNTING.store(false, Ordering::Relaxed);
+                    rows.push(AllocationRow {
+                        case: $case,
+                        per_call: (ALLOCATIONS.load(Ordering::Relaxed) - count) as f64
+                            / calls as f64,
+                        bytes_per_call: (ALLOCATED_BYTES.load(Ordering::Relaxed) - bytes) as f64
+                            / calls as f64,
+                    });
+                }};
+            }
+            let check = || HealthCheckRequest {
+                service: String::new(),
+            };
+            measure!(
+                "bare tonic server: health check",
+                bare_health
+                    .check(check())
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            measure!(
+                "health check",
+                health
+                    .check(check())
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            measure!(
+                "bare tonic server: ResolveAgent (fixed answer)",
+                bare_resolve
+                    .resolve_agent(authed(&service, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            measure!(
+                "ResolveAgent, memory tier",
+                full_client
+                    .resolve_agent(authed(&service, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            measure!(
+                "ResolveAgent, Redis tier",
+                redis_client
+                    .resolve_agent(authed(&service, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            measure!(
+                "ResolveAgent, Postgres (service_role)",
+                db_client
+                    .resolve_agent(authed(&service, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            measure!(
+                "ResolveAgent, Postgres under RLS (tenant)",
+                full_client
+                    .resolve_agent(authed(&tenant, resolve_request()))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            measure!(
+                "StartCall, warm route (admitted, recorded)",
+                calls_client
+                    .start_call(authed(
+                        &service,
+                        pb::StartCallRequest {
+                            called_number: ACME_NUMBER.into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .unwrap_or_else(|s| panic!("{s:?}"))
+            );
+            rows
+        })
+    });
+    client
+        .join()
+        .unwrap_or_else(|_| panic!("the allocation client failed"))
+}
+
+fn report_allocations(rows: &[AllocationRow]) {
+    println!("\n## allocations per call, server side (counting allocator; calls one at a time)\n");
+    println!("| path | allocations per call | bytes allocated per call |");
+    println!("|---|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {:.1} | {:.0} |",
+            row.case, row.per_call, row.bytes_per_call
+        );
     }
 }

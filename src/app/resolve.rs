@@ -129,7 +129,9 @@ impl ResolveService {
         caller: Option<&PhoneNumber>,
     ) -> Result<Option<Resolved>, Error> {
         if !claims.is_service_role() {
-            return self.resolve_under_rls(claims, called, caller).await;
+            // Boxed: the statement's future is large, and a cache hit
+            // should not carry (and move) its room.
+            return Box::pin(self.resolve_under_rls(claims, called, caller)).await;
         }
         let Some(found) = self
             .cache

@@ -17,11 +17,11 @@
 //! would loop is refused with `RoutingLoop` (SIP 480).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use super::resolve::{ResolveService, Resolved};
 use crate::{
@@ -198,7 +198,9 @@ impl ResolveService {
                     Some((agent_id, number)) => {
                         // A rule naming an agent that is gone (evicted
                         // within the second) is passed over.
-                        if let Some(next) = self.hop(claims, org_id, &agent_id, &number).await? {
+                        if let Some(next) =
+                            Box::pin(self.hop(claims, org_id, &agent_id, &number)).await?
+                        {
                             path.push("caller_rule".to_owned());
                             visited.push(agent_id);
                             current = next;
@@ -245,7 +247,7 @@ impl ResolveService {
                 };
             }
             let number = hours.after_hours_agent_number.clone();
-            match self.hop(claims, org_id, &next_id, &number).await? {
+            match Box::pin(self.hop(claims, org_id, &next_id, &number)).await? {
                 Some(next) => {
                     path.push("after_hours".to_owned());
                     visited.push(next_id);
@@ -454,8 +456,8 @@ fn variables(
     caller: &str,
     time_zone: &str,
     now: DateTime<Utc>,
-) -> HashMap<String, String> {
-    let mut vars = HashMap::new();
+) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
     if !caller.is_empty() {
         vars.insert("caller_number".to_owned(), caller.to_owned());
     }
@@ -473,9 +475,13 @@ fn variables(
     if let Some(org) = &route.organization {
         vars.insert("organization_name".to_owned(), org.name.clone());
     }
-    let zone = time_zone
-        .parse::<chrono_tz::Tz>()
-        .unwrap_or(chrono_tz::Tz::UTC);
+    let zone = if time_zone.is_empty() {
+        chrono_tz::Tz::UTC
+    } else {
+        time_zone
+            .parse::<chrono_tz::Tz>()
+            .unwrap_or(chrono_tz::Tz::UTC)
+    };
     if let Some(agent) = &route.agent {
         vars.insert("agent_name".to_owned(), agent.name.clone());
     }
@@ -484,11 +490,112 @@ fn variables(
     }
     let local = now.with_timezone(&zone);
     vars.insert("time_zone".to_owned(), zone.name().to_owned());
+    // Written digit by digit: chrono's formatter (`%Y-%m-%d`) parses its
+    // pattern on every call.
+    let mut date = String::with_capacity(10);
+    push_padded(&mut date, local.year(), 4);
+    date.push('-');
+    push_padded(&mut date, local.month() as i32, 2);
+    date.push('-');
+    push_padded(&mut date, local.day() as i32, 2);
+    vars.insert("local_date".to_owned(), date);
+    let mut time = String::with_capacity(5);
+    push_padded(&mut time, local.hour() as i32, 2);
+    time.push(':');
+    push_padded(&mut time, local.minute() as i32, 2);
+    vars.insert("local_time".to_owned(), time);
     vars.insert(
-        "local_date".to_owned(),
-        local.format("%Y-%m-%d").to_string(),
+        "local_weekday".to_owned(),
+        WEEKDAYS[local.weekday().num_days_from_monday() as usize].to_owned(),
     );
-    vars.insert("local_time".to_owned(), local.format("%H:%M").to_string());
-    vars.insert("local_weekday".to_owned(), local.format("%A").to_string());
     vars
+}
+
+/// chrono's `%A`, in its order (Monday first).
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// `n` in decimal, zero-padded to `width` digits, as chrono's `%Y`, `%m`,
+/// `%d`, `%H`, `%M` (a negative year keeps its sign; chrono would also sign
+/// a year past 9999, which the clock does not reach).
+fn push_padded(out: &mut String, n: i32, width: usize) {
+    if n < 0 {
+        out.push('-');
+    }
+    let digits = n.unsigned_abs();
+    let mut buf = [0u8; 10];
+    let mut at = buf.len();
+    let mut rest = digits;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for _ in (buf.len() - at)..width {
+        out.push('0');
+    }
+    for &d in &buf[at..] {
+        out.push(char::from(d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written date and time are chrono's `%Y-%m-%d`, `%H:%M` and
+    /// `%A`, across zones, a leap day and both ends of a day.
+    #[test]
+    fn clock_variables_match_chronos_formats() {
+        let route = pb::ResolveAgentResponse::default();
+        for (at, zone) in [
+            ("2024-02-29T23:59:00Z", "Asia/Kolkata"),
+            ("2026-11-30T00:00:00Z", "America/New_York"),
+            ("2026-03-08T07:30:00Z", "America/Los_Angeles"),
+            ("0999-01-05T09:05:00Z", ""),
+            ("2026-06-01T12:00:00Z", "Pacific/Kiritimati"),
+        ] {
+            let now: DateTime<Utc> = at.parse().unwrap_or_else(|e| panic!("{at}: {e}"));
+            let vars = variables(&route, "", zone, now);
+            let tz = zone.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::Tz::UTC);
+            let local = now.with_timezone(&tz);
+            assert_eq!(
+                vars["local_date"],
+                local.format("%Y-%m-%d").to_string(),
+                "{at} {zone}"
+            );
+            assert_eq!(
+                vars["local_time"],
+                local.format("%H:%M").to_string(),
+                "{at} {zone}"
+            );
+            assert_eq!(
+                vars["local_weekday"],
+                local.format("%A").to_string(),
+                "{at} {zone}"
+            );
+            assert_eq!(vars["time_zone"], tz.name());
+        }
+    }
+
+    #[test]
+    fn padding_keeps_signs_and_long_numbers() {
+        let mut s = String::new();
+        push_padded(&mut s, 7, 2);
+        push_padded(&mut s, 2026, 4);
+        push_padded(&mut s, 12345, 4);
+        push_padded(&mut s, -44, 4);
+        push_padded(&mut s, 0, 2);
+        assert_eq!(s, "07202612345-004400");
+    }
 }

@@ -120,7 +120,7 @@ impl Cache {
         &self,
         called: &str,
         caller: Option<&str>,
-        mut fetch: F,
+        fetch: F,
     ) -> Result<Option<FoundRoute>, Error>
     where
         F: FnMut() -> Fut,
@@ -144,6 +144,22 @@ impl Cache {
                 caller: None,
             }));
         }
+        // A miss is boxed: the hit path's future stays small (tonic boxes
+        // it, and every layer moves it), whatever a fill needs.
+        Box::pin(self.route_miss(called, caller, fetch)).await
+    }
+
+    /// `route_or_fill` after a memory miss.
+    async fn route_miss<F, Fut>(
+        &self,
+        called: &str,
+        caller: Option<&str>,
+        mut fetch: F,
+    ) -> Result<Option<FoundRoute>, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<pb::ResolveAgentResponse>, Error>>,
+    {
         let generation = self.generation();
         if !self.memory.enabled {
             return self.fetch_route(called, generation, &mut fetch).await;
@@ -310,12 +326,16 @@ impl Cache {
         if let Some(known) = cached {
             return known;
         }
-        let generation = self.generation();
-        let found = fetch().await.ok()?;
-        if self.may_keep(generation) {
-            self.memory.callers.insert(key, found.clone()).await;
-        }
-        found
+        // Boxed, as a route's miss: the hit's future stays small.
+        Box::pin(async move {
+            let generation = self.generation();
+            let found = fetch().await.ok()?;
+            if self.may_keep(generation) {
+                self.memory.callers.insert(key, found.clone()).await;
+            }
+            found
+        })
+        .await
     }
 
     /// Starts filling the memory tier ahead of calls; `None` when it would

@@ -2,11 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use tonic::metadata::MetadataValue;
-
 use super::{
     parse::{in_field, ringing_numbers, target_org, with_org},
-    LoggedOrg, CACHE_TIER_HEADER,
+    AnsweredFrom, LoggedOrg,
 };
 use crate::{
     api::{
@@ -213,10 +211,10 @@ impl AgentService for AgentApi {
         if let Some(org_id) = resolved.org_id {
             response.extensions_mut().insert(LoggedOrg(org_id));
         }
-        response.metadata_mut().insert(
-            CACHE_TIER_HEADER,
-            MetadataValue::from_static(resolved.tier.as_str()),
-        );
+        // Sent in the trailers by the request layers (`x-switchboard-cache`).
+        response
+            .extensions_mut()
+            .insert(AnsweredFrom(resolved.tier.as_str()));
         Ok(response)
     }
 

@@ -199,11 +199,14 @@ fn oversize_is_resource_exhausted<B: Default>(
     max_message_bytes: usize,
 ) {
     let headers = response.headers();
-    if headers.get("grpc-status").is_none_or(|v| v != "11") {
+    if headers
+        .get(&crate::observability::GRPC_STATUS)
+        .is_none_or(|v| v != "11")
+    {
         return;
     }
     let Some(message) = headers
-        .get("grpc-message")
+        .get(&crate::observability::GRPC_MESSAGE)
         .map(|v| percent_decode(v.as_bytes()))
     else {
         return;

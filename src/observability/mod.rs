@@ -19,6 +19,7 @@ pub mod otlp;
 pub mod tracing;
 
 pub use self::tracing::{Telemetry, TelemetryError, TraceExport};
-pub use layers::{LoggedOrg, RequestLayers, CACHE_TIER_HEADER};
+pub use layers::{AnsweredFrom, LoggedOrg, RequestLayers, CACHE_TIER_HEADER};
+pub(crate) use layers::{GRPC_MESSAGE, GRPC_STATUS};
 pub use otel_env::{OtelEnvError, DEFAULT_SERVICE_NAME};
 pub use otlp::MetricsExport;

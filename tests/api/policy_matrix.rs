@@ -1197,9 +1197,10 @@ async fn rows_stay_in_their_org_and_nobody_edits_their_own_profile() {
 async fn lint(db: &TestDb) -> Vec<String> {
     let schemas = exposed_schemas();
     let mut findings = Vec::new();
-    let functions: Vec<(String, String, bool, bool, bool)> = sqlx::query_as(
+    let functions: Vec<(String, String, bool, bool, bool, bool)> = sqlx::query_as(
         "select n.nspname::text, p.oid::regprocedure::text, \
                 coalesce(exists (select 1 from unnest(p.proconfig) c where c like 'search_path=%'), false), \
+                coalesce(exists (select 1 from unnest(p.proconfig) c where c like 'search_path=%pg\\_temp'), false), \
                 p.prosecdef, \
                 pg_catalog.has_function_privilege('anon', p.oid, 'execute') \
                   or pg_catalog.has_function_privilege('authenticated', p.oid, 'execute') \
@@ -1212,9 +1213,17 @@ async fn lint(db: &TestDb) -> Vec<String> {
     .fetch_all(&db.pool)
     .await
     .unwrap_or_else(|e| panic!("pg_proc: {e}"));
-    for (schema, function, fixed_path, definer, callable) in &functions {
+    for (schema, function, fixed_path, temp_last, definer, callable) in &functions {
         if !fixed_path {
             findings.push(format!("{function} has no fixed search_path"));
+        }
+        // With pg_temp unnamed (`search_path = ''` included) the session's
+        // temporary schema is searched first for types and tables: a
+        // caller's `pg_temp.uuid` would run its code as the owner.
+        if *definer && !temp_last {
+            findings.push(format!(
+                "{function} is SECURITY DEFINER and does not search pg_temp last"
+            ));
         }
         if *definer && *callable && schemas.contains(schema) {
             findings.push(format!(
@@ -1273,6 +1282,7 @@ async fn the_catalog_passes_the_linter_rules_and_the_lint_can_fail() {
     for expected in [
         "rogue_lookup() has no fixed search_path",
         "rogue_lookup() is SECURITY DEFINER, exposed and callable by anon/authenticated",
+        "rogue_lookup() is SECURITY DEFINER and does not search pg_temp last",
         "policy rogue_notes_select on rogue_notes calls auth.uid() per row: wrap it in (select …)",
         "policy rogue_notes_select on rogue_notes calls auth.jwt() per row: wrap it in (select …)",
         "policy rogue_notes_select on rogue_notes reads user_metadata, which users edit",
@@ -1282,7 +1292,54 @@ async fn the_catalog_passes_the_linter_rules_and_the_lint_can_fail() {
             "{expected:?} not in {findings:#?}"
         );
     }
-    assert_eq!(findings.len(), 5, "{findings:#?}");
+    assert_eq!(findings.len(), 6, "{findings:#?}");
+}
+
+/// The attack review's finding: a tenant session's temporary type must not
+/// run its code inside a function that runs as its owner. `auth.uid()`
+/// casts to `uuid` inside `auth_org_id` (SECURITY DEFINER); a
+/// `pg_temp.uuid` domain whose check records `current_user` would have run
+/// as the owner (a superuser here) while pg_temp was searched first.
+#[tokio::test]
+async fn a_tenants_temporary_type_runs_nothing_as_the_owner() {
+    let db = supabase_like_db().await;
+    let mut conn = db
+        .pool
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("acquire: {e}"));
+    for sql in [
+        "set role authenticated",
+        "create function pg_temp.record_runner(pg_catalog.uuid) returns boolean language sql as \
+           $f$ select pg_catalog.set_config('attack.ran_as', current_user::text, false) is not null $f$",
+        "create domain pg_temp.uuid as pg_catalog.uuid check (pg_temp.record_runner(value))",
+        "create domain pg_temp.jsonb as pg_catalog.jsonb check (pg_temp.record_runner(null))",
+        "select pg_catalog.set_config('request.jwt.claims', \
+           '{\"role\":\"authenticated\",\"sub\":\"a0000000-0000-4000-8000-000000000001\"}', false)",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let org: Option<uuid::Uuid> = sqlx::query_scalar("select switchboard_private.auth_org_id()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("auth_org_id: {e}"));
+    assert!(org.is_some(), "the seeded admin belongs to an org");
+    let ran_as: Option<String> =
+        sqlx::query_scalar("select pg_catalog.current_setting('attack.ran_as', true)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("current_setting: {e}"));
+    assert_eq!(
+        ran_as.filter(|r| !r.is_empty()),
+        None,
+        "the temporary type's check ran inside auth_org_id"
+    );
+    // The connection goes back to the pool as the owner, without the claims.
+    let _ = sqlx::query("reset role").execute(&mut *conn).await;
+    let _ = sqlx::query("discard all").execute(&mut *conn).await;
 }
 
 // ---------------------------------------------------------------- references across orgs

@@ -120,8 +120,14 @@ fn agent_id(decision: &CallDecision) -> &str {
     decision.agent.as_ref().map_or("", |a| a.id.as_str())
 }
 
-fn var<'a>(variables: &'a std::collections::HashMap<String, String>, key: &str) -> &'a str {
-    variables.get(key).map_or("", String::as_str)
+fn var<'a, M>(variables: &'a M, key: &str) -> &'a str
+where
+    &'a M: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    variables
+        .into_iter()
+        .find(|(k, _)| k.as_str() == key)
+        .map_or("", |(_, v)| v.as_str())
 }
 
 #[track_caller]
@@ -1009,7 +1015,7 @@ async fn variables_carry_only_the_called_orgs_record() {
     .unwrap_or_else(|s| panic!("{s:?}"));
 
     #[track_caller]
-    fn acme_only(vars: &std::collections::HashMap<String, String>, when: &str) {
+    fn acme_only(vars: &std::collections::BTreeMap<String, String>, when: &str) {
         assert_eq!(var(vars, "caller_name"), "Grace Hopper", "{when}: {vars:?}");
         assert_eq!(var(vars, "caller.tier"), "gold", "{when}: {vars:?}");
         assert_eq!(

@@ -1,8 +1,10 @@
-//! The cache tier that answered a `ResolveAgent`, moved to the trailers.
+//! The cache tier that answered a `ResolveAgent`, sent in the trailers.
 //!
-//! Handlers set it as a response header (tonic has no API for trailers on a
-//! unary response); the span and the log read it there, and this layer,
-//! outermost, moves it after the message, where the media server reads it.
+//! Handlers put it in the response's extensions ([`AnsweredFrom`]; tonic has
+//! no API for trailers on a unary response, and an extension costs no header
+//! parsing); the span and the log read it there, and this layer, outermost,
+//! writes it after the message as `x-switchboard-cache`, where the media
+//! server reads it.
 
 use std::{
     pin::Pin,
@@ -14,6 +16,14 @@ use super::Finish;
 /// Metadata naming the tier that answered a `ResolveAgent`: memory, redis or db.
 pub const CACHE_TIER_HEADER: &str = "x-switchboard-cache";
 
+/// Parsed once: a `&str` name is parsed again on every use.
+static CACHE_TIER_NAME: http::HeaderName = http::HeaderName::from_static(CACHE_TIER_HEADER);
+
+/// Put in a response's extensions by handlers: the cache tier that answered
+/// (`memory`, `redis`, `db`).
+#[derive(Clone, Copy, Debug)]
+pub struct AnsweredFrom(pub &'static str);
+
 #[derive(Clone, Copy)]
 pub struct TierToTrailers;
 
@@ -22,11 +32,13 @@ impl<B, E> Finish<Result<http::Response<B>, E>> for TierToTrailers {
 
     fn finish(&mut self, answer: Result<http::Response<B>, E>) -> Self::Output {
         answer.map(|response| {
-            let (mut parts, body) = response.into_parts();
-            let tier = parts
-                .headers
-                .remove(CACHE_TIER_HEADER)
-                .map(|value| (http::HeaderName::from_static(CACHE_TIER_HEADER), value));
+            let (parts, body) = response.into_parts();
+            let tier = parts.extensions.get::<AnsweredFrom>().map(|tier| {
+                (
+                    CACHE_TIER_NAME.clone(),
+                    http::HeaderValue::from_static(tier.0),
+                )
+            });
             http::Response::from_parts(parts, TierTrailer { inner: body, tier })
         })
     }

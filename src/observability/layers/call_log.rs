@@ -61,16 +61,29 @@ impl OnResponse for Call {
             .unknown_path
             .as_deref()
             .unwrap_or(metrics.method_label(self.method));
-        let org = outcome.org.map(|o| o.to_string());
         tracing::info!(
             target: "switchboard::request",
             method,
             status = ?outcome.code,
             latency_us = latency.as_micros() as u64,
-            org = org.as_deref().unwrap_or("-"),
+            // Formatted only when the line is written (a field's value is
+            // evaluated only for an enabled event).
+            org = %OrgOrDash(outcome.org),
             cache = outcome.tier_str().unwrap_or("-"),
             trace_id = current_trace_id(self.incoming_trace).map(tracing::field::display),
             "request"
         );
+    }
+}
+
+/// The log's org field: the id, or `-`.
+struct OrgOrDash(Option<crate::domain::OrgId>);
+
+impl std::fmt::Display for OrgOrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(org) => std::fmt::Display::fmt(&org, f),
+            None => f.write_str("-"),
+        }
     }
 }

@@ -28,7 +28,7 @@ impl Job for Deadline {
     fn call<S: Service<Req<B>>, B>(&self, inner: &mut S, request: Req<B>) -> Self::Call<S::Future> {
         let time_left = request
             .headers()
-            .get("grpc-timeout")
+            .get(&super::GRPC_TIMEOUT)
             .and_then(|v| parse_grpc_timeout(v.as_bytes()))
             .map_or(self.max_request_time, |client| {
                 client.min(self.max_request_time)

@@ -32,7 +32,13 @@ use pin_project_lite::pin_project;
 use tonic::Code;
 use tower::{Layer, Service};
 
-pub use cache_tier::CACHE_TIER_HEADER;
+pub use cache_tier::{AnsweredFrom, CACHE_TIER_HEADER};
+
+/// Header names read on every call, parsed once (a `&str` name is parsed
+/// again on every lookup).
+pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 use self::{
     cache_tier::TierToTrailers, call_log::CallLog, deadline::Deadline,
@@ -183,19 +189,19 @@ impl<P: Copy> Job for AfterCall<P> {
 }
 
 /// What a finished call's response says, for the span and the log.
-struct Outcome<'a> {
+struct Outcome {
     code: Code,
     org: Option<OrgId>,
-    tier: Option<&'a http::HeaderValue>,
+    tier: Option<&'static str>,
 }
 
-impl<'a> Outcome<'a> {
-    fn of<B>(response: &'a http::Response<B>) -> Self {
+impl Outcome {
+    fn of<B>(response: &http::Response<B>) -> Self {
         // Unary errors are trailers-only responses, so their status is in the
         // headers; a success carries its OK in the trailers.
         let code = response
             .headers()
-            .get("grpc-status")
+            .get(&GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
             .map(Code::from_i32)
@@ -203,15 +209,15 @@ impl<'a> Outcome<'a> {
         Outcome {
             code,
             org: response.extensions().get::<LoggedOrg>().map(|o| o.0),
-            tier: response.headers().get(CACHE_TIER_HEADER),
+            tier: response.extensions().get::<AnsweredFrom>().map(|t| t.0),
         }
     }
 
     fn tier(&self) -> Option<&[u8]> {
-        self.tier.map(http::HeaderValue::as_bytes)
+        self.tier.map(str::as_bytes)
     }
 
     fn tier_str(&self) -> Option<&str> {
-        self.tier.and_then(|v| v.to_str().ok())
+        self.tier
     }
 }
