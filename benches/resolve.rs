@@ -844,7 +844,7 @@ fn allocations(
         let mut db = PgConnection::connect(&deployment.direct_url)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        db.execute("update public.organizations set max_concurrent_calls = 1000000")
+        db.execute("update public.organizations set max_concurrent_calls = 100000")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     });
