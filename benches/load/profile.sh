@@ -46,10 +46,15 @@ env SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPA
   "$BIN" serve >"$OUT/server.log" 2>&1 &
 PIDS+=($!)
 SERVER=$!
-for _ in $(seq 100); do
-  "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$PORT >/dev/null 2>&1 && break
-  sleep 0.1
-done
+# $1 port: waits until it answers health checks.
+wait_for() {
+  for _ in $(seq 100); do
+    "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$1 >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "nothing answers on $1" >&2; exit 1
+}
+wait_for "$PORT"
 SERVICE=$("$BIN" token --role service_role --jwt-secret "$SECRET")
 TENANT=$("$BIN" token --role authenticated --sub a0000000-0000-4000-8000-000000000003 --jwt-secret "$SECRET")
 CALL='{"called_number":"+18005550100","caller_number":"+14155550123"}'
@@ -60,17 +65,15 @@ case $CASE in
   memory) LOAD=(--call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE") ;;
   tenant) LOAD=(--call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT") ;;
   start)  LOAD=(--call switchboard.v1.CallService.StartCall -d "$CALL" -H "authorization: Bearer $SERVICE")
-          psql -q "$PG/$DB" -c "update public.organizations set max_concurrent_calls = 1000000" >/dev/null ;;
+          psql -q "$PG/$DB" -c "update public.organizations set max_concurrent_calls = 100000" >/dev/null ;;
   bare|bare-health)
     TARGET=$((PORT + 1))
     target/release/examples/bare_server --listen 127.0.0.1:$TARGET --answer-from http://127.0.0.1:$PORT \
       --token "$SERVICE" --called +18005550100 --caller +14155550123 >"$OUT/bare.log" 2>&1 &
     PIDS+=($!)
     SERVER=$!
-    for _ in $(seq 100); do
-      "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$TARGET >/dev/null 2>&1 && break
-      sleep 0.1
-    done
+    wait_for "$TARGET"
+    cat "$OUT/bare.log" >&2
     LOAD=(--call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE")
     [[ $CASE == bare-health ]] && LOAD=(--call grpc.health.v1.Health.Check -d '{}')
     ;;
