@@ -174,11 +174,12 @@ for round in $(seq "$ROUNDS"); do
     load "r$round-${args[0]}" "${args[@]:1}"
     # pgbench on the same statement right after each tenant case, on that
     # build's own database (its own functions and policies).
-    if [[ ${args[0]} == pg-tenant ]]; then
-      pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" "$PG/$DB" >"$OUT/r$round-pgbench.txt" 2>&1
-    elif [[ ${args[0]} == before-pg-tenant ]]; then
-      pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" "$PG/${DB}_before" >"$OUT/r$round-before-pgbench.txt" 2>&1
-    fi
+    case ${args[0]} in
+      pg-tenant) side= db=$DB ;;
+      before-pg-tenant) side=before- db=${DB}_before ;;
+      *) continue ;;
+    esac
+    pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" "$PG/$db" >"$OUT/r$round-${side}pgbench.txt" 2>&1
   done
 done
 

@@ -18,6 +18,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt::Write,
     sync::{Arc, RwLock},
 };
 
@@ -490,19 +491,19 @@ fn variables(
     }
     let local = now.with_timezone(&zone);
     vars.insert("time_zone".to_owned(), zone.name().to_owned());
-    // Written digit by digit: chrono's formatter (`%Y-%m-%d`) parses its
+    // Integers formatted by core: chrono's formatter (`%Y-%m-%d`) parses its
     // pattern on every call.
     let mut date = String::with_capacity(10);
-    push_padded(&mut date, local.year(), 4);
-    date.push('-');
-    push_padded(&mut date, local.month() as i32, 2);
-    date.push('-');
-    push_padded(&mut date, local.day() as i32, 2);
+    let _ = write!(
+        date,
+        "{:04}-{:02}-{:02}",
+        local.year(),
+        local.month(),
+        local.day()
+    );
     vars.insert("local_date".to_owned(), date);
     let mut time = String::with_capacity(5);
-    push_padded(&mut time, local.hour() as i32, 2);
-    time.push(':');
-    push_padded(&mut time, local.minute() as i32, 2);
+    let _ = write!(time, "{:02}:{:02}", local.hour(), local.minute());
     vars.insert("local_time".to_owned(), time);
     vars.insert(
         "local_weekday".to_owned(),
@@ -522,38 +523,11 @@ const WEEKDAYS: [&str; 7] = [
     "Sunday",
 ];
 
-/// `n` in decimal, zero-padded to `width` digits, as chrono's `%Y`, `%m`,
-/// `%d`, `%H`, `%M` (a negative year keeps its sign; chrono would also sign
-/// a year past 9999, which the clock does not reach).
-fn push_padded(out: &mut String, n: i32, width: usize) {
-    if n < 0 {
-        out.push('-');
-    }
-    let digits = n.unsigned_abs();
-    let mut buf = [0u8; 10];
-    let mut at = buf.len();
-    let mut rest = digits;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for _ in (buf.len() - at)..width {
-        out.push('0');
-    }
-    for &d in &buf[at..] {
-        out.push(char::from(d));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The hand-written date and time are chrono's `%Y-%m-%d`, `%H:%M` and
+    /// The date and time written without chrono's formatter are its `%Y-%m-%d`, `%H:%M` and
     /// `%A`, across zones, a leap day and both ends of a day.
     #[test]
     fn clock_variables_match_chronos_formats() {
@@ -586,16 +560,5 @@ mod tests {
             );
             assert_eq!(vars["time_zone"], tz.name());
         }
-    }
-
-    #[test]
-    fn padding_keeps_signs_and_long_numbers() {
-        let mut s = String::new();
-        push_padded(&mut s, 7, 2);
-        push_padded(&mut s, 2026, 4);
-        push_padded(&mut s, 12345, 4);
-        push_padded(&mut s, -44, 4);
-        push_padded(&mut s, 0, 2);
-        assert_eq!(s, "07202612345-004400");
     }
 }

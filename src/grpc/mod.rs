@@ -12,7 +12,7 @@ mod parse;
 
 /// Handlers put these in a response for the request layers: the org for the
 /// log line, the cache tier for the log, the metrics and the trailer.
-pub use crate::observability::{AnsweredFrom, LoggedOrg, CACHE_TIER_HEADER};
+pub use crate::observability::{AnsweredFrom, LoggedOrg};
 pub use agents::AgentApi;
 pub use caller_rules::CallerRuleApi;
 pub use calls::CallApi;

@@ -56,7 +56,12 @@ impl OnResponse for Call {
         let outcome = Outcome::of(response);
         let latency = self.started.elapsed();
         let metrics = &self.metrics;
-        metrics.record_request(self.method, outcome.code, outcome.tier(), latency);
+        metrics.record_request(
+            self.method,
+            outcome.code,
+            outcome.tier.map(str::as_bytes),
+            latency,
+        );
         let method = self
             .unknown_path
             .as_deref()
@@ -69,7 +74,7 @@ impl OnResponse for Call {
             // Formatted only when the line is written (a field's value is
             // evaluated only for an enabled event).
             org = %OrgOrDash(outcome.org),
-            cache = outcome.tier_str().unwrap_or("-"),
+            cache = outcome.tier.unwrap_or("-"),
             trace_id = current_trace_id(self.incoming_trace).map(tracing::field::display),
             "request"
         );

@@ -212,12 +212,4 @@ impl Outcome {
             tier: response.extensions().get::<AnsweredFrom>().map(|t| t.0),
         }
     }
-
-    fn tier(&self) -> Option<&[u8]> {
-        self.tier.map(str::as_bytes)
-    }
-
-    fn tier_str(&self) -> Option<&str> {
-        self.tier
-    }
 }

@@ -48,7 +48,7 @@ impl OnResponse for RecordOutcome {
         if let Some(org) = outcome.org {
             span.record("org.id", tracing::field::display(org));
         }
-        if let Some(tier) = outcome.tier_str() {
+        if let Some(tier) = outcome.tier {
             span.record("switchboard.cache_tier", tier);
         }
     }
