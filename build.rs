@@ -22,6 +22,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // for the dozen variables, and encodes in a stable order.
         .btree_map(".switchboard.v1.ResolveAgentResponse.variables")
         .btree_map(".switchboard.v1.CallDecision.variables")
+        // Slices of the kept route when it is read (api/route_wire.rs): no
+        // copy of a served version or of the hours on a memory hit.
+        .bytes(".switchboard.v1.RouteData")
+        // Written by hand (src/api/answer.rs): a memory hit passes the
+        // cached agent and organization through in wire form.
+        .extern_path(
+            ".switchboard.v1.ResolveAgentResponse",
+            "crate::api::answer::ResolveAgentResponse",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(file_descriptors)?;

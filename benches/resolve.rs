@@ -520,12 +520,12 @@ fn micro(c: &mut Criterion) {
         }
     });
     let key: Arc<str> = "+18000004242".into();
-    group.bench_function("memory tier hit (lookup + decode)", |b| {
+    group.bench_function("memory tier hit (lookup + full decode)", |b| {
         b.to_async(&rt).iter(|| async {
             memory
                 .route(std::hint::black_box(&key))
                 .await
-                .and_then(|(packed, _)| switchboard::cache::unpack(&packed))
+                .and_then(|(packed, _)| pb::ResolveAgentResponse::decode(packed).ok())
         })
     });
     // What telemetry adds per call with no OTLP endpoint (no subscriber

@@ -20,6 +20,8 @@ mod customers;
 mod isolation;
 #[path = "api/operations.rs"]
 mod operations;
+#[path = "api/parked.rs"]
+mod parked;
 #[path = "api/property.rs"]
 mod property;
 #[path = "api/references.rs"]

@@ -361,7 +361,7 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
                 .extras
                 .served_versions
                 .iter()
-                .map(|v| prost::Message::encode_to_vec(&agent_version_to_pb(v)))
+                .map(|v| prost::Message::encode_to_vec(&agent_version_to_pb(v)).into())
                 .collect(),
             served_version_numbers: resolution
                 .extras
@@ -372,7 +372,7 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
             caller_rules: rule_index(&resolution.extras.caller_rules),
             business_hours: hours
                 .as_ref()
-                .map(prost::Message::encode_to_vec)
+                .map(|h| prost::Message::encode_to_vec(h).into())
                 .unwrap_or_default(),
             after_hours_agent_id: hours
                 .as_ref()
@@ -392,15 +392,6 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
         }),
         ..Default::default()
     }
-}
-
-/// The org a route answers for (`None` only for a route that is not one of
-/// ours: every route `resolution_to_pb` makes names its org).
-pub(crate) fn org_of(route: &pb::ResolveAgentResponse) -> Option<OrgId> {
-    route
-        .organization
-        .as_ref()
-        .and_then(|o| OrgId::parse(&o.id).ok())
 }
 
 fn outcome_to_pb(outcome: Outcome) -> pb::CallOutcome {

@@ -7,11 +7,16 @@
 //! service, no request or response wrapper, no sqlx. (The generated client
 //! and server stubs sit in `pb` because tonic generates them there.)
 
+pub mod answer;
 pub mod convert;
+pub(crate) mod route_wire;
 
 /// Generated protobuf and gRPC code for `switchboard.v1`.
 pub mod pb {
     tonic::include_proto!("switchboard.v1");
+
+    /// Written by hand (`api/answer.rs`), with the generated shape.
+    pub use super::answer::ResolveAgentResponse;
 
     /// Served by gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -210,14 +210,16 @@ impl CallsService {
         // Refused by the pipeline (caller blocked, inactive, closed, a
         // loop): no slot; else the answering agent's fallback for a limit.
         let (refused_for, fallback) = match &routed.verdict {
-            Verdict::Answer => (None, routed.fallback()),
+            Verdict::Answer => (None, routed.fallback.clone()),
             Verdict::Refuse {
                 reason,
                 transfer_to,
             } => (Some(*reason), transfer_to.clone()),
         };
         let agent_version = routed.agent_version;
-        let mut route = routed.response;
+        // The answer's agent, org and caller as fields: the decision
+        // carries them, and the limits are read from them.
+        let mut route = routed.response.decoded().map_err(|_| Error::Internal)?;
         let agent = route.agent.as_ref().ok_or(Error::Internal)?;
         let org_limit = route
             .organization

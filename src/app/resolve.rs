@@ -17,8 +17,9 @@ use super::routing::{HoursMemo, Verdict};
 
 use crate::{
     api::{
-        convert::{customer_to_pb, org_of, resolution_to_pb},
+        convert::{customer_to_pb, resolution_to_pb},
         pb,
+        route_wire::RouteView,
     },
     auth::Claims,
     cache::{Breaker, Cache, CallerRecord, Tier},
@@ -26,6 +27,15 @@ use crate::{
     error::Error,
     store::PgStore,
 };
+
+/// A route found for a number, read for the pipeline, with the caller's
+/// record (`None`: no caller number, or the org does not know it).
+pub(crate) struct Found {
+    pub(crate) view: RouteView,
+    pub(crate) caller: CallerRecord,
+    /// Which tier answered for the route.
+    pub(crate) tier: Tier,
+}
 
 /// A `ResolveAgent` answer and where it came from.
 pub struct Resolved {
@@ -121,13 +131,13 @@ impl ResolveService {
     }
 
     /// The route with the caller's record, active agent or not; `None`
-    /// when no agent answers the number. What `StartCall` decides on.
+    /// when no agent answers the number. What the pipeline decides on.
     pub(crate) async fn route(
         &self,
         claims: &Claims,
         called: &PhoneNumber,
         caller: Option<&PhoneNumber>,
-    ) -> Result<Option<Resolved>, Error> {
+    ) -> Result<Option<Found>, Error> {
         if !claims.is_service_role() {
             // Boxed: the statement's future is large, and a cache hit
             // should not carry (and move) its room.
@@ -142,25 +152,22 @@ impl ResolveService {
         else {
             return Ok(None);
         };
-        let org_id = org_of(&found.route);
-        // A route decoded for this call is ours alone: no copy needed.
-        let mut response = Arc::try_unwrap(found.route).unwrap_or_else(|shared| (*shared).clone());
-        if let (Some(caller), Some(org_id)) = (caller, org_id) {
-            let record = match found.caller {
-                Some(fetched) => fetched,
-                None => {
-                    self.cache
-                        .caller_or_fill(org_id, caller.as_str(), || {
-                            self.fetch_caller(claims, org_id, caller)
-                        })
-                        .await
-                }
-            };
-            response.caller = record.map(|c| (*c).clone());
-        }
-        Ok(Some(Resolved {
-            response,
-            org_id,
+        let view = RouteView::read(&found.route).ok_or(Error::Internal)?;
+        let caller = match (caller, found.caller) {
+            (None, _) => None,
+            (Some(_), Some(fetched)) => fetched,
+            (Some(caller), None) => {
+                let org_id = view.org_id;
+                self.cache
+                    .caller_or_fill(org_id, caller.as_str(), || {
+                        self.fetch_caller(claims, org_id, caller)
+                    })
+                    .await
+            }
+        };
+        Ok(Some(Found {
+            view,
+            caller,
             tier: found.tier,
         }))
     }
@@ -171,16 +178,20 @@ impl ResolveService {
         claims: &Claims,
         called: &PhoneNumber,
         caller: Option<&PhoneNumber>,
-    ) -> Result<Option<Resolved>, Error> {
+    ) -> Result<Option<Found>, Error> {
         let Some(resolution) = self
             .guarded(self.store.resolve_agent(claims, called, caller))
             .await?
         else {
             return Ok(None);
         };
-        Ok(Some(Resolved {
-            response: resolution_to_pb(&resolution),
-            org_id: Some(resolution.organization.id),
+        let mut response = resolution_to_pb(&resolution);
+        let caller = response.caller.take().map(Arc::new);
+        // Read as a cached route is: one pipeline for every tier.
+        let view = RouteView::read(&RouteView::pack(&response)).ok_or(Error::Internal)?;
+        Ok(Some(Found {
+            view,
+            caller,
             tier: Tier::Db,
         }))
     }

@@ -24,13 +24,12 @@ use std::{
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
-use super::resolve::{ResolveService, Resolved};
+use super::resolve::{Found, ResolveService};
 use crate::{
     api::{
-        convert::{
-            agent_to_pb, hours_from_pb, indexed_rules, org_of, serving_from_pb, IndexedRule,
-        },
+        convert::{agent_to_pb, hours_from_pb, indexed_rules, serving_from_pb, IndexedRule},
         pb,
+        route_wire::{AgentView, RouteView, VersionView},
     },
     auth::Claims,
     cache::Tier,
@@ -56,7 +55,9 @@ pub(crate) enum Verdict {
 /// A decision before limits.
 pub(crate) struct Routed {
     /// The agent that answers (or refuses), with the version it serves
-    /// applied; its org; the caller's record; variables; the path.
+    /// applied; its org; the caller's record; variables; the path. The
+    /// agent, org and caller are passed through in wire form (`encoded`):
+    /// `decoded()` gives them as fields.
     pub(crate) response: pb::ResolveAgentResponse,
     pub(crate) org_id: OrgId,
     pub(crate) agent_id: AgentId,
@@ -65,30 +66,20 @@ pub(crate) struct Routed {
     /// Where the number's route came from.
     pub(crate) tier: Tier,
     pub(crate) verdict: Verdict,
-}
-
-impl Routed {
     /// The answering agent's fallback (for a limit reached).
-    pub(crate) fn fallback(&self) -> Option<TransferTarget> {
-        self.response.agent.as_ref().and_then(fallback_of)
-    }
+    pub(crate) fallback: Option<TransferTarget>,
 }
 
 /// Where calls an agent cannot take go (`None`: refused).
-fn fallback_of(agent: &pb::Agent) -> Option<TransferTarget> {
+fn fallback_of(agent: &AgentView) -> Option<TransferTarget> {
     (!agent.fallback_destination.is_empty())
         .then(|| TransferTarget::from_db(agent.fallback_destination.clone()))
 }
 
-fn agent_of(route: &pb::ResolveAgentResponse) -> Result<&pb::Agent, Error> {
-    route.agent.as_ref().ok_or(Error::Internal)
-}
-
 /// The most specific caller rule for `caller`: an exact number, else the
 /// longest prefix.
-fn caller_rule<'a>(route: &'a pb::ResolveAgentResponse, caller: &str) -> Option<IndexedRule<'a>> {
-    let index = &route.route_data.as_ref()?.caller_rules;
-    indexed_rules(index)
+fn caller_rule<'a>(data: &'a pb::RouteData, caller: &str) -> Option<IndexedRule<'a>> {
+    indexed_rules(&data.caller_rules)
         .filter_map(|rule| rule_rank(rule.matching, rule.pattern, caller).map(|rank| (rank, rule)))
         .max_by_key(|(rank, _)| *rank)
         .map(|(_, rule)| rule)
@@ -111,10 +102,8 @@ impl HoursMemo {
     /// Whether the route's agent takes calls at `now` (no hours: always).
     /// Hours a route carries were checked when written; any that no longer
     /// parse (a newer zone name and an older build) count as open.
-    fn open_at(&self, route: &pb::ResolveAgentResponse, now: DateTime<Utc>) -> bool {
-        let (Some(agent), Some(data)) = (&route.agent, &route.route_data) else {
-            return true;
-        };
+    fn open_at(&self, route: &RouteView, now: DateTime<Utc>) -> bool {
+        let (agent, data) = (&route.agent, &route.data);
         if data.business_hours.is_empty() {
             return true;
         }
@@ -161,20 +150,20 @@ impl ResolveService {
         call_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Routed>, Error> {
-        let Some(mut first) = self.route(claims, called, caller).await? else {
+        let Some(first) = self.route(claims, called, caller).await? else {
             return Ok(None);
         };
-        let org_id = org_of(&first.response).ok_or(Error::Internal)?;
+        let org_id = first.view.org_id;
         let tier = first.tier;
-        // Put back on the answer by `finish`, whichever agent answers.
-        let caller_record = first.response.caller.take();
+        // Put on the answer by `finish`, whichever agent answers.
+        let caller_record = first.caller;
         let mut path: Vec<String> = Vec::new();
-        let mut visited: Vec<String> = vec![agent_of(&first.response)?.id.clone()];
-        let mut current = first;
+        let mut visited: Vec<String> = vec![first.view.agent.id.clone()];
+        let mut current = first.view;
 
         // 1. Caller rules.
         if let Some(caller) = caller {
-            let rule = caller_rule(&current.response, caller.as_str())
+            let rule = caller_rule(&current.data, caller.as_str())
                 .map(|rule| rule.route_to.map(|(a, n)| (a.to_owned(), n.to_owned())));
             if let Some(route_to) = rule {
                 match route_to {
@@ -204,7 +193,7 @@ impl ResolveService {
                         {
                             path.push("caller_rule".to_owned());
                             visited.push(agent_id);
-                            current = next;
+                            current = next.view;
                         }
                     }
                 }
@@ -213,19 +202,17 @@ impl ResolveService {
 
         // 2. Active, and within hours (or the after-hours chain).
         let verdict = loop {
-            let agent = agent_of(&current.response)?;
+            let agent = &current.agent;
             if agent.is_active != Some(true) {
                 break Verdict::Refuse {
                     reason: Reason::AgentInactive,
                     transfer_to: fallback_of(agent),
                 };
             }
-            if self.hours().open_at(&current.response, now) {
+            if self.hours().open_at(&current, now) {
                 break Verdict::Answer;
             }
-            let Some(hours) = current.response.route_data.as_ref() else {
-                break Verdict::Answer;
-            };
+            let hours = &current.data;
             if !hours.after_hours_transfer_to.is_empty() {
                 break Verdict::Refuse {
                     reason: Reason::Closed,
@@ -252,7 +239,7 @@ impl ResolveService {
                 Some(next) => {
                     path.push("after_hours".to_owned());
                     visited.push(next_id);
-                    current = next;
+                    current = next.view;
                 }
                 // Gone since this route was cached: closed, as if none.
                 None => {
@@ -285,47 +272,41 @@ impl ResolveService {
         org_id: OrgId,
         agent_id: &str,
         number: &str,
-    ) -> Result<Option<Resolved>, Error> {
+    ) -> Result<Option<Found>, Error> {
         let Ok(number) = PhoneNumber::parse(number) else {
             return Ok(None);
         };
         let Some(next) = self.route(claims, &number, None).await? else {
             return Ok(None);
         };
-        let same = org_of(&next.response) == Some(org_id)
-            && next
-                .response
-                .agent
-                .as_ref()
-                .is_some_and(|a| a.id == agent_id);
+        let same = next.view.org_id == org_id && next.view.agent.id == agent_id;
         Ok(same.then_some(next))
     }
 
     /// Steps 3 and the variables: the version applied to the answering
-    /// agent, the route's internal data dropped.
+    /// agent, which is passed through with the org and the caller's record
+    /// in wire form (the route's internal data left behind).
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
-        current: Resolved,
+        current: RouteView,
         org_id: OrgId,
         tier: Tier,
-        caller_record: Option<pb::Customer>,
+        caller_record: Option<Arc<pb::Customer>>,
         path: Vec<String>,
         verdict: Verdict,
         call_id: &str,
         caller: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Routed>, Error> {
-        let mut response = current.response;
-        let data = response.route_data.take().unwrap_or_default();
-        let agent = response.agent.as_mut().ok_or(Error::Internal)?;
+        let agent = &current.agent;
         let agent_id = AgentId::parse(&agent.id).map_err(|_| Error::Internal)?;
-        let mut agent_version = None;
+        let mut served = None;
         if verdict == Verdict::Answer && agent.latest_version > 0 {
             let wanted = serving_from_pb(agent.serving.as_ref())
                 .pick(&agent.id, call_id)
                 .or_else(|| u32::try_from(agent.latest_version).ok());
-            let numbers = &data.served_version_numbers;
+            let numbers = &current.data.served_version_numbers;
             let at = wanted
                 .and_then(|w| {
                     numbers
@@ -341,21 +322,29 @@ impl ResolveService {
                         .max_by_key(|(_, n)| **n)
                         .map(|(i, _)| i)
                 });
-            // Only the version served is decoded.
-            let served = at
-                .and_then(|i| data.served_versions.get(i))
-                .and_then(|bytes| <pb::AgentVersion as prost::Message>::decode(&bytes[..]).ok());
-            if let Some(version) = served {
-                agent.name = version.name;
-                agent.voice_id = version.voice_id;
-                agent.llm_config = version.llm_config;
-                agent_version = u32::try_from(version.version).ok();
-            }
+            // Only the version served is read, its config left encoded.
+            served = at
+                .and_then(|i| current.data.served_versions.get(i))
+                .and_then(VersionView::read);
         }
-        response.caller = caller_record;
-        response.agent_version = agent_version.map_or(0, |v| i32::try_from(v).unwrap_or(0));
-        response.route_path = path;
-        response.variables = variables(&response, caller, &data.time_zone, now);
+        let agent_version = served.as_ref().and_then(|v| u32::try_from(v.version).ok());
+        let agent_name = served.as_ref().map_or(&agent.name, |v| &v.name);
+        let variables = variables(
+            caller_record.as_deref(),
+            &current.org_name,
+            agent_name,
+            agent_version,
+            caller,
+            &current.data.time_zone,
+            now,
+        );
+        let response = pb::ResolveAgentResponse {
+            encoded: current.answer_fields(served.as_ref(), caller_record.as_deref()),
+            agent_version: agent_version.map_or(0, |v| i32::try_from(v).unwrap_or(0)),
+            route_path: path,
+            variables,
+            ..Default::default()
+        };
         Ok(Some(Routed {
             response,
             org_id,
@@ -363,6 +352,7 @@ impl ResolveService {
             agent_version,
             tier,
             verdict,
+            fallback: fallback_of(agent),
         }))
     }
 
@@ -400,46 +390,32 @@ impl ResolveService {
         let Some(first) = self.route(claims, called, None).await? else {
             return Ok(None);
         };
-        let org_id = org_of(&first.response).ok_or(Error::Internal)?;
-        let mut agents = vec![agent_of(&first.response)?.id.clone()];
-        let mut frontier = vec![first.response.clone()];
-        let routed_to: Vec<(String, String)> = first
-            .response
-            .route_data
-            .as_ref()
-            .map(|data| {
-                indexed_rules(&data.caller_rules)
-                    .filter_map(|rule| rule.route_to)
-                    .map(|(a, n)| (a.to_owned(), n.to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let org_id = first.view.org_id;
+        let mut agents = vec![first.view.agent.id.clone()];
+        let routed_to: Vec<(String, String)> = indexed_rules(&first.view.data.caller_rules)
+            .filter_map(|rule| rule.route_to)
+            .map(|(a, n)| (a.to_owned(), n.to_owned()))
+            .collect();
+        let mut frontier = vec![first.view];
         for (agent_id, number) in routed_to {
             if !agents.contains(&agent_id) {
                 if let Some(next) = self.hop(claims, org_id, &agent_id, &number).await? {
                     agents.push(agent_id);
-                    frontier.push(next.response);
+                    frontier.push(next.view);
                 }
             }
         }
         for _ in 0..MAX_HOPS {
             let mut next_frontier = Vec::new();
             for route in &frontier {
-                let Some(hours) = route.route_data.as_ref() else {
-                    continue;
-                };
-                let id = &hours.after_hours_agent_id;
+                let id = &route.data.after_hours_agent_id;
                 if id.is_empty() || agents.contains(id) {
                     continue;
                 }
-                let number = route
-                    .route_data
-                    .as_ref()
-                    .map(|d| d.after_hours_agent_number.as_str())
-                    .unwrap_or_default();
+                let number = route.data.after_hours_agent_number.as_str();
                 if let Some(next) = self.hop(claims, org_id, id, number).await? {
                     agents.push(id.clone());
-                    next_frontier.push(next.response);
+                    next_frontier.push(next.view);
                 }
             }
             frontier = next_frontier;
@@ -453,7 +429,10 @@ impl ResolveService {
 /// version, and the local date and time in the answering agent's zone (UTC
 /// without hours). Only this call's org's data is ever read here.
 fn variables(
-    route: &pb::ResolveAgentResponse,
+    record: Option<&pb::Customer>,
+    org_name: &str,
+    agent_name: &str,
+    agent_version: Option<u32>,
     caller: &str,
     time_zone: &str,
     now: DateTime<Utc>,
@@ -462,7 +441,7 @@ fn variables(
     if !caller.is_empty() {
         vars.insert("caller_number".to_owned(), caller.to_owned());
     }
-    if let Some(record) = &route.caller {
+    if let Some(record) = record {
         if !record.name.is_empty() {
             vars.insert("caller_name".to_owned(), record.name.clone());
         }
@@ -473,9 +452,7 @@ fn variables(
             vars.insert(format!("caller.{key}"), value.clone());
         }
     }
-    if let Some(org) = &route.organization {
-        vars.insert("organization_name".to_owned(), org.name.clone());
-    }
+    vars.insert("organization_name".to_owned(), org_name.to_owned());
     let zone = if time_zone.is_empty() {
         chrono_tz::Tz::UTC
     } else {
@@ -483,11 +460,9 @@ fn variables(
             .parse::<chrono_tz::Tz>()
             .unwrap_or(chrono_tz::Tz::UTC)
     };
-    if let Some(agent) = &route.agent {
-        vars.insert("agent_name".to_owned(), agent.name.clone());
-    }
-    if route.agent_version > 0 {
-        vars.insert("agent_version".to_owned(), route.agent_version.to_string());
+    vars.insert("agent_name".to_owned(), agent_name.to_owned());
+    if let Some(version) = agent_version.filter(|v| *v > 0) {
+        vars.insert("agent_version".to_owned(), version.to_string());
     }
     let local = now.with_timezone(&zone);
     vars.insert("time_zone".to_owned(), zone.name().to_owned());
@@ -531,7 +506,6 @@ mod tests {
     /// `%A`, across zones, a leap day and both ends of a day.
     #[test]
     fn clock_variables_match_chronos_formats() {
-        let route = pb::ResolveAgentResponse::default();
         for (at, zone) in [
             ("2024-02-29T23:59:00Z", "Asia/Kolkata"),
             ("2026-11-30T00:00:00Z", "America/New_York"),
@@ -540,7 +514,7 @@ mod tests {
             ("2026-06-01T12:00:00Z", "Pacific/Kiritimati"),
         ] {
             let now: DateTime<Utc> = at.parse().unwrap_or_else(|e| panic!("{at}: {e}"));
-            let vars = variables(&route, "", zone, now);
+            let vars = variables(None, "", "", None, "", zone, now);
             let tz = zone.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::Tz::UTC);
             let local = now.with_timezone(&tz);
             assert_eq!(

@@ -22,11 +22,11 @@ use std::{borrow::Borrow, future::Future, hash::Hash, sync::Arc};
 use tracing::{field::Empty, Instrument};
 
 use super::{
-    memory::{pack, unpack, CallerRecord, PackedRoute, Route, Tier},
+    memory::{pack, CallerRecord, PackedRoute, Tier},
     Cache,
 };
 use crate::{
-    api::{convert::org_of, pb},
+    api::{pb, route_wire::org_of_packed},
     domain::OrgId,
     error::Error,
     observability::metrics::Lookups,
@@ -34,8 +34,9 @@ use crate::{
 
 /// A route and where it came from.
 pub struct FoundRoute {
-    /// Agent and organization; no caller.
-    pub(crate) route: Route,
+    /// Agent, organization and route data, encoded as the memory tier
+    /// keeps them (`api::route_wire` reads them); no caller.
+    pub(crate) route: PackedRoute,
     pub(crate) tier: Tier,
     /// The caller's record, when this call's own fetch from Postgres
     /// brought it along (the statement reads both); `None` when the route
@@ -76,7 +77,7 @@ enum NotFilled {
 /// and the caller record the fetch brought along.
 fn packed(fetched: Option<FoundRoute>) -> ((PackedRoute, Tier), Option<CallerRecord>) {
     match fetched {
-        Some(found) => ((pack(&found.route), found.tier), found.caller),
+        Some(found) => ((found.route, found.tier), found.caller),
         None => ((NO_ROUTE, Tier::Db), None),
     }
 }
@@ -137,9 +138,8 @@ impl Cache {
             if is_no_route(&packed) {
                 return Ok(None);
             }
-            let route = unpack(&packed).ok_or(Error::Internal)?;
             return Ok(Some(FoundRoute {
-                route: Arc::new(route),
+                route: packed,
                 tier: Tier::Memory,
                 caller: None,
             }));
@@ -225,14 +225,13 @@ impl Cache {
         if is_no_route(&packed_route) {
             return Ok(None);
         }
-        let route: Route = Arc::new(unpack(&packed_route).ok_or(Error::Internal)?);
         let tier = if own_caller.is_some() || filled_from == Tier::Redis {
             filled_from
         } else {
             Tier::Memory
         };
         if let (Some(caller), Some(org_id), Some(record)) =
-            (caller, org_of(&route), own_caller.as_ref())
+            (caller, org_of_packed(&packed_route), own_caller.as_ref())
         {
             if self.may_keep(generation) {
                 self.memory
@@ -242,7 +241,7 @@ impl Cache {
             }
         }
         Ok(Some(FoundRoute {
-            route,
+            route: packed_route,
             tier,
             caller: own_caller,
         }))
@@ -274,7 +273,7 @@ impl Cache {
             return Ok(None);
         };
         let caller = response.caller.take().map(Arc::new);
-        let route: Route = Arc::new(response);
+        let route = pack(&response);
         if let Some(redis) = self.redis.clone() {
             let cache = self.clone();
             let number = called.to_owned();

@@ -5,7 +5,9 @@
 //! Routes are kept encoded (`PackedRoute`, ~340 bytes for a typical agent)
 //! rather than as the decoded message (~1.5 KB: a dozen strings and a
 //! `BTreeMap` for `llm_config`), so a million numbers fit in well under a
-//! GiB. Decoding costs about a microsecond per hit (see BENCHMARKS.md).
+//! GiB. A hit is not decoded whole: the core reads the fields it decides
+//! on and passes the agent and organization through to the answer as
+//! these bytes (`api::route_wire`, BENCHMARKS.md "Issue 16").
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,22 +17,12 @@ use prost::Message;
 
 use crate::{api::pb, domain::OrgId};
 
-/// What `ResolveAgent` answers for a number, minus the caller: agent and
-/// organization, in wire form so a hit costs no conversion.
-pub type Route = Arc<pb::ResolveAgentResponse>;
-
 /// A route as the memory tier keeps it: its protobuf encoding.
 pub type PackedRoute = Bytes;
 
-/// Encodes a route for the memory tier.
+/// Encodes a route for the memory tier (and Redis).
 pub fn pack(route: &pb::ResolveAgentResponse) -> PackedRoute {
     Bytes::from(route.encode_to_vec())
-}
-
-/// Decodes a route the memory tier kept. `None` only if the bytes are not
-/// a route, which `pack` never produces.
-pub fn unpack(packed: &PackedRoute) -> Option<pb::ResolveAgentResponse> {
-    pb::ResolveAgentResponse::decode(packed.clone()).ok()
 }
 
 /// Where a route came from on a miss.

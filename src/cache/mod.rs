@@ -33,7 +33,7 @@ pub use self::{
     breaker::Breaker,
     invalidation::Invalidation,
     lookup::{FoundRoute, Preload},
-    memory::{pack, unpack, CallerRecord, MemoryTier, PackedRoute, Route, Tier},
+    memory::{pack, CallerRecord, MemoryTier, PackedRoute, Tier},
     redis::{RedisTier, Scope, KEY_VERSION},
     redis_link::RedisTarget,
 };

@@ -28,7 +28,6 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use prost::Message;
 use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
@@ -36,10 +35,10 @@ use tracing::{field::Empty, Instrument};
 
 use super::{
     breaker::Breaker,
-    memory::Route,
+    memory::PackedRoute,
     redis_link::{Link, LinkTimeouts, NewMaster, RedisTarget},
 };
-use crate::{api::pb, observability::metrics::Metrics, store::DatabaseIdentity};
+use crate::{api::route_wire, observability::metrics::Metrics, store::DatabaseIdentity};
 
 /// Every key and channel starts with this; bump the version when the value
 /// format changes, so old and new replicas never read each other's bytes.
@@ -308,7 +307,7 @@ impl RedisTier {
 
     /// The route cached for `number`, counted as a hit, a miss, or an error
     /// (Redis could not answer) in `switchboard_cache_lookups_total`.
-    pub(crate) async fn get_route(&self, number: &str) -> Option<Route> {
+    pub(crate) async fn get_route(&self, number: &str) -> Option<PackedRoute> {
         let span = tracing::debug_span!(
             target: "switchboard::cache",
             "cache.redis",
@@ -345,18 +344,14 @@ impl RedisTier {
                 lookups.miss.inc();
                 return None;
             }
-            let route =
-                bytes.and_then(
-                    |bytes| match pb::ResolveAgentResponse::decode(bytes.as_slice()) {
-                        Ok(route) if route.agent.is_some() && route.organization.is_some() => {
-                            Some(Arc::new(route))
-                        }
-                        _ => {
-                            tracing::warn!("undecodable route in redis; ignoring it");
-                            None
-                        }
-                    },
-                );
+            let route = bytes.map(PackedRoute::from).and_then(|bytes| {
+                if route_wire::is_route(&bytes) {
+                    Some(bytes)
+                } else {
+                    tracing::warn!("undecodable route in redis; ignoring it");
+                    None
+                }
+            });
             match route {
                 Some(_) => lookups.hit.inc(),
                 None => lookups.miss.inc(),
@@ -368,11 +363,11 @@ impl RedisTier {
         route
     }
 
-    pub(crate) async fn put_route(&self, number: &str, route: &Route) {
+    pub(crate) async fn put_route(&self, number: &str, route: &PackedRoute) {
         let (Some(mut connection), Some(prefix)) = (self.connection(), self.prefix()) else {
             return;
         };
-        let bytes = route.encode_to_vec();
+        let bytes = route.to_vec();
         let ttl = self.inner.ttl_secs;
         let _: Option<()> = self
             .run(connection.set_ex(Self::route_key(&prefix, number), bytes, ttl))

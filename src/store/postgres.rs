@@ -83,6 +83,91 @@ pub struct PgStore {
 struct Pool {
     pool: PgPool,
     gate: Arc<Gate>,
+    /// Connections a single statement left clean, kept checked out for the
+    /// next acquire (`park`).
+    parked: Arc<Parked>,
+}
+
+/// Connections kept out of sqlx's pool between calls. sqlx 0.8 sends every
+/// connection it gets back a Sync and waits for the answer before another
+/// caller may have it (`PoolConnection::return_to_pool`): a second round
+/// trip per call, to drain whatever an interrupted query left behind. A
+/// statement that ran to its end (`single_statement`: the whole answer
+/// read, the implicit transaction over) leaves nothing behind, so its
+/// connection is parked here instead and the next acquire takes it first.
+/// Anything else (an error, a cancelled call, a transaction) goes back
+/// through sqlx as before.
+struct Parked {
+    idle: std::sync::Mutex<Vec<ParkedConnection>>,
+    /// At most this many: the rest of the pool stays with sqlx, for the
+    /// callers that take connections from it directly (the invalidation
+    /// listener's outbox reads, the identity watcher).
+    max: usize,
+    /// Counts parkings: every `RECYCLE_EVERY`th connection goes back
+    /// through sqlx anyway, so its lifetime checks still see it.
+    parkings: AtomicU64,
+}
+
+struct ParkedConnection {
+    connection: PoolConnection<Postgres>,
+    since: std::time::Instant,
+}
+
+impl Parked {
+    /// Connections the pool keeps for direct callers (never parked).
+    const RESERVED: u32 = 2;
+    /// A connection parked longer goes back to sqlx, which closes idle
+    /// connections in its own time.
+    const IDLE: Duration = Duration::from_secs(30);
+    const RECYCLE_EVERY: u64 = 1000;
+
+    fn new(max_connections: u32) -> Self {
+        Parked {
+            idle: std::sync::Mutex::new(Vec::new()),
+            max: max_connections.saturating_sub(Self::RESERVED) as usize,
+            parkings: AtomicU64::new(0),
+        }
+    }
+
+    /// The connection parked last (the likeliest to be warm).
+    fn take(&self) -> Option<PoolConnection<Postgres>> {
+        let mut idle = self.idle.lock().ok()?;
+        idle.pop().map(|p| p.connection)
+    }
+
+    /// Keeps a clean connection for the next acquire; else (full, or its
+    /// turn to be recycled) it goes back to sqlx. So does the oldest
+    /// parked one once idle for `IDLE`. Dropped outside the lock.
+    fn park(&self, connection: PoolConnection<Postgres>) {
+        let recycle = self.parkings.fetch_add(1, Ordering::Relaxed) % Self::RECYCLE_EVERY == 0;
+        if recycle || self.max == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut released = None;
+        let mut refused = None;
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle
+                .first()
+                .is_some_and(|oldest| now.duration_since(oldest.since) > Self::IDLE)
+            {
+                released = Some(idle.remove(0));
+            }
+            if idle.len() < self.max {
+                idle.push(ParkedConnection {
+                    connection,
+                    since: now,
+                });
+            } else {
+                refused = Some(connection);
+            }
+        }
+        drop((released, refused));
+    }
+
+    fn len(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
 }
 
 struct Gate {
@@ -96,8 +181,9 @@ struct Gate {
 }
 
 impl Pool {
-    fn new(pool: PgPool) -> Self {
+    fn new(pool: PgPool, max_connections: u32) -> Self {
         Pool {
+            parked: Arc::new(Parked::new(max_connections)),
             pool,
             gate: Arc::new(Gate {
                 waiting: AtomicU64::new(0),
@@ -156,7 +242,7 @@ impl PgStore {
         database_url: &str,
         settings: &PoolSettings,
     ) -> Result<Self, sqlx::Error> {
-        let pool = Pool::new(lazy_pool(database_url, settings)?);
+        let pool = Pool::new(lazy_pool(database_url, settings)?, settings.max_connections);
         Ok(PgStore {
             read_pool: pool.clone(),
             pool,
@@ -175,7 +261,7 @@ impl PgStore {
         settings: &PoolSettings,
     ) -> Result<Self, sqlx::Error> {
         Ok(PgStore {
-            read_pool: Pool::new(lazy_pool(read_url, settings)?),
+            read_pool: Pool::new(lazy_pool(read_url, settings)?, settings.max_connections),
             ..self
         })
     }
@@ -222,6 +308,10 @@ impl PgStore {
     /// adds its length to every call's latency.
     pub(super) async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
         let pool = self.pool_for(access);
+        if let Some(connection) = pool.parked.take() {
+            pool.acquired();
+            return Ok(connection);
+        }
         let saturated = || pool.pool.num_idle() == 0 && pool.pool.size() >= self.max_connections;
         let waiting = Waiting::start(&pool.gate.waiting);
         if waiting.ahead >= self.max_waiting && saturated() {
@@ -261,12 +351,20 @@ impl PgStore {
         }
     }
 
-    /// Connections open, idle, waited for, and the limit: for `/metrics`.
+    /// Back for the next acquire: `connection` ran a statement to its end
+    /// and holds nothing of it (`Parked`).
+    pub(super) fn park(&self, access: Access, connection: PoolConnection<Postgres>) {
+        self.pool_for(access).parked.park(connection);
+    }
+
+    /// Connections open, idle (parked ones included), waited for, and the
+    /// limit: for `/metrics`.
     pub(crate) fn pool_stats(&self) -> PoolStats {
         PoolStats {
             max: self.max_connections,
             size: self.pool.pool.size(),
-            idle: u32::try_from(self.pool.pool.num_idle()).unwrap_or(u32::MAX),
+            idle: u32::try_from(self.pool.pool.num_idle() + self.pool.parked.len())
+                .unwrap_or(u32::MAX),
             waiting: self.pool.gate.waiting.load(Ordering::Relaxed),
         }
     }

@@ -179,11 +179,16 @@ impl PgStore {
         // Through `Executor` (a boxed future): `RawSql::fetch_all` on a
         // connection is not `Send` for every lifetime, which tonic needs.
         // (`RawSql::fetch_optional` in sqlx 0.8 errors on zero rows.)
-        round_trip(
+        let rows = round_trip(
             operation,
             Executor::fetch_all(&mut *connection, sqlx::raw_sql(&sql)),
         )
-        .await
+        .await?;
+        // Read to its end: the connection holds nothing of this statement.
+        // (An error, or this future dropped midway, returns it through
+        // sqlx instead, which drains it.)
+        self.park(access, connection);
+        Ok(rows)
     }
 
     async fn begin_as(

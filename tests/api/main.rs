@@ -16,6 +16,7 @@ mod isolation;
 mod migrations;
 mod operations;
 mod overload;
+mod parked;
 mod policy_matrix;
 mod property;
 mod redis_freeze;
