@@ -154,9 +154,28 @@ pub(crate) fn org_of_packed(packed: &Bytes) -> Option<OrgId> {
     OrgId::parse(&OrgView::decode(parts.organization).ok()?.id).ok()
 }
 
-/// Whether `packed` reads as a route (`RouteView::read` would take it).
-pub(crate) fn is_route(packed: &Bytes) -> bool {
-    RouteView::read(packed).is_some()
+/// A route from outside this process (Redis) in the form the memory tier
+/// may keep and pass through: decoded whole (valid UTF-8, valid nested
+/// messages, each served version an `AgentVersion`), then encoded again
+/// with only the agent, organization and route data, so nothing unchecked
+/// or unknown reaches an answer. `None`: not a route.
+pub(crate) fn checked_route(bytes: &[u8]) -> Option<Bytes> {
+    let route = pb::ResolveAgentResponse::decode(bytes).ok()?;
+    let (Some(agent), Some(organization)) = (route.agent, route.organization) else {
+        return None;
+    };
+    OrgId::parse(&organization.id).ok()?;
+    if let Some(data) = &route.route_data {
+        for version in &data.served_versions {
+            pb::AgentVersion::decode(version.clone()).ok()?;
+        }
+    }
+    Some(RouteView::pack(&pb::ResolveAgentResponse {
+        agent: Some(agent),
+        organization: Some(organization),
+        route_data: route.route_data,
+        ..Default::default()
+    }))
 }
 
 impl VersionView {
@@ -432,13 +451,44 @@ mod tests {
         assert_eq!(agent.llm_config, None);
     }
 
+    /// What Redis hands back is checked whole before any of it is kept or
+    /// passed through: a field the views skip is checked too.
     #[test]
-    fn what_is_not_a_route_does_not_read_as_one() {
-        assert!(!is_route(&Bytes::new()));
-        assert!(!is_route(&Bytes::from_static(b"\xff\xff")));
+    fn only_a_whole_valid_route_from_outside_is_taken() {
+        assert!(checked_route(b"").is_none());
+        assert!(checked_route(b"\xff\xff").is_none());
         let mut no_org = route();
         no_org.organization = None;
-        assert!(!is_route(&RouteView::pack(&no_org)));
-        assert!(is_route(&RouteView::pack(&route())));
+        assert!(checked_route(&RouteView::pack(&no_org)).is_none());
+        let good = RouteView::pack(&route());
+        assert_eq!(checked_route(&good), Some(good.clone()));
+
+        // Bad UTF-8 in a field no view reads (agent.phone_number, 4).
+        let mut agent = route().agent.unwrap_or_default();
+        agent.phone_number = String::new();
+        let mut agent_bytes = agent.encode_to_vec();
+        agent_bytes.extend_from_slice(&[0x22, 0x02, 0xff, 0xfe]);
+        let mut bad = Vec::new();
+        prost::encoding::bytes::encode(1, &agent_bytes, &mut bad);
+        prost::encoding::message::encode(2, &route().organization.unwrap_or_default(), &mut bad);
+        assert!(
+            RouteView::read(&Bytes::from(bad.clone())).is_some(),
+            "the views skip it"
+        );
+        assert!(checked_route(&bad).is_none(), "the check does not");
+
+        // A served version that is not an AgentVersion.
+        let mut versioned = route();
+        if let Some(data) = versioned.route_data.as_mut() {
+            data.served_versions = vec![Bytes::from_static(b"\x32\x05ab")];
+            data.served_version_numbers = vec![2];
+        }
+        assert!(checked_route(&RouteView::pack(&versioned)).is_none());
+
+        // Unknown fields and a caller record are dropped, not passed on.
+        let mut extra = good.to_vec();
+        prost::encoding::string::encode(99, &"smuggled".to_owned(), &mut extra);
+        prost::encoding::message::encode(3, &pb::Customer::default(), &mut extra);
+        assert_eq!(checked_route(&extra), Some(good));
     }
 }

@@ -344,13 +344,14 @@ impl RedisTier {
                 lookups.miss.inc();
                 return None;
             }
-            let route = bytes.map(PackedRoute::from).and_then(|bytes| {
-                if route_wire::is_route(&bytes) {
-                    Some(bytes)
-                } else {
+            // Checked whole and encoded again: the memory tier keeps, and
+            // answers pass through, only bytes this process wrote.
+            let route = bytes.and_then(|bytes| {
+                let checked = route_wire::checked_route(&bytes);
+                if checked.is_none() {
                     tracing::warn!("undecodable route in redis; ignoring it");
-                    None
                 }
+                checked
             });
             match route {
                 Some(_) => lookups.hit.inc(),

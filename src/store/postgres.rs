@@ -94,15 +94,21 @@ struct Pool {
 /// trip per call, to drain whatever an interrupted query left behind. A
 /// statement that ran to its end (`single_statement`: the whole answer
 /// read, the implicit transaction over) leaves nothing behind, so its
-/// connection is parked here instead and the next acquire takes it first.
+/// connection is parked here instead, for the next single statement.
 /// Anything else (an error, a cancelled call, a transaction) goes back
 /// through sqlx as before.
+///
+/// Fair to everyone else: the park owns at most `max` connections (parked
+/// or running a statement), so `RESERVED` always circulate through sqlx,
+/// for transactions and the callers that use the pool directly (the
+/// invalidation listener's outbox reads, the identity watcher); and while
+/// any request waits in sqlx for a connection, a finished statement hands
+/// its connection to sqlx (to the longest waiter) instead of parking it.
 struct Parked {
     idle: std::sync::Mutex<Vec<ParkedConnection>>,
-    /// At most this many: the rest of the pool stays with sqlx, for the
-    /// callers that take connections from it directly (the invalidation
-    /// listener's outbox reads, the identity watcher).
-    max: usize,
+    /// Connections the park owns: parked, or taken from it and running.
+    owned: AtomicU64,
+    max: u64,
     /// Counts parkings: every `RECYCLE_EVERY`th connection goes back
     /// through sqlx anyway, so its lifetime checks still see it.
     parkings: AtomicU64,
@@ -113,8 +119,31 @@ struct ParkedConnection {
     since: std::time::Instant,
 }
 
+/// A connection for one statement, and whether the park owns it. Dropped
+/// without `Parked::park` (an error, a cancelled call), an owned one is
+/// given up: it goes back through sqlx, which drains it.
+pub(super) struct StatementConnection {
+    /// `None` only once parked.
+    connection: Option<PoolConnection<Postgres>>,
+    owned_by: Option<Arc<Parked>>,
+}
+
+impl StatementConnection {
+    pub(super) fn connection(&mut self) -> Option<&mut sqlx::PgConnection> {
+        self.connection.as_deref_mut()
+    }
+}
+
+impl Drop for StatementConnection {
+    fn drop(&mut self) {
+        if let Some(parked) = self.owned_by.take() {
+            parked.owned.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Parked {
-    /// Connections the pool keeps for direct callers (never parked).
+    /// Connections that never join the park.
     const RESERVED: u32 = 2;
     /// A connection parked longer goes back to sqlx, which closes idle
     /// connections in its own time.
@@ -124,45 +153,70 @@ impl Parked {
     fn new(max_connections: u32) -> Self {
         Parked {
             idle: std::sync::Mutex::new(Vec::new()),
-            max: max_connections.saturating_sub(Self::RESERVED) as usize,
+            owned: AtomicU64::new(0),
+            max: u64::from(max_connections.saturating_sub(Self::RESERVED)),
             parkings: AtomicU64::new(0),
         }
     }
 
     /// The connection parked last (the likeliest to be warm).
-    fn take(&self) -> Option<PoolConnection<Postgres>> {
-        let mut idle = self.idle.lock().ok()?;
-        idle.pop().map(|p| p.connection)
+    fn take(self: &Arc<Self>) -> Option<StatementConnection> {
+        let parked = self.idle.lock().ok()?.pop()?;
+        Some(StatementConnection {
+            connection: Some(parked.connection),
+            owned_by: Some(self.clone()),
+        })
     }
 
-    /// Keeps a clean connection for the next acquire; else (full, or its
-    /// turn to be recycled) it goes back to sqlx. So does the oldest
-    /// parked one once idle for `IDLE`. Dropped outside the lock.
-    fn park(&self, connection: PoolConnection<Postgres>) {
-        let recycle = self.parkings.fetch_add(1, Ordering::Relaxed) % Self::RECYCLE_EVERY == 0;
-        if recycle || self.max == 0 {
+    /// Keeps the connection of a statement that ran to its end for the
+    /// next one, unless requests wait in sqlx (`waiting`), the park owns
+    /// its share already, or it is this connection's turn to be recycled:
+    /// then it goes back through sqlx. So does the oldest parked one once
+    /// idle for `IDLE`. Dropped outside the lock.
+    fn park(&self, mut statement: StatementConnection, waiting: u64) {
+        let recycle = self
+            .parkings
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(Self::RECYCLE_EVERY);
+        if recycle || waiting > 0 {
             return;
         }
-        let now = std::time::Instant::now();
-        let mut released = None;
-        let mut refused = None;
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle
-                .first()
-                .is_some_and(|oldest| now.duration_since(oldest.since) > Self::IDLE)
-            {
-                released = Some(idle.remove(0));
-            }
-            if idle.len() < self.max {
-                idle.push(ParkedConnection {
-                    connection,
-                    since: now,
+        if statement.owned_by.is_none() {
+            let adopted = self
+                .owned
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owned| {
+                    (owned < self.max).then_some(owned + 1)
                 });
-            } else {
-                refused = Some(connection);
+            if adopted.is_err() {
+                return;
             }
         }
-        drop((released, refused));
+        // Counted as the park's from here on: dropping `statement` no
+        // longer gives it up.
+        statement.owned_by = None;
+        let Some(connection) = statement.connection.take() else {
+            self.owned.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut released = None;
+        let Ok(mut idle) = self.idle.lock() else {
+            self.owned.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        if idle
+            .first()
+            .is_some_and(|oldest| now.duration_since(oldest.since) > Self::IDLE)
+        {
+            released = Some(idle.remove(0));
+            self.owned.fetch_sub(1, Ordering::Relaxed);
+        }
+        idle.push(ParkedConnection {
+            connection,
+            since: now,
+        });
+        drop(idle);
+        drop(released);
     }
 
     fn len(&self) -> usize {
@@ -308,10 +362,6 @@ impl PgStore {
     /// adds its length to every call's latency.
     pub(super) async fn acquire(&self, access: Access) -> Result<PoolConnection<Postgres>, Error> {
         let pool = self.pool_for(access);
-        if let Some(connection) = pool.parked.take() {
-            pool.acquired();
-            return Ok(connection);
-        }
         let saturated = || pool.pool.num_idle() == 0 && pool.pool.size() >= self.max_connections;
         let waiting = Waiting::start(&pool.gate.waiting);
         if waiting.ahead >= self.max_waiting && saturated() {
@@ -351,10 +401,28 @@ impl PgStore {
         }
     }
 
-    /// Back for the next acquire: `connection` ran a statement to its end
-    /// and holds nothing of it (`Parked`).
-    pub(super) fn park(&self, access: Access, connection: PoolConnection<Postgres>) {
-        self.pool_for(access).parked.park(connection);
+    /// A connection for a single statement: a parked one, else `acquire`.
+    pub(super) async fn acquire_for_statement(
+        &self,
+        access: Access,
+    ) -> Result<StatementConnection, Error> {
+        let pool = self.pool_for(access);
+        if let Some(parked) = pool.parked.take() {
+            pool.acquired();
+            return Ok(parked);
+        }
+        Ok(StatementConnection {
+            connection: Some(self.acquire(access).await?),
+            owned_by: None,
+        })
+    }
+
+    /// Back for the next single statement: it ran to its end and the
+    /// connection holds nothing of it (`Parked`).
+    pub(super) fn park(&self, access: Access, statement: StatementConnection) {
+        let pool = self.pool_for(access);
+        pool.parked
+            .park(statement, pool.gate.waiting.load(Ordering::Relaxed));
     }
 
     /// Connections open, idle (parked ones included), waited for, and the

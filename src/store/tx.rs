@@ -171,7 +171,8 @@ impl PgStore {
         operation: &'static str,
         sql: &str,
     ) -> Result<Vec<PgRow>, Error> {
-        let mut connection = self.acquire(access).await?;
+        let mut statement = self.acquire_for_statement(access).await?;
+        let connection = statement.connection().ok_or(Error::Internal)?;
         let sql = format!(
             "SET LOCAL ROLE NONE; SET LOCAL statement_timeout = '{timeout}ms'; {sql}",
             timeout = self.statement_timeout_ms()?,
@@ -181,13 +182,13 @@ impl PgStore {
         // (`RawSql::fetch_optional` in sqlx 0.8 errors on zero rows.)
         let rows = round_trip(
             operation,
-            Executor::fetch_all(&mut *connection, sqlx::raw_sql(&sql)),
+            Executor::fetch_all(connection, sqlx::raw_sql(&sql)),
         )
         .await?;
         // Read to its end: the connection holds nothing of this statement.
         // (An error, or this future dropped midway, returns it through
         // sqlx instead, which drains it.)
-        self.park(access, connection);
+        self.park(access, statement);
         Ok(rows)
     }
 
