@@ -16,7 +16,7 @@
 #     beside its raw parts.
 # Ratios are taken within each round, then the median of the rounds.
 #
-#   benches/load/run.sh                     # 5 rounds of 5 s per case
+#   benches/load/run.sh                     # 7 rounds of 4 s per case
 #   ROUNDS=3 SECS=3 CALLS=0 benches/load/run.sh
 #   BEFORE=/tmp/before/release/switchboard benches/load/run.sh
 #
@@ -25,8 +25,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-SECS=${SECS:-5}
-ROUNDS=${ROUNDS:-5}
+SECS=${SECS:-4}
+ROUNDS=${ROUNDS:-7}
 C=${C:-16}
 CONNS=${CONNS:-4}
 CALLS=${CALLS:-1}
@@ -134,24 +134,25 @@ load() {
 # measured in every round.
 CASES=()
 case_() { CASES+=("$*"); }
-case_ bare-health  $C $CONNS ${BASE_PORT}0 -          $HEALTH '{}'
-case_ health       $C $CONNS ${BASE_PORT}1 -          $HEALTH '{}'
-case_ bare-resolve $C $CONNS ${BASE_PORT}0 "$SERVICE" $RESOLVE "$CALL"
-case_ memory       $C $CONNS ${BASE_PORT}1 "$SERVICE" $RESOLVE "$CALL"
+# Each ratio's cases run next to each other (this machine's speed drifts
+# within seconds): floor, ours, then the older build's.
+before() { [[ -z $BEFORE ]] || case_ "$@"; }
+case_  bare-health        $C $CONNS ${BASE_PORT}0 -          $HEALTH '{}'
+case_  health             $C $CONNS ${BASE_PORT}1 -          $HEALTH '{}'
+before before-health      $C $CONNS ${BASE_PORT}6 -          $HEALTH '{}'
+case_  bare-resolve       $C $CONNS ${BASE_PORT}0 "$SERVICE" $RESOLVE "$CALL"
+case_  memory             $C $CONNS ${BASE_PORT}1 "$SERVICE" $RESOLVE "$CALL"
+before before-memory      $C $CONNS ${BASE_PORT}6 "$SERVICE" $RESOLVE "$CALL"
+case_  pg-tenant          $C $CONNS ${BASE_PORT}1 "$TENANT"  $RESOLVE "$CALL"
+before before-pg-tenant   $C $CONNS ${BASE_PORT}6 "$TENANT"  $RESOLVE "$CALL"
+case_  health-2           2  2        ${BASE_PORT}1 -          $HEALTH '{}'
+case_  pg-tenant-2        2  2        ${BASE_PORT}1 "$TENANT"  $RESOLVE "$CALL"
+before before-health-2    2  2        ${BASE_PORT}6 -          $HEALTH '{}'
+before before-pg-tenant-2 2  2        ${BASE_PORT}6 "$TENANT"  $RESOLVE "$CALL"
 # The caller record is cached in memory only: with the memory tier off it
 # would come from Postgres, so the Redis case asks for the route alone.
-case_ redis        $C $CONNS ${BASE_PORT}2 "$SERVICE" $RESOLVE '{"called_number":"+18005550100"}'
-case_ pg-service   $C $CONNS ${BASE_PORT}3 "$SERVICE" $RESOLVE "$CALL"
-case_ pg-tenant    $C $CONNS ${BASE_PORT}1 "$TENANT"  $RESOLVE "$CALL"
-case_ health-2     2  2        ${BASE_PORT}1 -          $HEALTH '{}'
-case_ pg-tenant-2  2  2        ${BASE_PORT}1 "$TENANT"  $RESOLVE "$CALL"
-if [[ -n $BEFORE ]]; then
-  case_ before-health      $C $CONNS ${BASE_PORT}6 -          $HEALTH '{}'
-  case_ before-memory      $C $CONNS ${BASE_PORT}6 "$SERVICE" $RESOLVE "$CALL"
-  case_ before-pg-tenant   $C $CONNS ${BASE_PORT}6 "$TENANT"  $RESOLVE "$CALL"
-  case_ before-health-2    2  2        ${BASE_PORT}6 -          $HEALTH '{}'
-  case_ before-pg-tenant-2 2  2        ${BASE_PORT}6 "$TENANT"  $RESOLVE "$CALL"
-fi
+case_  redis              $C $CONNS ${BASE_PORT}2 "$SERVICE" $RESOLVE '{"called_number":"+18005550100"}'
+case_  pg-service         $C $CONNS ${BASE_PORT}3 "$SERVICE" $RESOLVE "$CALL"
 
 # Warm up once: caches filled, pool connections open, the bare server's
 # and ours alike.

@@ -101,9 +101,11 @@ struct Pool {
 /// Fair to everyone else: the park owns at most `max` connections (parked
 /// or running a statement), so `RESERVED` always circulate through sqlx,
 /// for transactions and the callers that use the pool directly (the
-/// invalidation listener's outbox reads, the identity watcher); and while
-/// any request waits in sqlx for a connection, a finished statement hands
-/// its connection to sqlx (to the longest waiter) instead of parking it.
+/// invalidation listener's outbox reads and probes, the identity watcher);
+/// it adopts a connection from sqlx only while sqlx has another idle one
+/// (so nobody waits there for it); and while any of our requests waits in
+/// sqlx, a finished statement hands its connection to sqlx (to the longest
+/// waiter) instead of parking it.
 struct Parked {
     idle: std::sync::Mutex<Vec<ParkedConnection>>,
     /// Connections the park owns: parked, or taken from it and running.
@@ -169,11 +171,12 @@ impl Parked {
     }
 
     /// Keeps the connection of a statement that ran to its end for the
-    /// next one, unless requests wait in sqlx (`waiting`), the park owns
-    /// its share already, or it is this connection's turn to be recycled:
-    /// then it goes back through sqlx. So does the oldest parked one once
-    /// idle for `IDLE`. Dropped outside the lock.
-    fn park(&self, mut statement: StatementConnection, waiting: u64) {
+    /// next one, unless requests wait in sqlx (`waiting`), it is this
+    /// connection's turn to be recycled, or (a connection from sqlx) the
+    /// park owns its share already or sqlx has no other idle connection
+    /// (`sqlx_idle`): then it goes back through sqlx. So does the oldest
+    /// parked one once idle for `IDLE`. Dropped outside the lock.
+    fn park(&self, mut statement: StatementConnection, waiting: u64, sqlx_idle: usize) {
         let recycle = self
             .parkings
             .fetch_add(1, Ordering::Relaxed)
@@ -182,6 +185,9 @@ impl Parked {
             return;
         }
         if statement.owned_by.is_none() {
+            if sqlx_idle == 0 {
+                return;
+            }
             let adopted = self
                 .owned
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owned| {
@@ -421,8 +427,11 @@ impl PgStore {
     /// connection holds nothing of it (`Parked`).
     pub(super) fn park(&self, access: Access, statement: StatementConnection) {
         let pool = self.pool_for(access);
-        pool.parked
-            .park(statement, pool.gate.waiting.load(Ordering::Relaxed));
+        pool.parked.park(
+            statement,
+            pool.gate.waiting.load(Ordering::Relaxed),
+            pool.pool.num_idle(),
+        );
     }
 
     /// Connections open, idle (parked ones included), waited for, and the
