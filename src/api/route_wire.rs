@@ -156,7 +156,8 @@ pub(crate) fn org_of_packed(packed: &Bytes) -> Option<OrgId> {
 
 /// A route from outside this process (Redis) in the form the memory tier
 /// may keep and pass through: decoded whole (valid UTF-8, valid nested
-/// messages, each served version an `AgentVersion`), then encoded again
+/// messages, each served version an `AgentVersion`; the agent's id a UUID,
+/// its org the organization's, a UUID), then encoded again
 /// with only the agent, organization and route data, so nothing unchecked
 /// or unknown reaches an answer. `None`: not a route.
 pub(crate) fn checked_route(bytes: &[u8]) -> Option<Bytes> {
@@ -165,6 +166,10 @@ pub(crate) fn checked_route(bytes: &[u8]) -> Option<Bytes> {
         return None;
     };
     OrgId::parse(&organization.id).ok()?;
+    crate::domain::AgentId::parse(&agent.id).ok()?;
+    if agent.org_id != organization.id {
+        return None;
+    }
     if let Some(data) = &route.route_data {
         for version in &data.served_versions {
             pb::AgentVersion::decode(version.clone()).ok()?;
@@ -476,6 +481,19 @@ mod tests {
             "the views skip it"
         );
         assert!(checked_route(&bad).is_none(), "the check does not");
+
+        // An agent whose id is not a UUID, or whose org is another.
+        for broken in [
+            |a: &mut pb::Agent| a.id = "not-a-uuid".into(),
+            |a: &mut pb::Agent| a.id = String::new(),
+            |a: &mut pb::Agent| a.org_id = "6f1c0d2e-0000-4000-8000-0000000000bb".into(),
+        ] {
+            let mut route = route();
+            if let Some(agent) = route.agent.as_mut() {
+                broken(agent);
+            }
+            assert!(checked_route(&RouteView::pack(&route)).is_none());
+        }
 
         // A served version that is not an AgentVersion.
         let mut versioned = route();
