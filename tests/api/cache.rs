@@ -107,11 +107,7 @@ async fn warming_as_one_caller_never_serves_another_tenant() {
     }
     for who in Who::TENANTS {
         let (own, _) = who.orgs();
-        let (own_number, other_number) = if own == ACME {
-            (ACME_NUMBER, BLUEBIRD_NUMBER)
-        } else {
-            (BLUEBIRD_NUMBER, ACME_NUMBER)
-        };
+        let (own_number, other_number) = who.numbers();
         let (answer, _) = resolve_as(&mut agents, who, own_number, SHARED_CALLER)
             .await
             .unwrap_or_else(|s| panic!("{s:?}"));

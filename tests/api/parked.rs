@@ -43,11 +43,7 @@ async fn a_parked_connection_carries_nothing_to_the_next_caller() {
     for round in 0..5 {
         for who in Who::TENANTS {
             let (own, _) = who.orgs();
-            let (own_number, other_number) = if own == ACME {
-                (ACME_NUMBER, BLUEBIRD_NUMBER)
-            } else {
-                (BLUEBIRD_NUMBER, ACME_NUMBER)
-            };
+            let (own_number, other_number) = who.numbers();
             let (answer, tier) = resolve_as(&mut agents, who, own_number, SHARED_CALLER)
                 .await
                 .unwrap_or_else(|s| panic!("{who:?} round {round}: {s:?}"));
@@ -95,7 +91,7 @@ async fn a_statement_cut_off_midway_leaves_nothing_for_the_next_caller() {
     let mut agents = app.agents().await;
     // Warm: connections open and one parked.
     for who in [Who::AcmeViewer, Who::BluebirdViewer] {
-        resolve_as(&mut agents, who, who_number(who), "")
+        resolve_as(&mut agents, who, who.numbers().0, "")
             .await
             .unwrap_or_else(|s| panic!("{s:?}"));
     }
@@ -105,7 +101,7 @@ async fn a_statement_cut_off_midway_leaves_nothing_for_the_next_caller() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     for who in [Who::AcmeViewer, Who::BluebirdViewer, Who::AcmeAdmin] {
-        let code = resolve_as(&mut agents, who, who_number(who), SHARED_CALLER)
+        let code = resolve_as(&mut agents, who, who.numbers().0, SHARED_CALLER)
             .await
             .err()
             .map(|s| s.code());
@@ -117,7 +113,7 @@ async fn a_statement_cut_off_midway_leaves_nothing_for_the_next_caller() {
     blocker.rollback().await.unwrap_or_else(|e| panic!("{e}"));
     for round in 0..4 {
         for who in [Who::BluebirdViewer, Who::AcmeViewer, Who::BluebirdAdmin] {
-            let (answer, _) = resolve_as(&mut agents, who, who_number(who), SHARED_CALLER)
+            let (answer, _) = resolve_as(&mut agents, who, who.numbers().0, SHARED_CALLER)
                 .await
                 .unwrap_or_else(|s| panic!("{who:?} round {round} after the lock: {s:?}"));
             assert_eq!(org_of(&answer), who.orgs().0, "{who:?} round {round}");
@@ -133,7 +129,7 @@ async fn parked_connections_the_database_dropped_are_replaced() {
     let app = app_with_three_connections(5_000).await;
     let mut agents = app.agents().await;
     for who in [Who::AcmeViewer, Who::BluebirdViewer, Who::AcmeViewer] {
-        resolve_as(&mut agents, who, who_number(who), "")
+        resolve_as(&mut agents, who, who.numbers().0, "")
             .await
             .unwrap_or_else(|s| panic!("{s:?}"));
     }
@@ -177,17 +173,9 @@ async fn parked_connections_the_database_dropped_are_replaced() {
     );
     // And every caller after that, on whatever connection it gets.
     for who in Who::TENANTS {
-        let (answer, _) = resolve_as(&mut agents, who, who_number(who), "")
+        let (answer, _) = resolve_as(&mut agents, who, who.numbers().0, "")
             .await
             .unwrap_or_else(|s| panic!("{who:?}: {s:?}"));
         assert_eq!(org_of(&answer), who.orgs().0);
-    }
-}
-
-fn who_number(who: Who) -> &'static str {
-    if who.orgs().0 == ACME {
-        ACME_NUMBER
-    } else {
-        BLUEBIRD_NUMBER
     }
 }

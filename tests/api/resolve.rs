@@ -80,11 +80,7 @@ async fn a_tenant_resolves_its_own_numbers_only() {
     let mut agents = app.agents().await;
     for who in Who::TENANTS {
         let (own, _) = who.orgs();
-        let (own_number, other_number) = if own == ACME {
-            (ACME_NUMBER, BLUEBIRD_NUMBER)
-        } else {
-            (BLUEBIRD_NUMBER, ACME_NUMBER)
-        };
+        let (own_number, other_number) = who.numbers();
         let answer = agents
             .resolve_agent(as_who(who, resolve(own_number, SHARED_CALLER)))
             .await

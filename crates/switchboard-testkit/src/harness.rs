@@ -101,6 +101,16 @@ impl Who {
         }
     }
 
+    /// The number of the caller's own org's seeded agent, and the other
+    /// org's.
+    pub fn numbers(self) -> (&'static str, &'static str) {
+        if Who::BLUEBIRD.contains(&self) {
+            (BLUEBIRD_NUMBER, ACME_NUMBER)
+        } else {
+            (ACME_NUMBER, BLUEBIRD_NUMBER)
+        }
+    }
+
     pub fn can_write(self) -> bool {
         !matches!(self, Who::AcmeViewer | Who::BluebirdViewer)
     }
