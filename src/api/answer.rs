@@ -172,20 +172,7 @@ mod tests {
     /// kinds as the descriptor the server publishes (reflection).
     #[test]
     fn fields_match_the_published_descriptor() {
-        let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)
-            .unwrap_or_else(|e| panic!("descriptor: {e}"));
-        let message = set
-            .file
-            .iter()
-            .filter(|f| f.package() == "switchboard.v1")
-            .flat_map(|f| &f.message_type)
-            .find(|m| m.name() == "ResolveAgentResponse")
-            .unwrap_or_else(|| panic!("no ResolveAgentResponse in the descriptor"));
-        let fields: Vec<(String, i32)> = message
-            .field
-            .iter()
-            .map(|f| (f.name().to_owned(), f.number()))
-            .collect();
+        let fields = crate::api::descriptor_fields("ResolveAgentResponse");
         let ours = [
             ("agent", 1),
             ("organization", 2),

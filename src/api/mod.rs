@@ -22,3 +22,22 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/switchboard_descriptor.bin"));
 }
+
+/// The fields (name, number) of a `switchboard.v1` message in the
+/// descriptor the server publishes: the hand-written messages' tests check
+/// their field numbers against it.
+#[cfg(test)]
+pub(crate) fn descriptor_fields(name: &str) -> Vec<(String, i32)> {
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(pb::FILE_DESCRIPTOR_SET)
+        .unwrap_or_else(|e| panic!("descriptor: {e}"));
+    set.file
+        .iter()
+        .filter(|f| f.package() == "switchboard.v1")
+        .flat_map(|f| &f.message_type)
+        .find(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no {name} in the descriptor"))
+        .field
+        .iter()
+        .map(|f| (f.name().to_owned(), f.number()))
+        .collect()
+}

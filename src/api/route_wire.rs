@@ -254,21 +254,7 @@ fn write_versioned(agent: &Bytes, version: &VersionView, out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn descriptor_fields(name: &str) -> Vec<(String, i32)> {
-        let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)
-            .unwrap_or_else(|e| panic!("descriptor: {e}"));
-        set.file
-            .iter()
-            .filter(|f| f.package() == "switchboard.v1")
-            .flat_map(|f| &f.message_type)
-            .find(|m| m.name() == name)
-            .unwrap_or_else(|| panic!("no {name} in the descriptor"))
-            .field
-            .iter()
-            .map(|f| (f.name().to_owned(), f.number()))
-            .collect()
-    }
+    use crate::api::descriptor_fields;
 
     /// Every field a view declares is the proto's field of that number.
     #[test]
