@@ -13,16 +13,19 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use moka::future::Cache;
-use prost::Message;
 
-use crate::{api::pb, domain::OrgId};
+use crate::{
+    api::{pb, route_wire::RouteView},
+    domain::OrgId,
+};
 
 /// A route as the memory tier keeps it: its protobuf encoding.
 pub type PackedRoute = Bytes;
 
-/// Encodes a route for the memory tier (and Redis).
+/// Encodes a route for the memory tier (and Redis): the form
+/// `api::route_wire` reads.
 pub fn pack(route: &pb::ResolveAgentResponse) -> PackedRoute {
-    Bytes::from(route.encode_to_vec())
+    RouteView::pack(route)
 }
 
 /// Where a route came from on a miss.
