@@ -168,6 +168,9 @@ impl Cache {
         // The caller record of this call's own fetch, never of one it
         // joined: that one may be for another caller number.
         let mut own_caller = None;
+        // Held from the generation check until moka has inserted the
+        // value: no eviction lands in between (see `Cache::evicting`).
+        let mut filling = None;
         let fill = async {
             let fetched = self
                 .fetch_route(called, generation, &mut fetch)
@@ -179,7 +182,12 @@ impl Cache {
             // eviction it predates: the tier (and so every joined call)
             // gets only a value no eviction overtook; whether it may stay
             // is checked below, as for any fill.
+            filling = Some(self.evicting.read().await);
             if self.generation() == generation {
+                // Where an eviction would land but for `evicting`, here and
+                // after the insert: widened for the tests.
+                #[cfg(test)]
+                tokio::task::yield_now().await;
                 Ok(value)
             } else {
                 Err(NotFilled::Overtaken { value, generation })
@@ -191,13 +199,16 @@ impl Cache {
             .entry(key.clone())
             .or_try_insert_with(fill)
             .await;
+        #[cfg(test)]
+        tokio::task::yield_now().await;
+        drop(filling);
         let (packed_route, filled_from) = match filled {
             Ok(entry) => {
                 let value = entry.into_value();
                 if !self.may_keep(generation) {
-                    // Evicted between the check and the insert, or nothing
-                    // would evict it: answer this call, keep nothing (a
-                    // route or "no agent" alike).
+                    // Flushed whole since the check (`drop_memory` does not
+                    // wait for fills), or nothing would evict it: answer
+                    // this call, keep nothing (a route or "no agent" alike).
                     self.memory.routes.invalidate(&key).await;
                 }
                 value
@@ -233,12 +244,8 @@ impl Cache {
         if let (Some(caller), Some(org_id), Some(record)) =
             (caller, org_of_packed(&packed_route), own_caller.as_ref())
         {
-            if self.may_keep(generation) {
-                self.memory
-                    .callers
-                    .insert((org_id, caller.into()), record.clone())
-                    .await;
-            }
+            self.keep_caller((org_id, caller.into()), record, generation)
+                .await;
         }
         Ok(Some(FoundRoute {
             route: packed_route,
@@ -329,12 +336,36 @@ impl Cache {
         Box::pin(async move {
             let generation = self.generation();
             let found = fetch().await.ok()?;
-            if self.may_keep(generation) {
-                self.memory.callers.insert(key, found.clone()).await;
-            }
+            self.keep_caller(key, &found, generation).await;
             found
         })
         .await
+    }
+
+    /// Keeps a caller record fetched since `generation`, unless an eviction
+    /// began meanwhile. The check and the insert hold `evicting`: an
+    /// eviction landing between them would find nothing to evict and leave
+    /// the older record to calls that began after its write.
+    async fn keep_caller(&self, key: (OrgId, Arc<str>), record: &CallerRecord, generation: u64) {
+        let _filling = self.evicting.read().await;
+        if !self.may_keep(generation) {
+            return;
+        }
+        // Where an eviction would land but for `evicting`, here and after
+        // the insert: widened for the tests.
+        #[cfg(test)]
+        tokio::task::yield_now().await;
+        self.memory
+            .callers
+            .insert(key.clone(), record.clone())
+            .await;
+        #[cfg(test)]
+        tokio::task::yield_now().await;
+        // A flush of the whole tier (`drop_memory`) does not wait for
+        // fills: look again.
+        if !self.may_keep(generation) {
+            self.memory.callers.invalidate(&key).await;
+        }
     }
 
     /// Starts filling the memory tier ahead of calls; `None` when it would
@@ -367,16 +398,195 @@ impl Preload<'_> {
     /// it; the memory tier is dropped (everything this preload kept with
     /// it) and the preload must stop.
     pub(crate) async fn keep(&self, routes: &[(&str, pb::ResolveAgentResponse)]) -> bool {
+        let filling = self.cache.evicting.read().await;
         for (number, route) in routes {
             self.cache
                 .memory
                 .insert_route((*number).into(), pack(route), Tier::Db)
                 .await;
         }
-        if self.cache.may_keep(self.generation) {
+        let kept = self.cache.may_keep(self.generation);
+        drop(filling);
+        if kept {
             return true;
         }
         self.cache.drop_memory();
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use prost::Message;
+
+    use super::*;
+    use crate::{
+        cache::{invalidation::CallerKey, Invalidation, MemoryTier},
+        observability::metrics::Metrics,
+    };
+
+    fn record(seq: u64) -> CallerRecord {
+        Some(Arc::new(pb::Customer {
+            name: format!("n{seq}"),
+            ..Default::default()
+        }))
+    }
+
+    fn seq_of(record: &CallerRecord) -> u64 {
+        record
+            .as_ref()
+            .and_then(|c| c.name.strip_prefix('n')?.parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The soak's finding, made a rule: a caller record read before a write
+    /// must not outlive the write's eviction, however the fill and the
+    /// eviction interleave. Readers fill through `caller_or_fill` from a
+    /// "database" a writer bumps and then evicts, as `Data::write` does;
+    /// every answer must be at least what was acknowledged when the call
+    /// began. Checking `may_keep` only before the insert failed this.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_caller_record_read_before_a_write_never_outlives_its_eviction() {
+        let cache = Cache::new(
+            MemoryTier::new(100, 100, std::time::Duration::from_secs(60)),
+            None,
+            Metrics::new(),
+        );
+        cache.listener_hearing();
+        let org = OrgId::from_uuid(uuid::Uuid::nil());
+        let database = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
+        let stale = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (cache, database, acked) = (cache.clone(), database.clone(), acked.clone());
+            tokio::spawn(async move {
+                for seq in 1..=10_000u64 {
+                    database.store(seq, Ordering::Release);
+                    cache
+                        .invalidate(&Invalidation::Callers {
+                            callers: vec![CallerKey {
+                                org_id: org,
+                                phone: "+14155550123".into(),
+                            }],
+                        })
+                        .await;
+                    acked.store(seq, Ordering::Release);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let readers: Vec<_> = (0..6)
+            .map(|_| {
+                let (cache, database, acked, stale) = (
+                    cache.clone(),
+                    database.clone(),
+                    acked.clone(),
+                    stale.clone(),
+                );
+                tokio::spawn(async move {
+                    for _ in 0..12_000 {
+                        let began = acked.load(Ordering::Acquire);
+                        let found = cache
+                            .caller_or_fill(org, "+14155550123", || {
+                                let database = database.clone();
+                                async move {
+                                    let seq = database.load(Ordering::Acquire);
+                                    // The statement's round trip: the write
+                                    // may commit and evict meanwhile.
+                                    tokio::task::yield_now().await;
+                                    Ok(record(seq))
+                                }
+                            })
+                            .await;
+                        if seq_of(&found) < began {
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        writer.await.unwrap();
+        assert_eq!(
+            stale.load(Ordering::Relaxed),
+            0,
+            "stale caller records served"
+        );
+    }
+
+    /// The same for a route, filled through `route_or_fill`'s single
+    /// flight (moka inserts it after the fill's own check).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_route_read_before_a_write_never_outlives_its_eviction() {
+        const NUMBER: &str = "+14155550100";
+        let cache = Cache::new(
+            MemoryTier::new(100, 100, std::time::Duration::from_secs(60)),
+            None,
+            Metrics::new(),
+        );
+        cache.listener_hearing();
+        let database = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
+        let stale = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (cache, database, acked) = (cache.clone(), database.clone(), acked.clone());
+            tokio::spawn(async move {
+                for seq in 1..=10_000u64 {
+                    database.store(seq, Ordering::Release);
+                    cache.invalidate(&Invalidation::numbers([NUMBER])).await;
+                    acked.store(seq, Ordering::Release);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let readers: Vec<_> = (0..6)
+            .map(|_| {
+                let (cache, database, acked, stale) = (
+                    cache.clone(),
+                    database.clone(),
+                    acked.clone(),
+                    stale.clone(),
+                );
+                tokio::spawn(async move {
+                    for _ in 0..12_000 {
+                        let began = acked.load(Ordering::Acquire);
+                        let found = cache
+                            .route_or_fill(NUMBER, None, || {
+                                let database = database.clone();
+                                async move {
+                                    let seq = database.load(Ordering::Acquire);
+                                    tokio::task::yield_now().await;
+                                    Ok(Some(pb::ResolveAgentResponse {
+                                        agent: Some(pb::Agent {
+                                            name: format!("n{seq}"),
+                                            ..Default::default()
+                                        }),
+                                        ..Default::default()
+                                    }))
+                                }
+                            })
+                            .await;
+                        let seq = found
+                            .ok()
+                            .flatten()
+                            .and_then(|f| pb::ResolveAgentResponse::decode(f.route).ok())
+                            .and_then(|r| r.agent?.name.strip_prefix('n')?.parse().ok())
+                            .unwrap_or(u64::MAX);
+                        if seq < began {
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        writer.await.unwrap();
+        assert_eq!(stale.load(Ordering::Relaxed), 0, "stale routes served");
     }
 }

@@ -11,7 +11,10 @@
 //!   `caller_or_fill` and `preload`; evictions here. `Cache`'s fields are
 //!   private: no one outside this module puts anything in a tier.
 //! * Every eviction bumps `generation`; a fill that started before an
-//!   eviction does not stay in the memory tier.
+//!   eviction does not stay in the memory tier. An eviction and a fill's
+//!   last check with its insert exclude each other (`evicting`): an
+//!   eviction that lands between the two would find nothing to evict,
+//!   and the older value would be served until the fill saw the bump.
 //! * A Redis failure is a miss, never an error.
 
 mod breaker;
@@ -45,6 +48,9 @@ pub struct Cache {
     /// Lookups per tier and invalidations received are counted here.
     metrics: Metrics,
     generation: Arc<AtomicU64>,
+    /// Held exclusively by an eviction (bump and evict), shared by a fill
+    /// from its generation check through its insert. Hits never take it.
+    evicting: Arc<tokio::sync::RwLock<()>>,
     /// True while the Postgres listener is connected and has heard its own
     /// probe. Only then may a fill stay in the memory tier: without the
     /// listener nothing would evict it.
@@ -61,6 +67,7 @@ impl Cache {
             redis,
             metrics,
             generation: Arc::new(AtomicU64::new(0)),
+            evicting: Arc::new(tokio::sync::RwLock::new(())),
             listening: Arc::new(AtomicBool::new(false)),
             deaf: Arc::new(AtomicBool::new(false)),
         };
@@ -144,6 +151,7 @@ impl Cache {
     /// Evicts from this replica's memory tier only (a fan-out message from
     /// another replica: Redis was already dealt with).
     async fn evict_local(&self, invalidation: &Invalidation) {
+        let _evicting = self.evicting.write().await;
         self.generation.fetch_add(1, Ordering::AcqRel);
         match invalidation {
             Invalidation::Numbers { numbers } => self.memory.evict_numbers(numbers).await,
