@@ -280,6 +280,32 @@ pub struct TestDb<M: PoolerMode> {
 // work is done by functions that are not, so a test binary does not compile
 // it again.
 
+/// The bootstrap migration's three roles, made once per test process before
+/// any test database migrates. Roles belong to the cluster: on a fresh one,
+/// tests migrating their databases at once would each find a role missing
+/// and race to create it ("duplicate key ... pg_authid_rolname_index"). A
+/// deployment migrates one database, under sqlx's lock, and never races.
+async fn ensure_api_roles(conn: &mut PgConnection) {
+    static MADE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    MADE.get_or_init(|| async {
+        for role in [
+            "anon nologin noinherit",
+            "authenticated nologin noinherit",
+            "service_role nologin noinherit bypassrls",
+        ] {
+            // Another test process may make it at the same moment.
+            let make = format!(
+                "do $$ begin create role {role}; \
+                 exception when duplicate_object or unique_violation then null; end $$"
+            );
+            conn.execute(make.as_str())
+                .await
+                .unwrap_or_else(|e| panic!("create role {role}: {e}"));
+        }
+    })
+    .await;
+}
+
 /// A new empty database: (name, direct URL, service URL, superuser pool).
 async fn create_database(through_pooler: bool) -> (String, String, String, PgPool) {
     let admin = admin_url();
@@ -290,6 +316,7 @@ async fn create_database(through_pooler: bool) -> (String, String, String, PgPoo
     conn.execute(format!("create database {name}").as_str())
         .await
         .unwrap_or_else(|e| panic!("create database: {e}"));
+    ensure_api_roles(&mut conn).await;
     let _ = conn.close().await;
     let direct_url = with_database(&admin, &name);
     let service_url = if through_pooler {
