@@ -103,7 +103,13 @@ impl Data {
         Fut: Future<Output = Result<T, Error>>,
     {
         let written = write(&self.store).await?;
-        self.cache.invalidate(&written.evictions()).await;
+        // Its own task: a call cancelled now (its client gone, its deadline
+        // passed) has committed, and must not leave the old value cached.
+        let (cache, evictions) = (self.cache.clone(), written.evictions());
+        let evicted = tokio::spawn(async move { cache.invalidate(&evictions).await });
+        if evicted.await.is_err() {
+            return Err(Error::Internal);
+        }
         Ok(written)
     }
 }

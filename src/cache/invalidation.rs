@@ -632,15 +632,18 @@ fn unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Applies outbox rows as at most three evictions: this replica's memory
-/// first, then (counted as received once memory is done) Redis and the
-/// other replicas. A row that does not parse (only the owner could have
-/// written it) evicts everything.
+/// Applies outbox rows as at most three evictions: Redis first, then this
+/// replica's memory (counted as received once it is done), then the other
+/// replicas. Redis first, as `Cache::invalidate` does: a memory miss the
+/// eviction causes must not refill from the old route in Redis. A row that
+/// does not parse (only the owner could have written it) evicts
+/// everything.
 async fn apply_rows(cache: &Cache, read: &OutboxRead) {
     let rows = read.in_ranges.iter().chain(&read.above);
     let count = u64::try_from(read.in_ranges.len() + read.above.len()).unwrap_or(u64::MAX);
     let evictions = evictions(rows);
     for eviction in &evictions {
+        cache.evict_redis(eviction).await;
         cache.evict_local(eviction).await;
     }
     // A notification alone (a probe, or a forged one) is not an
@@ -648,7 +651,7 @@ async fn apply_rows(cache: &Cache, read: &OutboxRead) {
     // what they name.
     cache.invalidations().postgres.add(count);
     for eviction in &evictions {
-        cache.evict_shared(eviction).await;
+        cache.publish(eviction).await;
     }
 }
 

@@ -23,7 +23,7 @@ use tracing::{field::Empty, Instrument};
 
 use super::{
     memory::{pack, CallerRecord, PackedRoute, Tier},
-    Cache,
+    Cache, Invalidation,
 };
 use crate::{
     api::{pb, route_wire::org_of_packed},
@@ -291,9 +291,13 @@ impl Cache {
                 if cache.may_keep(generation) {
                     redis.put_route(&number, &route).await;
                     // A write evicted between the check and the SET landing
-                    // would leave this older route in Redis: take it back.
+                    // would leave this older route in Redis: take it back,
+                    // from Redis and from every memory tier that may have
+                    // read it there meanwhile.
                     if !cache.may_keep(generation) {
-                        redis.delete_routes(std::slice::from_ref(&number)).await;
+                        cache
+                            .invalidate(&Invalidation::numbers([number.as_str()]))
+                            .await;
                     }
                 }
             });
@@ -398,16 +402,26 @@ impl Preload<'_> {
     /// it; the memory tier is dropped (everything this preload kept with
     /// it) and the preload must stop.
     pub(crate) async fn keep(&self, routes: &[(&str, pb::ResolveAgentResponse)]) -> bool {
-        let filling = self.cache.evicting.read().await;
-        for (number, route) in routes {
-            self.cache
-                .memory
-                .insert_route((*number).into(), pack(route), Tier::Db)
-                .await;
+        // Checked before each slice is inserted, under `evicting`: a write
+        // that evicted a number before the page reached the tier would
+        // otherwise find nothing to evict. In slices, so a write waits for
+        // one slice, not a page.
+        for slice in routes.chunks(256) {
+            let filling = self.cache.evicting.read().await;
+            if !self.cache.may_keep(self.generation) {
+                drop(filling);
+                self.cache.drop_memory();
+                return false;
+            }
+            for (number, route) in slice {
+                self.cache
+                    .memory
+                    .insert_route((*number).into(), pack(route), Tier::Db)
+                    .await;
+            }
         }
-        let kept = self.cache.may_keep(self.generation);
-        drop(filling);
-        if kept {
+        // A flush of the whole tier does not wait for fills: look again.
+        if self.cache.may_keep(self.generation) {
             return true;
         }
         self.cache.drop_memory();
@@ -434,11 +448,11 @@ mod tests {
         }))
     }
 
-    fn seq_of(record: &CallerRecord) -> u64 {
+    /// `None` (no record, or not one of ours) fails the test as stale does.
+    fn seq_of(record: &CallerRecord) -> Option<u64> {
         record
             .as_ref()
             .and_then(|c| c.name.strip_prefix('n')?.parse().ok())
-            .unwrap_or(u64::MAX)
     }
 
     /// The soak's finding, made a rule: a caller record read before a write
@@ -500,7 +514,7 @@ mod tests {
                                 }
                             })
                             .await;
-                        if seq_of(&found) < began {
+                        if seq_of(&found).is_none_or(|seq| seq < began) {
                             stale.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -574,9 +588,8 @@ mod tests {
                             .ok()
                             .flatten()
                             .and_then(|f| pb::ResolveAgentResponse::decode(f.route).ok())
-                            .and_then(|r| r.agent?.name.strip_prefix('n')?.parse().ok())
-                            .unwrap_or(u64::MAX);
-                        if seq < began {
+                            .and_then(|r| r.agent?.name.strip_prefix('n')?.parse::<u64>().ok());
+                        if seq.is_none_or(|seq| seq < began) {
                             stale.fetch_add(1, Ordering::Relaxed);
                         }
                     }

@@ -166,16 +166,18 @@ impl Cache {
         }
     }
 
-    /// Evicts everywhere: this replica's memory, Redis, and every other
-    /// replica's memory (Redis pub/sub).
+    /// Evicts everywhere: Redis, this replica's memory, and every other
+    /// replica's memory (Redis pub/sub), in that order. Redis first: a
+    /// memory miss the eviction itself causes must not find the old route
+    /// still in Redis and keep it under the new generation.
     pub async fn invalidate(&self, invalidation: &Invalidation) {
+        self.evict_redis(invalidation).await;
         self.evict_local(invalidation).await;
-        self.evict_shared(invalidation).await;
+        self.publish(invalidation).await;
     }
 
-    /// Evicts from Redis and every other replica's memory (pub/sub); the
-    /// second half of `invalidate`, for a caller that evicted locally first.
-    async fn evict_shared(&self, invalidation: &Invalidation) {
+    /// Deletes the routes an invalidation names from Redis.
+    async fn evict_redis(&self, invalidation: &Invalidation) {
         let Some(redis) = &self.redis else { return };
         match invalidation {
             Invalidation::Numbers { numbers } => {
@@ -184,6 +186,11 @@ impl Cache {
             Invalidation::Callers { .. } => {}
             Invalidation::All => redis.delete_all_routes().await,
         }
+    }
+
+    /// Tells every other replica to evict from its memory (pub/sub).
+    async fn publish(&self, invalidation: &Invalidation) {
+        let Some(redis) = &self.redis else { return };
         if let Ok(payload) = serde_json::to_string(invalidation) {
             redis.publish(&payload).await;
         }
