@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::{
     encoding::{self, btree_map, message, string, DecodeContext, WireType},
     DecodeError, Message,
@@ -30,6 +30,10 @@ pub struct ResolveAgentResponse {
     /// The version that answers; 0 when the agent was never published.
     pub agent_version: i32,
     pub variables: BTreeMap<String, String>,
+    /// Entries of `variables` (field 5) already in wire form
+    /// (`VariablesWire`), written just before `variables`, whose keys they
+    /// must not repeat. Set by the server only; empty after decoding.
+    pub variables_wire: Bytes,
     pub route_path: Vec<String>,
     /// Internal: what the decision pipeline needs, carried with the cached
     /// route. Never set in an answer.
@@ -44,10 +48,54 @@ impl ResolveAgentResponse {
     /// The same answer with `encoded` decoded into the ordinary fields
     /// (what a client would see).
     pub fn decoded(&self) -> Result<ResolveAgentResponse, DecodeError> {
-        if self.encoded.is_empty() {
+        if self.encoded.is_empty() && self.variables_wire.is_empty() {
             return Ok(self.clone());
         }
         ResolveAgentResponse::decode(self.encode_to_vec().as_slice())
+    }
+}
+
+/// `variables` entries written as they are made, in wire form: no owned
+/// key or value, no map, one buffer per answer. Entries must come in key
+/// order (as a `BTreeMap` would write them) for the bytes to be the same
+/// as the map's; a decoder takes them in any order.
+pub struct VariablesWire(BytesMut);
+
+impl VariablesWire {
+    pub fn with_capacity(capacity: usize) -> Self {
+        VariablesWire(BytesMut::with_capacity(capacity))
+    }
+
+    /// One entry; the key is the concatenation of `key`'s parts. As prost
+    /// writes a map entry: an empty key or value is left out of it.
+    pub fn entry(&mut self, key: &[&str], value: &[u8]) {
+        let key_len: usize = key.iter().map(|part| part.len()).sum();
+        let field_len = |len: usize| {
+            if len == 0 {
+                0
+            } else {
+                1 + encoding::encoded_len_varint(len as u64) + len
+            }
+        };
+        let out = &mut self.0;
+        encoding::encode_key(5, WireType::LengthDelimited, out);
+        encoding::encode_varint((field_len(key_len) + field_len(value.len())) as u64, out);
+        if key_len > 0 {
+            encoding::encode_key(1, WireType::LengthDelimited, out);
+            encoding::encode_varint(key_len as u64, out);
+            for part in key {
+                out.put_slice(part.as_bytes());
+            }
+        }
+        if !value.is_empty() {
+            encoding::encode_key(2, WireType::LengthDelimited, out);
+            encoding::encode_varint(value.len() as u64, out);
+            out.put_slice(value);
+        }
+    }
+
+    pub fn finish(self) -> Bytes {
+        self.0.freeze()
     }
 }
 
@@ -66,6 +114,7 @@ impl Message for ResolveAgentResponse {
         if self.agent_version != 0 {
             encoding::int32::encode(4, &self.agent_version, buf);
         }
+        buf.put_slice(&self.variables_wire);
         btree_map::encode(
             string::encode,
             string::encoded_len,
@@ -151,6 +200,7 @@ impl Message for ResolveAgentResponse {
             } else {
                 0
             }
+            + self.variables_wire.len()
             + btree_map::encoded_len(string::encoded_len, string::encoded_len, 5, &self.variables)
             + string::encoded_len_repeated(6, &self.route_path)
             + self
@@ -214,7 +264,38 @@ mod tests {
                 ..Default::default()
             }),
             encoded: Bytes::new(),
+            variables_wire: Bytes::new(),
         }
+    }
+
+    /// Entries written in wire form are the bytes the map would write,
+    /// and decode into the map (an empty value left out, as prost does).
+    #[test]
+    fn variables_in_wire_form_are_the_maps_bytes() {
+        let answer = full();
+        let mut wire = VariablesWire::with_capacity(16);
+        wire.entry(&["a"], b"");
+        wire.entry(&["k"], b"v");
+        let passed = ResolveAgentResponse {
+            variables: BTreeMap::new(),
+            variables_wire: wire.finish(),
+            ..answer.clone()
+        };
+        assert_eq!(passed.encoded_len(), passed.encode_to_vec().len());
+        assert_eq!(passed.encode_to_vec(), answer.encode_to_vec());
+        let decoded = passed.decoded().unwrap_or_else(|e| panic!("{e}"));
+        assert!(decoded.variables_wire.is_empty());
+        assert_eq!(decoded, answer);
+        // A key in parts, a long value (a two-byte length).
+        let mut wire = VariablesWire::with_capacity(256);
+        let long = "x".repeat(200);
+        wire.entry(&["caller.", "tier"], long.as_bytes());
+        let passed = ResolveAgentResponse {
+            variables_wire: wire.finish(),
+            ..Default::default()
+        };
+        let decoded = passed.decoded().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decoded.variables, [("caller.tier".to_owned(), long)].into());
     }
 
     #[test]

@@ -17,16 +17,18 @@
 //! would loop is refused with `RoutingLoop` (SIP 480).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fmt::Write,
     sync::{Arc, RwLock},
 };
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
+use prost::Message;
 
 use super::resolve::{Found, ResolveService};
 use crate::{
     api::{
+        answer::VariablesWire,
         convert::{agent_to_pb, hours_from_pb, indexed_rules, serving_from_pb, IndexedRule},
         pb,
         route_wire::{AgentView, RouteView, VersionView},
@@ -342,7 +344,7 @@ impl ResolveService {
             encoded: current.answer_fields(served.as_ref(), caller_record.as_deref()),
             agent_version: agent_version.map_or(0, |v| i32::try_from(v).unwrap_or(0)),
             route_path: path,
-            variables,
+            variables_wire: variables,
             ..Default::default()
         };
         Ok(Some(Routed {
@@ -428,6 +430,10 @@ impl ResolveService {
 /// attributes (`caller.<key>`), the organization's and agent's names, the
 /// version, and the local date and time in the answering agent's zone (UTC
 /// without hours). Only this call's org's data is ever read here.
+///
+/// Written straight into wire form, in key order (the bytes a `BTreeMap`
+/// would give): a dozen owned strings and a map per answer were a fifth of
+/// a memory hit's allocations (BENCHMARKS.md, issue 16).
 fn variables(
     record: Option<&pb::Customer>,
     org_name: &str,
@@ -436,23 +442,7 @@ fn variables(
     caller: &str,
     time_zone: &str,
     now: DateTime<Utc>,
-) -> BTreeMap<String, String> {
-    let mut vars = BTreeMap::new();
-    if !caller.is_empty() {
-        vars.insert("caller_number".to_owned(), caller.to_owned());
-    }
-    if let Some(record) = record {
-        if !record.name.is_empty() {
-            vars.insert("caller_name".to_owned(), record.name.clone());
-        }
-        if !record.email.is_empty() {
-            vars.insert("caller_email".to_owned(), record.email.clone());
-        }
-        for (key, value) in &record.attributes {
-            vars.insert(format!("caller.{key}"), value.clone());
-        }
-    }
-    vars.insert("organization_name".to_owned(), org_name.to_owned());
+) -> bytes::Bytes {
     let zone = if time_zone.is_empty() {
         chrono_tz::Tz::UTC
     } else {
@@ -460,15 +450,39 @@ fn variables(
             .parse::<chrono_tz::Tz>()
             .unwrap_or(chrono_tz::Tz::UTC)
     };
-    vars.insert("agent_name".to_owned(), agent_name.to_owned());
-    if let Some(version) = agent_version.filter(|v| *v > 0) {
-        vars.insert("agent_version".to_owned(), version.to_string());
-    }
     let local = now.with_timezone(&zone);
-    vars.insert("time_zone".to_owned(), zone.name().to_owned());
+    let mut vars = VariablesWire::with_capacity(
+        256 + org_name.len() + agent_name.len() + record.map_or(0, Message::encoded_len),
+    );
+    // In key order: agent_*, caller.*, caller_*, local_*, organization_name,
+    // time_zone ('.' sorts before '_').
+    vars.entry(&["agent_name"], agent_name.as_bytes());
+    if let Some(version) = agent_version.filter(|v| *v > 0) {
+        let mut digits = Digits::default();
+        let _ = write!(digits, "{version}");
+        vars.entry(&["agent_version"], digits.as_bytes());
+    }
+    if let Some(record) = record {
+        if !record.attributes.is_empty() {
+            let mut attributes: Vec<_> = record.attributes.iter().collect();
+            attributes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (key, value) in attributes {
+                vars.entry(&["caller.", key], value.as_bytes());
+            }
+        }
+        if !record.email.is_empty() {
+            vars.entry(&["caller_email"], record.email.as_bytes());
+        }
+        if !record.name.is_empty() {
+            vars.entry(&["caller_name"], record.name.as_bytes());
+        }
+    }
+    if !caller.is_empty() {
+        vars.entry(&["caller_number"], caller.as_bytes());
+    }
     // Integers formatted by core: chrono's formatter (`%Y-%m-%d`) parses its
     // pattern on every call.
-    let mut date = String::with_capacity(10);
+    let mut date = Digits::default();
     let _ = write!(
         date,
         "{:04}-{:02}-{:02}",
@@ -476,15 +490,40 @@ fn variables(
         local.month(),
         local.day()
     );
-    vars.insert("local_date".to_owned(), date);
-    let mut time = String::with_capacity(5);
+    vars.entry(&["local_date"], date.as_bytes());
+    let mut time = Digits::default();
     let _ = write!(time, "{:02}:{:02}", local.hour(), local.minute());
-    vars.insert("local_time".to_owned(), time);
-    vars.insert(
-        "local_weekday".to_owned(),
-        WEEKDAYS[local.weekday().num_days_from_monday() as usize].to_owned(),
+    vars.entry(&["local_time"], time.as_bytes());
+    vars.entry(
+        &["local_weekday"],
+        WEEKDAYS[local.weekday().num_days_from_monday() as usize].as_bytes(),
     );
-    vars
+    vars.entry(&["organization_name"], org_name.as_bytes());
+    vars.entry(&["time_zone"], zone.name().as_bytes());
+    vars.finish()
+}
+
+/// A short formatted value on the stack (a date, a time, a version).
+#[derive(Default)]
+struct Digits {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl Digits {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Write for Digits {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// chrono's `%A`, in its order (Monday first).
@@ -500,7 +539,93 @@ const WEEKDAYS: [&str; 7] = [
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    fn decoded_variables(wire: bytes::Bytes) -> BTreeMap<String, String> {
+        pb::ResolveAgentResponse {
+            variables_wire: wire,
+            ..Default::default()
+        }
+        .decoded()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .variables
+    }
+
+    /// Written in wire form, the variables are the bytes the map they stand
+    /// for would give: every key, in its order, attributes among them.
+    #[test]
+    fn variables_in_wire_form_are_the_maps_bytes() {
+        let record = pb::Customer {
+            name: "Cy".into(),
+            email: "cy@example.com".into(),
+            attributes: [
+                ("tier".to_owned(), "gold".to_owned()),
+                ("a".to_owned(), "".to_owned()),
+                ("zz".to_owned(), "last".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let now: DateTime<Utc> = "2026-11-30T18:05:00Z"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let wire = variables(
+            Some(&record),
+            "Org",
+            "Ada",
+            Some(7),
+            "+14155550123",
+            "Europe/Paris",
+            now,
+        );
+        let map: BTreeMap<String, String> = [
+            ("agent_name", "Ada"),
+            ("agent_version", "7"),
+            ("caller.a", ""),
+            ("caller.tier", "gold"),
+            ("caller.zz", "last"),
+            ("caller_email", "cy@example.com"),
+            ("caller_name", "Cy"),
+            ("caller_number", "+14155550123"),
+            ("local_date", "2026-11-30"),
+            ("local_time", "19:05"),
+            ("local_weekday", "Monday"),
+            ("organization_name", "Org"),
+            ("time_zone", "Europe/Paris"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let as_map = pb::ResolveAgentResponse {
+            variables: map.clone(),
+            ..Default::default()
+        };
+        assert_eq!(decoded_variables(wire.clone()), map);
+        assert_eq!(
+            pb::ResolveAgentResponse {
+                variables_wire: wire,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            as_map.encode_to_vec()
+        );
+        // No record, no caller, no version: only what is always there.
+        let bare = decoded_variables(variables(None, "", "Ada", None, "", "", now));
+        let keys: Vec<_> = bare.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "agent_name",
+                "local_date",
+                "local_time",
+                "local_weekday",
+                "organization_name",
+                "time_zone"
+            ]
+        );
+    }
 
     /// The date and time written without chrono's formatter are its `%Y-%m-%d`, `%H:%M` and
     /// `%A`, across zones, a leap day and both ends of a day.
@@ -514,7 +639,7 @@ mod tests {
             ("2026-06-01T12:00:00Z", "Pacific/Kiritimati"),
         ] {
             let now: DateTime<Utc> = at.parse().unwrap_or_else(|e| panic!("{at}: {e}"));
-            let vars = variables(None, "", "", None, "", zone, now);
+            let vars = decoded_variables(variables(None, "", "", None, "", zone, now));
             let tz = zone.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::Tz::UTC);
             let local = now.with_timezone(&tz);
             assert_eq!(
