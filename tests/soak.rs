@@ -1310,9 +1310,14 @@ async fn fills_racing_writes_never_leave_an_older_route() {
         },
     )
     .await;
-    app.db
-        .exec("update public.agents set voice_id = 's0'")
-        .await;
+    // Through the service, which evicts before it answers: a direct SQL
+    // update is evicted only when the listener hears it, and a reader
+    // starting before that would see the seed's voice (CI saw 6 such reads).
+    let mut writer = app.agents().await;
+    writer
+        .update_agent(as_who(Who::AcmeManager, set_voice(ACME_AGENT, "s0")))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"));
     let acked = Arc::new(AtomicUsize::new(0));
     let running = Arc::new(AtomicBool::new(true));
     let stale = Arc::new(AtomicU64::new(0));
@@ -1346,7 +1351,6 @@ async fn fills_racing_writes_never_leave_an_older_route() {
             }
         }));
     }
-    let mut writer = app.agents().await;
     let started = Instant::now();
     let mut seq = 0;
     while started.elapsed() < Duration::from_secs(env_secs("SWITCHBOARD_SOAK_RACE_SECS", 3)) {

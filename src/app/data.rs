@@ -103,13 +103,7 @@ impl Data {
         Fut: Future<Output = Result<T, Error>>,
     {
         let written = write(&self.store).await?;
-        // Its own task: a call cancelled now (its client gone, its deadline
-        // passed) has committed, and must not leave the old value cached.
-        let (cache, evictions) = (self.cache.clone(), written.evictions());
-        let evicted = tokio::spawn(async move { cache.invalidate(&evictions).await });
-        if evicted.await.is_err() {
-            return Err(Error::Internal);
-        }
+        self.cache.invalidate_after_write(written.evictions()).await;
         Ok(written)
     }
 }

@@ -632,10 +632,9 @@ fn unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Applies outbox rows as at most three evictions: Redis first, then this
-/// replica's memory (counted as received once it is done), then the other
-/// replicas. Redis first, as `Cache::invalidate` does: a memory miss the
-/// eviction causes must not refill from the old route in Redis. A row that
+/// Applies outbox rows as at most three evictions, in `Cache::invalidate`'s
+/// order: this replica's memory (counted as received once it is done),
+/// Redis, this replica's memory again, then the other replicas. A row that
 /// does not parse (only the owner could have written it) evicts
 /// everything.
 async fn apply_rows(cache: &Cache, read: &OutboxRead) {
@@ -643,7 +642,6 @@ async fn apply_rows(cache: &Cache, read: &OutboxRead) {
     let count = u64::try_from(read.in_ranges.len() + read.above.len()).unwrap_or(u64::MAX);
     let evictions = evictions(rows);
     for eviction in &evictions {
-        cache.evict_redis(eviction).await;
         cache.evict_local(eviction).await;
     }
     // A notification alone (a probe, or a forged one) is not an
@@ -651,6 +649,9 @@ async fn apply_rows(cache: &Cache, read: &OutboxRead) {
     // what they name.
     cache.invalidations().postgres.add(count);
     for eviction in &evictions {
+        if cache.evict_redis(eviction).await {
+            cache.evict_local(eviction).await;
+        }
         cache.publish(eviction).await;
     }
 }

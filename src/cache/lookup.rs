@@ -23,7 +23,7 @@ use tracing::{field::Empty, Instrument};
 
 use super::{
     memory::{pack, CallerRecord, PackedRoute, Tier},
-    Cache, Invalidation,
+    Cache,
 };
 use crate::{
     api::{pb, route_wire::org_of_packed},
@@ -292,12 +292,11 @@ impl Cache {
                     redis.put_route(&number, &route).await;
                     // A write evicted between the check and the SET landing
                     // would leave this older route in Redis: take it back,
-                    // from Redis and from every memory tier that may have
-                    // read it there meanwhile.
+                    // and out of this replica's memory, where a miss may
+                    // have read it meanwhile.
                     if !cache.may_keep(generation) {
-                        cache
-                            .invalidate(&Invalidation::numbers([number.as_str()]))
-                            .await;
+                        redis.delete_routes(std::slice::from_ref(&number)).await;
+                        cache.take_back(&number).await;
                     }
                 }
             });
@@ -407,16 +406,17 @@ impl Preload<'_> {
         // otherwise find nothing to evict. In slices, so a write waits for
         // one slice, not a page.
         for slice in routes.chunks(256) {
+            let packed: Vec<_> = slice.iter().map(|(n, r)| (*n, pack(r))).collect();
             let filling = self.cache.evicting.read().await;
             if !self.cache.may_keep(self.generation) {
                 drop(filling);
                 self.cache.drop_memory();
                 return false;
             }
-            for (number, route) in slice {
+            for (number, route) in packed {
                 self.cache
                     .memory
-                    .insert_route((*number).into(), pack(route), Tier::Db)
+                    .insert_route(number.into(), route, Tier::Db)
                     .await;
             }
         }

@@ -30,6 +30,8 @@ use std::sync::{
     Arc,
 };
 
+use tracing::Instrument;
+
 use crate::observability::metrics::{Invalidations, Metrics};
 
 pub use self::{
@@ -166,26 +168,60 @@ impl Cache {
         }
     }
 
-    /// Evicts everywhere: Redis, this replica's memory, and every other
-    /// replica's memory (Redis pub/sub), in that order. Redis first: a
-    /// memory miss the eviction itself causes must not find the old route
-    /// still in Redis and keep it under the new generation.
+    /// Evicts everywhere: this replica's memory, Redis, this replica's
+    /// memory again, then every other replica's memory (Redis pub/sub).
+    ///
+    /// Memory before Redis: the bump must come before the DEL, so a
+    /// background Redis fill whose SET lands after the DEL sees it and
+    /// takes its route back. Memory again after Redis: a miss the first
+    /// eviction caused may have read the old route from Redis before the
+    /// DEL and kept it under the new generation.
     pub async fn invalidate(&self, invalidation: &Invalidation) {
-        self.evict_redis(invalidation).await;
         self.evict_local(invalidation).await;
+        if self.evict_redis(invalidation).await {
+            self.evict_local(invalidation).await;
+        }
         self.publish(invalidation).await;
     }
 
-    /// Deletes the routes an invalidation names from Redis.
-    async fn evict_redis(&self, invalidation: &Invalidation) {
-        let Some(redis) = &self.redis else { return };
+    /// `invalidate` for a write that committed, in a task of its own: the
+    /// call that made the write may be cancelled now (its client gone, its
+    /// deadline passed), and must not leave the old value cached. Should
+    /// the task fail, this replica's memory tier is dropped.
+    pub async fn invalidate_after_write(&self, invalidation: Invalidation) {
+        let cache = self.clone();
+        let evicted = tokio::spawn(
+            async move { cache.invalidate(&invalidation).await }
+                .instrument(tracing::Span::current()),
+        );
+        if let Err(error) = evicted.await {
+            tracing::error!(%error, "eviction after a write failed; dropping the memory tier");
+            self.drop_memory();
+        }
+    }
+
+    /// Deletes the routes an invalidation names from Redis; whether it
+    /// names any (callers are never in Redis).
+    async fn evict_redis(&self, invalidation: &Invalidation) -> bool {
+        let Some(redis) = &self.redis else {
+            return false;
+        };
         match invalidation {
             Invalidation::Numbers { numbers } => {
                 redis.delete_routes(numbers).await;
             }
-            Invalidation::Callers { .. } => {}
+            Invalidation::Callers { .. } => return false,
             Invalidation::All => redis.delete_all_routes().await,
         }
+        true
+    }
+
+    /// Evicts `number` from this replica's memory without a generation
+    /// bump: a Redis fill taking back a route an eviction overtook (a bump
+    /// would overtake every fill under way, and theirs every other).
+    async fn take_back(&self, number: &str) {
+        let _evicting = self.evicting.write().await;
+        self.memory.evict_numbers(&[number.to_owned()]).await;
     }
 
     /// Tells every other replica to evict from its memory (pub/sub).
