@@ -10,8 +10,9 @@
 //! * The fill rules live in `lookup.rs`, behind `route_or_fill`,
 //!   `caller_or_fill` and `preload`; evictions here. `Cache`'s fields are
 //!   private: no one outside this module puts anything in a tier.
-//! * Every eviction bumps `generation`; a fill that started before an
-//!   eviction does not stay in the memory tier. An eviction and a fill's
+//! * Every eviction bumps `generation` (but a Redis fill's take-back of
+//!   its own number, `take_back`); a fill that started before an eviction
+//!   does not stay in the memory tier. An eviction and a fill's
 //!   last check with its insert exclude each other (`evicting`): an
 //!   eviction that lands between the two would find nothing to evict,
 //!   and the older value would be served until the fill saw the bump.
@@ -150,8 +151,9 @@ impl Cache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Evicts from this replica's memory tier only (a fan-out message from
-    /// another replica: Redis was already dealt with).
+    /// Evicts from this replica's memory tier only, with a bump: a step of
+    /// `invalidate` and `apply_rows`, and a fan-out message from another
+    /// replica (Redis was already dealt with).
     async fn evict_local(&self, invalidation: &Invalidation) {
         let _evicting = self.evicting.write().await;
         self.generation.fetch_add(1, Ordering::AcqRel);
