@@ -460,7 +460,7 @@ fn micro(c: &mut Criterion) {
         b.iter(|| PhoneNumber::parse(std::hint::black_box("+1 (800) 555-0100")))
     });
     let response = pb::ResolveAgentResponse {
-        agent: Some(pb::Agent {
+        agent: Some(Box::new(pb::Agent {
             id: Uuid::new_v4().to_string(),
             org_id: Uuid::new_v4().to_string(),
             name: "Acme Reception".into(),
@@ -488,13 +488,13 @@ fn micro(c: &mut Criterion) {
             }),
             is_active: Some(true),
             ..Default::default()
-        }),
-        organization: Some(pb::Organization {
+        })),
+        organization: Some(Box::new(pb::Organization {
             id: Uuid::new_v4().to_string(),
             name: "Acme Dental".into(),
             slug: "acme-dental".into(),
             ..Default::default()
-        }),
+        })),
         caller: None,
         ..Default::default()
     };

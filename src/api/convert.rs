@@ -353,10 +353,13 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
     // The hours travel encoded in the route's data, out of the answer.
     let hours = agent.business_hours.take();
     pb::ResolveAgentResponse {
-        agent: Some(agent),
-        organization: Some(organization_to_pb(&resolution.organization)),
-        caller: resolution.caller.as_ref().map(customer_to_pb),
-        route_data: Some(pb::RouteData {
+        agent: Some(Box::new(agent)),
+        organization: Some(Box::new(organization_to_pb(&resolution.organization))),
+        caller: resolution
+            .caller
+            .as_ref()
+            .map(|c| Box::new(customer_to_pb(c))),
+        route_data: Some(Box::new(pb::RouteData {
             served_versions: resolution
                 .extras
                 .served_versions
@@ -389,7 +392,7 @@ pub(crate) fn resolution_to_pb(resolution: &Resolution) -> pb::ResolveAgentRespo
                 .as_ref()
                 .map(|n| n.as_str().to_owned())
                 .unwrap_or_default(),
-        }),
+        })),
         ..Default::default()
     }
 }
@@ -487,9 +490,9 @@ pub(crate) fn decision_to_pb(
         outcome: outcome_to_pb(decision.outcome) as i32,
         reason: reason_to_pb(decision.reason) as i32,
         call_id: call_id.to_owned(),
-        agent: route.agent,
-        organization: route.organization,
-        caller: route.caller,
+        agent: route.agent.map(|a| *a),
+        organization: route.organization.map(|o| *o),
+        caller: route.caller.map(|c| *c),
         agent_version: route.agent_version,
         variables: route.variables,
         route_path: route.route_path,

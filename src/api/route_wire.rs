@@ -314,7 +314,7 @@ mod tests {
 
     fn route() -> pb::ResolveAgentResponse {
         pb::ResolveAgentResponse {
-            agent: Some(pb::Agent {
+            agent: Some(Box::new(pb::Agent {
                 id: "6f1c0d2e-0000-4000-8000-000000000001".into(),
                 org_id: "6f1c0d2e-0000-4000-8000-0000000000aa".into(),
                 name: "Draft".into(),
@@ -326,18 +326,18 @@ mod tests {
                 latest_version: 2,
                 max_concurrent_calls: Some(7),
                 ..Default::default()
-            }),
-            organization: Some(pb::Organization {
+            })),
+            organization: Some(Box::new(pb::Organization {
                 id: "6f1c0d2e-0000-4000-8000-0000000000aa".into(),
                 name: "Acme".into(),
                 slug: "acme".into(),
                 max_concurrent_calls: 10,
                 ..Default::default()
-            }),
-            route_data: Some(pb::RouteData {
+            })),
+            route_data: Some(Box::new(pb::RouteData {
                 time_zone: "Europe/Paris".into(),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         }
     }
@@ -376,7 +376,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(plain.agent, route.agent);
         assert_eq!(plain.organization, route.organization);
-        assert_eq!(plain.caller, Some(caller));
+        assert_eq!(plain.caller, Some(Box::new(caller)));
         assert_eq!(plain.route_data, None);
 
         let version = pb::AgentVersion {

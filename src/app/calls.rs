@@ -300,7 +300,7 @@ impl CallsService {
                                 .insert("agent_version".to_owned(), v.to_string()),
                             None => route.variables.remove("agent_version"),
                         };
-                        route.agent = Some(served);
+                        route.agent = Some(Box::new(served));
                     }
                 }
                 false

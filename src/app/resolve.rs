@@ -186,7 +186,7 @@ impl ResolveService {
             return Ok(None);
         };
         let mut response = resolution_to_pb(&resolution);
-        let caller = response.caller.take().map(Arc::new);
+        let caller = response.caller.take().map(|c| Arc::new(*c));
         // Read as a cached route is: one pipeline for every tier.
         let view = RouteView::read(&RouteView::pack(&response)).ok_or(Error::Internal)?;
         Ok(Some(Found {

@@ -279,7 +279,7 @@ impl Cache {
         let Some(mut response) = fetch().await? else {
             return Ok(None);
         };
-        let caller = response.caller.take().map(Arc::new);
+        let caller = response.caller.take().map(|c| Arc::new(*c));
         let route = pack(&response);
         if let Some(redis) = self.redis.clone() {
             let cache = self.clone();
@@ -575,10 +575,10 @@ mod tests {
                                     let seq = database.load(Ordering::Acquire);
                                     tokio::task::yield_now().await;
                                     Ok(Some(pb::ResolveAgentResponse {
-                                        agent: Some(pb::Agent {
+                                        agent: Some(Box::new(pb::Agent {
                                             name: format!("n{seq}"),
                                             ..Default::default()
-                                        }),
+                                        })),
                                         ..Default::default()
                                     }))
                                 }

@@ -249,7 +249,7 @@ async fn publishing_freezes_the_draft_and_calls_see_edits_only_once_published() 
     assert_eq!(draft.latest_version, 1);
     let resolved = resolve_call(&app, "").await;
     assert_eq!(resolved.agent_version, 1);
-    assert_eq!(agent_voice(resolved.agent.as_ref()), "alloy");
+    assert_eq!(agent_voice(resolved.agent.as_deref()), "alloy");
     let decision = start(&app, ACME_NUMBER, "", "draft-1").await;
     assert_eq!(decision.outcome, CallOutcome::Answer as i32);
     assert_eq!(decision.agent_version, 1);
@@ -263,7 +263,7 @@ async fn publishing_freezes_the_draft_and_calls_see_edits_only_once_published() 
     assert_eq!((v2.version, v2.voice_id.as_str()), (2, "nova"));
     let resolved = resolve_call(&app, "").await;
     assert_eq!(resolved.agent_version, 2);
-    assert_eq!(agent_voice(resolved.agent.as_ref()), "nova");
+    assert_eq!(agent_voice(resolved.agent.as_deref()), "nova");
     let decision = start(&app, ACME_NUMBER, "", "draft-2").await;
     assert_eq!(decision.agent_version, 2);
     assert_eq!(agent_voice(decision.agent.as_ref()), "nova");
@@ -344,7 +344,7 @@ async fn an_agent_never_published_serves_its_own_fields_as_version_0() {
     // Without a version, an edit is what calls get at once.
     update(&app, Who::AcmeAdmin, set_voice(ACME_AGENT, "nova")).await;
     let resolved = resolve_call(&app, "").await;
-    assert_eq!(agent_voice(resolved.agent.as_ref()), "nova");
+    assert_eq!(agent_voice(resolved.agent.as_deref()), "nova");
     assert_eq!(resolved.agent_version, 0);
     let decision = start(&app, ACME_NUMBER, "", "unpublished-1").await;
     assert_eq!(decision.outcome, CallOutcome::Answer as i32);
@@ -371,7 +371,7 @@ async fn a_pinned_version_is_served_and_recorded_and_clearing_it_serves_the_late
     );
     let resolved = resolve_call(&app, "").await;
     assert_eq!(resolved.agent_version, 1);
-    assert_eq!(agent_voice(resolved.agent.as_ref()), "alloy");
+    assert_eq!(agent_voice(resolved.agent.as_deref()), "alloy");
     let decision = start(&app, ACME_NUMBER, "", "pinned-1").await;
     assert_eq!(decision.agent_version, 1);
     assert_eq!(agent_voice(decision.agent.as_ref()), "alloy");
@@ -382,7 +382,7 @@ async fn a_pinned_version_is_served_and_recorded_and_clearing_it_serves_the_late
     assert_eq!(publish(&app, Who::AcmeAdmin, ACME_AGENT).await.version, 3);
     let resolved = resolve_call(&app, "").await;
     assert_eq!(resolved.agent_version, 1, "still pinned");
-    assert_eq!(agent_voice(resolved.agent.as_ref()), "alloy");
+    assert_eq!(agent_voice(resolved.agent.as_deref()), "alloy");
 
     // Pin another older one.
     serve(&app, ACME_AGENT, Some(Rule::PinnedVersion(2))).await;
@@ -396,7 +396,7 @@ async fn a_pinned_version_is_served_and_recorded_and_clearing_it_serves_the_late
     assert!(cleared.serving.and_then(|s| s.rule).is_none());
     let resolved = resolve_call(&app, "").await;
     assert_eq!(resolved.agent_version, 3);
-    assert_eq!(agent_voice(resolved.agent.as_ref()), "echo");
+    assert_eq!(agent_voice(resolved.agent.as_deref()), "echo");
     let decision = start(&app, ACME_NUMBER, "", "latest-3").await;
     assert_eq!(decision.agent_version, 3);
     assert_eq!(record(&app, "latest-3").await.agent_version, 3);
