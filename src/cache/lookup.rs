@@ -441,51 +441,32 @@ mod tests {
         observability::metrics::Metrics,
     };
 
-    fn record(seq: u64) -> CallerRecord {
-        Some(Arc::new(pb::Customer {
-            name: format!("n{seq}"),
-            ..Default::default()
-        }))
-    }
+    const NUMBER: &str = "+14155550123";
 
-    /// `None` (no record, or not one of ours) fails the test as stale does.
-    fn seq_of(record: &CallerRecord) -> Option<u64> {
-        record
-            .as_ref()
-            .and_then(|c| c.name.strip_prefix('n')?.parse().ok())
-    }
-
-    /// The soak's finding, made a rule: a caller record read before a write
-    /// must not outlive the write's eviction, however the fill and the
-    /// eviction interleave. Readers fill through `caller_or_fill` from a
-    /// "database" a writer bumps and then evicts, as `Data::write` does;
-    /// every answer must be at least what was acknowledged when the call
-    /// began. Checking `may_keep` only before the insert failed this.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_caller_record_read_before_a_write_never_outlives_its_eviction() {
+    /// A writer bumps a "database" and then evicts, as `Data::write` does;
+    /// six readers fill from it through `read`, whose answer is the value
+    /// it got (`None`: none, or not one of ours). Returns how many answers
+    /// were older than what was acknowledged when their call began, or
+    /// unreadable.
+    async fn stale_answers<R, RF>(evicts: Invalidation, read: R) -> u64
+    where
+        R: Fn(Cache, Arc<AtomicU64>) -> RF + Clone + Send + 'static,
+        RF: Future<Output = Option<u64>> + Send,
+    {
         let cache = Cache::new(
             MemoryTier::new(100, 100, std::time::Duration::from_secs(60)),
             None,
             Metrics::new(),
         );
         cache.listener_hearing();
-        let org = OrgId::from_uuid(uuid::Uuid::nil());
         let database = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AtomicU64::new(0));
-        let stale = Arc::new(AtomicU64::new(0));
         let writer = {
             let (cache, database, acked) = (cache.clone(), database.clone(), acked.clone());
             tokio::spawn(async move {
                 for seq in 1..=10_000u64 {
                     database.store(seq, Ordering::Release);
-                    cache
-                        .invalidate(&Invalidation::Callers {
-                            callers: vec![CallerKey {
-                                org_id: org,
-                                phone: "+14155550123".into(),
-                            }],
-                        })
-                        .await;
+                    cache.invalidate(&evicts).await;
                     acked.store(seq, Ordering::Release);
                     tokio::task::yield_now().await;
                 }
@@ -493,113 +474,87 @@ mod tests {
         };
         let readers: Vec<_> = (0..6)
             .map(|_| {
-                let (cache, database, acked, stale) = (
-                    cache.clone(),
-                    database.clone(),
-                    acked.clone(),
-                    stale.clone(),
-                );
+                let (cache, database, acked, read) =
+                    (cache.clone(), database.clone(), acked.clone(), read.clone());
                 tokio::spawn(async move {
+                    let mut stale = 0;
                     for _ in 0..12_000 {
                         let began = acked.load(Ordering::Acquire);
-                        let found = cache
-                            .caller_or_fill(org, "+14155550123", || {
-                                let database = database.clone();
-                                async move {
-                                    let seq = database.load(Ordering::Acquire);
-                                    // The statement's round trip: the write
-                                    // may commit and evict meanwhile.
-                                    tokio::task::yield_now().await;
-                                    Ok(record(seq))
-                                }
-                            })
-                            .await;
-                        if seq_of(&found).is_none_or(|seq| seq < began) {
-                            stale.fetch_add(1, Ordering::Relaxed);
+                        let got = read(cache.clone(), database.clone()).await;
+                        if got.is_none_or(|seq| seq < began) {
+                            stale += 1;
                         }
                     }
+                    stale
                 })
             })
             .collect();
+        let mut stale = 0;
         for reader in readers {
-            reader.await.unwrap();
+            stale += reader.await.unwrap_or(u64::MAX / 8);
         }
-        writer.await.unwrap();
-        assert_eq!(
-            stale.load(Ordering::Relaxed),
-            0,
-            "stale caller records served"
-        );
+        writer.await.unwrap_or_else(|e| panic!("{e}"));
+        stale
+    }
+
+    /// The soak's finding, made a rule: a caller record read before a write
+    /// must not outlive the write's eviction, however the fill and the
+    /// eviction interleave. Checking `may_keep` only before the insert
+    /// failed this.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_caller_record_read_before_a_write_never_outlives_its_eviction() {
+        let org = OrgId::from_uuid(uuid::Uuid::nil());
+        let evicts = Invalidation::Callers {
+            callers: vec![CallerKey {
+                org_id: org,
+                phone: NUMBER.into(),
+            }],
+        };
+        let stale = stale_answers(evicts, move |cache, database| async move {
+            let found = cache
+                .caller_or_fill(org, NUMBER, || async move {
+                    let seq = database.load(Ordering::Acquire);
+                    // The statement's round trip: the write may commit
+                    // and evict meanwhile.
+                    tokio::task::yield_now().await;
+                    Ok(Some(Arc::new(pb::Customer {
+                        name: format!("n{seq}"),
+                        ..Default::default()
+                    })))
+                })
+                .await;
+            found?.name.strip_prefix('n')?.parse().ok()
+        })
+        .await;
+        assert_eq!(stale, 0, "stale caller records served");
     }
 
     /// The same for a route, filled through `route_or_fill`'s single
     /// flight (moka inserts it after the fill's own check).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_route_read_before_a_write_never_outlives_its_eviction() {
-        const NUMBER: &str = "+14155550100";
-        let cache = Cache::new(
-            MemoryTier::new(100, 100, std::time::Duration::from_secs(60)),
-            None,
-            Metrics::new(),
-        );
-        cache.listener_hearing();
-        let database = Arc::new(AtomicU64::new(0));
-        let acked = Arc::new(AtomicU64::new(0));
-        let stale = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let (cache, database, acked) = (cache.clone(), database.clone(), acked.clone());
-            tokio::spawn(async move {
-                for seq in 1..=10_000u64 {
-                    database.store(seq, Ordering::Release);
-                    cache.invalidate(&Invalidation::numbers([NUMBER])).await;
-                    acked.store(seq, Ordering::Release);
-                    tokio::task::yield_now().await;
-                }
-            })
-        };
-        let readers: Vec<_> = (0..6)
-            .map(|_| {
-                let (cache, database, acked, stale) = (
-                    cache.clone(),
-                    database.clone(),
-                    acked.clone(),
-                    stale.clone(),
-                );
-                tokio::spawn(async move {
-                    for _ in 0..12_000 {
-                        let began = acked.load(Ordering::Acquire);
-                        let found = cache
-                            .route_or_fill(NUMBER, None, || {
-                                let database = database.clone();
-                                async move {
-                                    let seq = database.load(Ordering::Acquire);
-                                    tokio::task::yield_now().await;
-                                    Ok(Some(pb::ResolveAgentResponse {
-                                        agent: Some(Box::new(pb::Agent {
-                                            name: format!("n{seq}"),
-                                            ..Default::default()
-                                        })),
-                                        ..Default::default()
-                                    }))
-                                }
-                            })
-                            .await;
-                        let seq = found
-                            .ok()
-                            .flatten()
-                            .and_then(|f| pb::ResolveAgentResponse::decode(f.route).ok())
-                            .and_then(|r| r.agent?.name.strip_prefix('n')?.parse::<u64>().ok());
-                        if seq.is_none_or(|seq| seq < began) {
-                            stale.fetch_add(1, Ordering::Relaxed);
-                        }
+        let evicts = Invalidation::numbers([NUMBER]);
+        let stale = stale_answers(evicts, |cache, database| async move {
+            let found = cache
+                .route_or_fill(NUMBER, None, || {
+                    let database = database.clone();
+                    async move {
+                        let seq = database.load(Ordering::Acquire);
+                        tokio::task::yield_now().await;
+                        Ok(Some(pb::ResolveAgentResponse {
+                            agent: Some(Box::new(pb::Agent {
+                                name: format!("n{seq}"),
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        }))
                     }
                 })
-            })
-            .collect();
-        for reader in readers {
-            reader.await.unwrap();
-        }
-        writer.await.unwrap();
-        assert_eq!(stale.load(Ordering::Relaxed), 0, "stale routes served");
+                .await;
+            let route = pb::ResolveAgentResponse::decode(found.ok()??.route).ok()?;
+            route.agent?.name.strip_prefix('n')?.parse().ok()
+        })
+        .await;
+        assert_eq!(stale, 0, "stale routes served");
     }
 }
