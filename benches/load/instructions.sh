@@ -28,24 +28,17 @@ SECRET=bench-secret-bench-secret-bench-secret-0123
 DB=switchboard_instr_$$
 OUT=$(mktemp -d)
 PIDS=()
+source benches/load/common.sh
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "switchboard:*:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+  stop_started
+  drop_scratch "$DB"
   if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cp "$OUT"/cg.* "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$OUT"
 }
 trap cleanup EXIT
 
-cargo build --release --locked --quiet -p switchboard -p switchboard-bench
-cargo build --release --locked --quiet -p switchboard --example bare_server
-BIN=target/release/switchboard
-BENCH=target/release/switchboard-bench
-
-psql -q "$PG/postgres" -c "create database $DB" >/dev/null
-DATABASE_URL="$PG/$DB" "$BIN" migrate >/dev/null
-psql -q "$PG/$DB" -f supabase/seed.sql >/dev/null
+build_release
+scratch_database "$DB"
 
 # $1 port: waits until it answers health checks (valgrind starts slowly).
 wait_for() {
@@ -114,7 +107,7 @@ RESULTS+=("$(count health $((PORT + 1)) $OURS "${HEALTH[@]}")")
 RESULTS+=("$(count memory $((PORT + 1)) $OURS "${MEMORY[@]}")")
 
 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$((PORT + 2)).%p" -q \
-  target/release/examples/bare_server --listen 127.0.0.1:$((PORT + 2)) --answer-from http://127.0.0.1:$PORT \
+  "$BARE" --listen 127.0.0.1:$((PORT + 2)) --answer-from http://127.0.0.1:$PORT \
   --token "$SERVICE" --called +18005550100 --caller +14155550123 >"$OUT/bare.log" 2>&1 &
 PIDS+=($!)
 BARE=$!

@@ -22,24 +22,17 @@ SECRET=bench-secret-bench-secret-bench-secret-0123
 DB=switchboard_profile_$$
 OUT=$(mktemp -d)
 PIDS=()
+source benches/load/common.sh
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "switchboard:*:$DB:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
+  stop_started
+  drop_scratch "$DB"
   if [[ -n ${KEEP:-} ]]; then cp "$OUT/report.txt" "$KEEP" 2>/dev/null || true; cp "$OUT/perf.data" "$KEEP.data" 2>/dev/null || true; fi
   rm -rf "$OUT"
 }
 trap cleanup EXIT
 
-cargo build --release --locked --quiet -p switchboard -p switchboard-bench
-cargo build --release --locked --quiet -p switchboard --example bare_server
-BIN=target/release/switchboard
-BENCH=target/release/switchboard-bench
-
-psql -q "$PG/postgres" -c "create database $DB" >/dev/null
-DATABASE_URL="$PG/$DB" "$BIN" migrate >/dev/null
-psql -q "$PG/$DB" -f supabase/seed.sql >/dev/null
+build_release
+scratch_database "$DB"
 env SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPACE=$DB RUST_LOG=warn \
   SWITCHBOARD_TENANT_MAX_CONCURRENT=0 REDIS_URL=redis://127.0.0.1:6379 \
   SWITCHBOARD_LISTEN=127.0.0.1:$PORT SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$((PORT - 10000)) \
@@ -68,7 +61,7 @@ case $CASE in
           psql -q "$PG/$DB" -c "update public.organizations set max_concurrent_calls = 100000" >/dev/null ;;
   bare|bare-health)
     TARGET=$((PORT + 1))
-    target/release/examples/bare_server --listen 127.0.0.1:$TARGET --answer-from http://127.0.0.1:$PORT \
+    "$BARE" --listen 127.0.0.1:$TARGET --answer-from http://127.0.0.1:$PORT \
       --token "$SERVICE" --called +18005550100 --caller +14155550123 >"$OUT/bare.log" 2>&1 &
     PIDS+=($!)
     SERVER=$!

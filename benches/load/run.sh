@@ -41,24 +41,15 @@ OUT=$(mktemp -d)
 PIDS=()
 DBS=($DB)
 
+source benches/load/common.sh
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for db in "${DBS[@]}"; do
-    psql -q "$PG/postgres" -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern "switchboard:*:$db:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
-  done
+  stop_started
+  for db in "${DBS[@]}"; do drop_scratch "$db"; done
   rm -rf "$OUT"
 }
 trap cleanup EXIT
 
-cargo build --release --locked --quiet -p switchboard -p switchboard-bench
-# Its own invocation: an example brings the dev-dependencies' features, which
-# must not reach the service's binary measured here.
-cargo build --release --locked --quiet -p switchboard --example bare_server
-BIN=target/release/switchboard
-BENCH=target/release/switchboard-bench
-BARE=target/release/examples/bare_server
+build_release
 
 # $1 database, $2 binary: migrated and seeded.
 database() {
