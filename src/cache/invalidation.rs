@@ -649,10 +649,7 @@ async fn apply_rows(cache: &Cache, read: &OutboxRead) {
     // what they name.
     cache.invalidations().postgres.add(count);
     for eviction in &evictions {
-        if cache.evict_redis(eviction).await {
-            cache.evict_local(eviction).await;
-        }
-        cache.publish(eviction).await;
+        cache.evict_shared(eviction).await;
     }
 }
 

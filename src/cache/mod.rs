@@ -180,6 +180,13 @@ impl Cache {
     /// DEL and kept it under the new generation.
     pub async fn invalidate(&self, invalidation: &Invalidation) {
         self.evict_local(invalidation).await;
+        self.evict_shared(invalidation).await;
+    }
+
+    /// The rest of `invalidate`, for a caller that evicted this replica's
+    /// memory first: Redis, this replica's memory again, the other
+    /// replicas.
+    async fn evict_shared(&self, invalidation: &Invalidation) {
         if self.evict_redis(invalidation).await {
             self.evict_local(invalidation).await;
         }
