@@ -33,3 +33,15 @@ drop_scratch() {
   psql -q "$PG/postgres" -c "drop database if exists $1 with (force)" >/dev/null 2>&1 || true
   redis-cli --scan --pattern "switchboard:*:$1:*" | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
+
+# $1 port; waits until a health check answers there. $2 tries (100), $3
+# seconds between them (0.1), $4 a log to show if nothing ever answers.
+wait_for_health() {
+  for _ in $(seq "${2:-100}"); do
+    "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json "127.0.0.1:$1" >/dev/null 2>&1 && return
+    sleep "${3:-0.1}"
+  done
+  echo "nothing answers on $1" >&2
+  if [[ -n ${4:-} ]]; then cat "$4" >&2; fi
+  exit 1
+}

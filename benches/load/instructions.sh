@@ -41,13 +41,7 @@ build_release
 scratch_database "$DB"
 
 # $1 port: waits until it answers health checks (valgrind starts slowly).
-wait_for() {
-  for _ in $(seq 600); do
-    "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$1 >/dev/null 2>&1 && return
-    sleep 0.2
-  done
-  echo "nothing answers on $1" >&2; exit 1
-}
+wait_for() { wait_for_health "$1" 600 0.2; }
 # $1 binary, $2 port, $3 "valgrind" or "": serves our service.
 serve() {
   local wrap=()

@@ -40,13 +40,7 @@ env SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPA
 PIDS+=($!)
 SERVER=$!
 # $1 port: waits until it answers health checks.
-wait_for() {
-  for _ in $(seq 100); do
-    "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$1 >/dev/null 2>&1 && return
-    sleep 0.1
-  done
-  echo "nothing answers on $1" >&2; exit 1
-}
+wait_for() { wait_for_health "$1"; }
 wait_for "$PORT"
 SERVICE=$("$BIN" token --role service_role --jwt-secret "$SECRET")
 TENANT=$("$BIN" token --role authenticated --sub a0000000-0000-4000-8000-000000000003 --jwt-secret "$SECRET")
@@ -72,8 +66,8 @@ case $CASE in
     ;;
   *) echo "CASE is health, memory, tenant, start, bare or bare-health" >&2; exit 2 ;;
 esac
-"$BENCH" "${LOAD[@]}" -c 16 --connections 4 -z 2s -O json 127.0.0.1:$TARGET >/dev/null
-"$BENCH" "${LOAD[@]}" -c 16 --connections 4 -z "$((SECS + 2))s" -O json -o "$OUT/load.json" 127.0.0.1:$TARGET &
+"$BENCH" "${LOAD[@]}" -c "${C:-16}" --connections "${CONNS:-4}" -z 2s -O json 127.0.0.1:$TARGET >/dev/null
+"$BENCH" "${LOAD[@]}" -c "${C:-16}" --connections "${CONNS:-4}" -z "$((SECS + 2))s" -O json -o "$OUT/load.json" 127.0.0.1:$TARGET &
 PIDS+=($!)
 sleep 1
 # The server's CPU time (user + system, clock ticks) across the profile.

@@ -66,13 +66,7 @@ export RUST_LOG=warn
 export SWITCHBOARD_TENANT_MAX_CONCURRENT=0
 
 # $1 port; waits until it answers health checks.
-wait_for() {
-  for _ in $(seq 100); do
-    "$BENCH" --call grpc.health.v1.Health.Check -n 1 -c 1 -O json 127.0.0.1:$1 >/dev/null 2>&1 && return
-    sleep 0.1
-  done
-  echo "server on $1 did not start:" >&2; cat "$OUT/server-$1.log" >&2; exit 1
-}
+wait_for() { wait_for_health "$1" 100 0.1 "$OUT/server-$1.log"; }
 # $1 port, then env assignments for this server.
 serve() {
   local port=$1; shift

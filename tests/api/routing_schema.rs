@@ -271,3 +271,121 @@ async fn caller_rules_tell_no_foreign_count_and_hold_their_bound_at_any_isolatio
         |()| panic!("a REPEATABLE READ insert was allowed"),
     );
 }
+
+/// What one number's route carries besides the agent: its served versions,
+/// after-hours number and the org's caller rules, as jsonb text.
+type Extras = (Option<String>, Option<String>, Option<String>);
+/// The agent's and org's ids, then its [`Extras`].
+type OnCall = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The call path (`resolve_number`) and the preload (`route_extras`, through
+/// `routes_after`) write the same three sub-selects twice (the call path's
+/// inline, for one cached plan). They must agree for every number, under a
+/// tenant's claims and with RLS out of the way, or a preloaded route would
+/// differ from one resolved on demand.
+#[tokio::test]
+async fn the_preload_and_the_call_path_carry_the_same_route_extras() {
+    let app = TestApp::spawn().await;
+    let line = "ac000000-0000-4000-8000-000000000101";
+    let night = "ac000000-0000-4000-8000-000000000102";
+    let bluebird_line = "bc000000-0000-4000-8000-000000000101";
+    app.db
+        .exec(&format!(
+            "insert into public.agents (id, org_id, name, phone_number, voice_id) values
+               ('{line}', '{ACME}', 'Line', '+15550001101', 'alloy'),
+               ('{night}', '{ACME}', 'Night', '+15550001102', 'verse'),
+               ('{bluebird_line}', '{BLUEBIRD}', 'Line', '+15550002101', 'verse');
+             insert into public.agent_versions (agent_id, org_id) values
+               ('{ACME_AGENT}', '{ACME}'), ('{ACME_AGENT}', '{ACME}'), ('{ACME_AGENT}', '{ACME}'),
+               ('{line}', '{ACME}'), ('{line}', '{ACME}'), ('{night}', '{ACME}'),
+               ('{BLUEBIRD_AGENT}', '{BLUEBIRD}'), ('{bluebird_line}', '{BLUEBIRD}');
+             update public.agents set after_hours_agent_id = '{night}',
+               serving = '{{\"split\":[{{\"version\":1,\"weight\":3}},{{\"version\":3,\"weight\":7}}]}}'
+               where id = '{ACME_AGENT}';
+             update public.agents set serving = '{{\"pinned\":1}}' where id = '{line}';
+             insert into public.caller_rules (org_id, match, pattern, action, agent_id) values
+               ('{ACME}', 'exact', '+15550003003', 'route', '{line}'),
+               ('{ACME}', 'prefix', '+1900', 'block', null),
+               ('{BLUEBIRD}', 'exact', '+15550003003', 'route', '{bluebird_line}');"
+        ))
+        .await;
+    let numbers = [
+        ACME_NUMBER,
+        "+15550001101",
+        "+15550001102",
+        BLUEBIRD_NUMBER,
+        "+15550002101",
+    ];
+    let acme_admin =
+        serde_json::json!({"role": "authenticated", "sub": user(Who::AcmeAdmin)}).to_string();
+    let mut seen = 0;
+    for (claims, role) in [(acme_admin.as_str(), "authenticated"), ("{}", "none")] {
+        for number in numbers {
+            let mut tx = app.db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
+            let on_call: Option<OnCall> = sqlx::query_as(
+                "select agent_id::text, org_id::text, served_versions::text, \
+                            after_hours_agent_number, caller_rules::text \
+                     from switchboard_private.resolve_number($1, $2, $3, null)",
+            )
+            .bind(claims)
+            .bind(role)
+            .bind(number)
+            .fetch_optional(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{number}: {e}"));
+            let Some((agent, org, versions, after_hours, rules)) = on_call else {
+                // Under Acme's claims, only Bluebird's numbers are unknown.
+                assert!(
+                    role == "authenticated" && [BLUEBIRD_NUMBER, "+15550002101"].contains(&number),
+                    "{number} ({role}): no route"
+                );
+                continue;
+            };
+            // Same transaction, same claims and role (resolve_number set
+            // them): what the preload reads for this agent.
+            let preload: Extras = sqlx::query_as(
+                "select served_versions::text, after_hours_agent_number, caller_rules::text \
+                 from switchboard_private.route_extras($1::uuid, $2::uuid)",
+            )
+            .bind(&agent)
+            .bind(&org)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{number}: {e}"));
+            assert_eq!(
+                (versions.clone(), after_hours.clone(), rules.clone()),
+                preload,
+                "{number} ({role})"
+            );
+            if number == ACME_NUMBER {
+                let versions = versions.unwrap_or_default();
+                assert!(
+                    versions.contains("\"version\": 1")
+                        && versions.contains("\"version\": 3")
+                        && !versions.contains("\"version\": 2"),
+                    "{versions}"
+                );
+                assert_eq!(after_hours.as_deref(), Some("+15550001102"));
+                let rules = rules.unwrap_or_default();
+                assert!(
+                    rules.contains("+15550001101") && rules.contains("+1900"),
+                    "{rules}"
+                );
+                assert!(
+                    !rules.contains("+15550002101"),
+                    "another org's rule: {rules}"
+                );
+            }
+            seen += 1;
+            tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    // Acme's three numbers under its claims, all five with RLS out of the way.
+    assert_eq!(seen, 8);
+}
