@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::{postgres::PgListener, PgPool};
+use sqlx::{postgres::PgListener, ConnectOptions, PgPool};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -108,6 +108,9 @@ pub(crate) const OUTBOX_RETENTION: Duration = Duration::from_secs(600);
 pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Rows read per statement while catching up.
 const READ_BATCH: i64 = 1_000;
+/// An outbox read slower than this is logged (it was sqlx's statement
+/// threshold, with the whole SQL).
+const SLOW_OUTBOX_READ: Duration = Duration::from_secs(1);
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(4)).min(2_000))
@@ -289,12 +292,15 @@ pub(crate) fn spawn_pg_listener(
 async fn connect_listener(database_url: &str) -> Result<PgListener, sqlx::Error> {
     // `PgListener::connect` without the `extra_float_digits` startup
     // parameter, which a PgBouncer with stock settings refuses.
+    // No statement logging by sqlx, as the store's pools: under load it
+    // printed the outbox read's whole SQL at WARN. `catch_up` reports a
+    // slow read in one line instead.
     let options: sqlx::postgres::PgConnectOptions = database_url.parse()?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .max_lifetime(None)
         .idle_timeout(None)
-        .connect_with(options.extra_float_digits(None))
+        .connect_with(options.extra_float_digits(None).disable_statement_logging())
         .await?;
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.ignore_pool_close_event(true);
@@ -421,6 +427,7 @@ impl Session<'_> {
     ) -> Result<(), sqlx::Error> {
         loop {
             self.cache.invalidations().outbox_reads.inc();
+            let started = std::time::Instant::now();
             let read = outbox::read_outbox(
                 &mut *self.listener,
                 cursor.top,
@@ -428,6 +435,14 @@ impl Session<'_> {
                 &cursor.ranges(),
             )
             .await?;
+            let took = started.elapsed();
+            if took >= SLOW_OUTBOX_READ {
+                tracing::warn!(
+                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    rows = read.above.len() + read.in_ranges.len(),
+                    "reading the invalidation outbox was slow (a busy database, or an outbox not pruned)"
+                );
+            }
             if read.last_taken < cursor.top {
                 // Fewer numbers taken than this replica read: another
                 // outbox (the database made again, or restored from a
