@@ -6,7 +6,9 @@
 # the ratios of issue 16, side by side:
 #   bare-health, health (our health check), bare (the bare tonic server's
 #   ResolveAgent, answering our encoded answer), memory (our memory tier),
-#   and with BEFORE=<an older switchboard binary> its health and memory tier.
+#   tenant (our tenant path: the user-space side of a Postgres round trip
+#   under RLS; no floor), and with BEFORE=<an older switchboard binary> its
+#   health, memory tier and tenant path.
 # Our server's count includes what it does in the background meanwhile (the
 # identity re-read every second, the listener's probes): a few per cent.
 #
@@ -62,6 +64,7 @@ CALL='{"called_number":"+18005550100","caller_number":"+14155550123"}'
 RESOLVE=switchboard.v1.AgentService.ResolveAgent
 HEALTH=(--call grpc.health.v1.Health.Check -d '{}')
 MEMORY=(--call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE")
+TENANT=(--call $RESOLVE -d "$CALL" -H "authorization: Bearer $("$BIN" token --role authenticated --sub a0000000-0000-4000-8000-000000000003 --jwt-secret "$SECRET")")
 
 # $1 case name, $2 port, $3 pid under valgrind, rest: the load's flags.
 # Prints "name instructions-per-call".
@@ -99,6 +102,7 @@ serve "$BIN" $((PORT + 1)) valgrind
 OURS=$LAST
 RESULTS+=("$(count health $((PORT + 1)) $OURS "${HEALTH[@]}")")
 RESULTS+=("$(count memory $((PORT + 1)) $OURS "${MEMORY[@]}")")
+RESULTS+=("$(count tenant $((PORT + 1)) $OURS "${TENANT[@]}")")
 
 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$((PORT + 2)).%p" -q \
   "$BARE" --listen 127.0.0.1:$((PORT + 2)) --answer-from http://127.0.0.1:$PORT \
@@ -113,6 +117,7 @@ if [[ -n $BEFORE ]]; then
   serve "$BEFORE" $((PORT + 3)) valgrind
   RESULTS+=("$(count before-health $((PORT + 3)) $LAST "${HEALTH[@]}")")
   RESULTS+=("$(count before-memory $((PORT + 3)) $LAST "${MEMORY[@]}")")
+  RESULTS+=("$(count before-tenant $((PORT + 3)) $LAST "${TENANT[@]}")")
 fi
 
 printf '%s\n' "${RESULTS[@]}" | python3 -c '

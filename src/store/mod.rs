@@ -8,6 +8,7 @@ pub mod outbox;
 mod postgres;
 mod routing;
 mod sql_literal;
+mod timestamp_text;
 mod tx;
 
 pub use calls::OrgLimitWritten;

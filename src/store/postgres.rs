@@ -29,14 +29,15 @@ use std::{
 use chrono::{DateTime, Utc};
 use sqlx::{
     pool::{PoolConnection, PoolOptions},
-    postgres::{PgConnectOptions, PgRow},
-    ConnectOptions, PgPool, Postgres, Row,
+    postgres::{PgConnectOptions, PgRow, PgValueFormat},
+    ConnectOptions, PgPool, Postgres, Row, ValueRef,
 };
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    sql_literal,
+    sql_literal::push_sql_literal,
+    timestamp_text::utc_timestamp,
     tx::{db_error, Access, PgQuery},
 };
 use crate::{
@@ -453,16 +454,25 @@ impl PgStore {
         called: &PhoneNumber,
         caller: Option<&PhoneNumber>,
     ) -> Result<Option<Resolution>, Error> {
-        let claims_literal = sql_literal(&claims.json).ok_or(Error::Internal)?;
-        let called_literal = sql_literal(called.as_str()).ok_or(Error::Internal)?;
-        let caller_literal = match caller {
-            Some(caller) => sql_literal(caller.as_str()).ok_or(Error::Internal)?,
-            None => "NULL".to_owned(),
+        // One buffer: the literals are written into the statement.
+        let mut sql = String::with_capacity(160 + claims.json.len());
+        sql.push_str("select * from switchboard_private.resolve_number(");
+        let literal = |sql: &mut String, value: &str| {
+            push_sql_literal(sql, value)
+                .then_some(())
+                .ok_or(Error::Internal)
         };
-        let sql = format!(
-            "select * from switchboard_private.resolve_number({claims_literal}, '{role}', {called_literal}, {caller_literal})",
-            role = claims.role.as_str()
-        );
+        literal(&mut sql, &claims.json)?;
+        sql.push_str(", '");
+        sql.push_str(claims.role.as_str());
+        sql.push_str("', ");
+        literal(&mut sql, called.as_str())?;
+        sql.push_str(", ");
+        match caller {
+            Some(caller) => literal(&mut sql, caller.as_str())?,
+            None => sql.push_str("NULL"),
+        }
+        sql.push(')');
         // The number is unique: at most one row.
         let rows = self
             .single_statement(Access::Read, "resolve_agent", &sql)
@@ -929,6 +939,22 @@ where
     })
 }
 
+/// A `timestamptz` column: its UTC text form read directly
+/// (`timestamp_text`), anything else (binary, from the extended protocol;
+/// another form) decoded by sqlx as before.
+fn timestamp(row: &PgRow, column: &str) -> Result<DateTime<Utc>, Error> {
+    if let Ok(value) = row.try_get_raw(column) {
+        if value.format() == PgValueFormat::Text
+            && <DateTime<Utc> as sqlx::Type<Postgres>>::compatible(&value.type_info())
+        {
+            if let Some(at) = value.as_str().ok().and_then(utc_timestamp) {
+                return Ok(at);
+            }
+        }
+    }
+    get(row, column)
+}
+
 fn agent_from_row(row: &PgRow) -> Result<Agent, Error> {
     agent_from_columns(
         row,
@@ -956,8 +982,8 @@ fn agent_from_columns(
         voice_id: get(row, "voice_id")?,
         llm_config: LlmConfig::from_json(get(row, "llm_config")?),
         is_active: get(row, "is_active")?,
-        created_at: get(row, created)?,
-        updated_at: get(row, updated)?,
+        created_at: timestamp(row, created)?,
+        updated_at: timestamp(row, updated)?,
         max_concurrent_calls: get::<Option<i32>>(row, max_calls)?.map(limit_from_db),
         fallback_destination: get::<Option<String>>(row, "fallback_destination")?
             .map(TransferTarget::from_db),
@@ -1059,8 +1085,8 @@ fn customer_from_row(row: &PgRow) -> Result<Customer, Error> {
         phone: phone_from_db(&get::<String>(row, "phone")?)?,
         name: get(row, "name")?,
         email: get(row, "email")?,
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
         attributes: attributes_from_db(get(row, "attributes")?),
     })
 }
@@ -1097,7 +1123,7 @@ fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
         name: get(row, "org_name")?,
         slug: get(row, "org_slug")?,
         plan_tier: PlanTier::from_db(&get::<String>(row, "org_plan_tier")?),
-        created_at: get(row, "org_created_at")?,
+        created_at: timestamp(row, "org_created_at")?,
         max_concurrent_calls: limit_from_db(get(row, "org_max_concurrent_calls")?),
     };
     let caller = match get::<Option<Uuid>>(row, "customer_id")? {
@@ -1108,8 +1134,8 @@ fn resolution_from_row(row: &PgRow) -> Result<Resolution, Error> {
             phone: phone_from_db(&get::<String>(row, "customer_phone")?)?,
             name: get(row, "customer_name")?,
             email: get(row, "customer_email")?,
-            created_at: get::<DateTime<Utc>>(row, "customer_created_at")?,
-            updated_at: get::<DateTime<Utc>>(row, "customer_updated_at")?,
+            created_at: timestamp(row, "customer_created_at")?,
+            updated_at: timestamp(row, "customer_updated_at")?,
             attributes: attributes_from_db(get(row, "customer_attributes")?),
         }),
     };

@@ -9,20 +9,30 @@
 /// same whatever `standard_conforming_strings` says. `None` if the value holds
 /// a NUL, which Postgres text cannot.
 pub fn sql_literal(value: &str) -> Option<String> {
-    if value.contains('\0') {
-        return None;
-    }
     let mut out = String::with_capacity(value.len() + 4);
-    out.push_str("E'");
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("''"),
-            c => out.push(c),
-        }
+    push_sql_literal(&mut out, value).then_some(out)
+}
+
+/// [`sql_literal`] appended to `out`, for a statement built in one buffer;
+/// `false`, with nothing appended, if the value holds a NUL. Copies the
+/// runs between the two bytes it escapes (both ASCII, so never inside a
+/// UTF-8 sequence) instead of going through the value a char at a time.
+pub fn push_sql_literal(out: &mut String, value: &str) -> bool {
+    if value.contains('\0') {
+        return false;
     }
+    out.push_str("E'");
+    let mut run = value;
+    while let Some(at) = run.find(['\\', '\'']) {
+        let (before, rest) = run.split_at(at);
+        out.push_str(before);
+        // `rest` starts with the one-byte character found.
+        out.push_str(if rest.starts_with('\\') { "\\\\" } else { "''" });
+        run = &rest[1..];
+    }
+    out.push_str(run);
     out.push('\'');
-    Some(out)
+    true
 }
 
 #[cfg(test)]
@@ -34,5 +44,16 @@ mod tests {
         assert_eq!(sql_literal("it's").as_deref(), Some("E'it''s'"));
         assert_eq!(sql_literal(r"a\'b").as_deref(), Some(r"E'a\\''b'"));
         assert_eq!(sql_literal("nul\0"), None);
+        assert_eq!(sql_literal("").as_deref(), Some("E''"));
+        assert_eq!(sql_literal("''\\").as_deref(), Some(r"E'''''\\'"));
+        assert_eq!(sql_literal("é'ü\\ñ").as_deref(), Some(r"E'é''ü\\ñ'"));
+    }
+
+    #[test]
+    fn appending_writes_what_the_literal_is() {
+        let mut out = String::from("select ");
+        assert!(push_sql_literal(&mut out, r#"{"sub":"o'neil\x"}"#));
+        assert_eq!(out, r#"select E'{"sub":"o''neil\\x"}'"#);
+        assert!(!push_sql_literal(&mut String::new(), "a\0b"));
     }
 }
