@@ -23,10 +23,10 @@ pub fn push_sql_literal(out: &mut String, value: &str) -> bool {
     }
     out.push_str("E'");
     let mut run = value;
-    while let Some(at) = run.find(['\\', '\'']) {
+    while let Some(at) = run.bytes().position(|b| b == b'\\' || b == b'\'') {
+        // Both are one-byte characters: `at` and `at + 1` are boundaries.
         let (before, rest) = run.split_at(at);
         out.push_str(before);
-        // `rest` starts with the one-byte character found.
         out.push_str(if rest.starts_with('\\') { "\\\\" } else { "''" });
         run = &rest[1..];
     }

@@ -375,3 +375,68 @@ async fn the_largest_llm_config_grpc_accepts_is_stored() {
         );
     }
 }
+
+/// The literals the simple-protocol statements carry (the claims, the
+/// numbers): any text comes back from Postgres exactly as it went in,
+/// whatever `standard_conforming_strings` says, and nothing after a quote or
+/// a backslash is read as SQL. Crafted cases, then strings drawn from the
+/// characters that matter (a fixed seed: the same strings every run).
+#[tokio::test]
+async fn every_literal_reads_back_as_its_text_under_either_string_setting() {
+    let db = TestDb::seeded().await;
+    let mut texts: Vec<String> = [
+        "",
+        "'",
+        "\\",
+        "\\'",
+        "'\\",
+        "''",
+        "\\\\",
+        "it's",
+        "end\\",
+        "x'; select 1; --",
+        "\\'; drop table public.agents; --",
+        "$$",
+        "E'",
+        "é'ü\\ñ",
+        "日本'語\\",
+        "{\"sub\":\"o'neil\\\\\",\"role\":\"authenticated\"}",
+        "line\nbreak\ttab\r",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let alphabet = [
+        'a', '\'', '\\', ' ', ';', '-', 'é', '語', '"', '\n', 'E', '$',
+    ];
+    let mut seed: u64 = 0x5eed_1e77_e2a1;
+    for _ in 0..300 {
+        let mut text = String::new();
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        for i in 0..(seed >> 59) {
+            let pick = (seed >> (i % 48)) as usize % alphabet.len();
+            text.push(alphabet[pick]);
+        }
+        texts.push(text);
+    }
+    let mut connection = db.pool.acquire().await.unwrap_or_else(|e| panic!("{e}"));
+    for setting in ["on", "off"] {
+        sqlx::raw_sql(&format!("set standard_conforming_strings = {setting}"))
+            .execute(&mut *connection)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for text in &texts {
+            let literal = switchboard::store::sql_literal(text)
+                .unwrap_or_else(|| panic!("{text:?}: no literal"));
+            let rows = sqlx::raw_sql(&format!("select {literal}::text as t, 1 as n"))
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap_or_else(|e| panic!("{text:?} as {literal}: {e}"));
+            assert_eq!(rows.len(), 1, "{text:?}: one statement, one row");
+            let back: String = sqlx::Row::get(&rows[0], "t");
+            assert_eq!(&back, text, "standard_conforming_strings = {setting}");
+        }
+    }
+    assert_eq!(switchboard::store::sql_literal("a\0b"), None);
+}
