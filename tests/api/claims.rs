@@ -378,11 +378,14 @@ async fn the_largest_llm_config_grpc_accepts_is_stored() {
 
 /// The literals the simple-protocol statements carry (the claims, the
 /// numbers): any text comes back from Postgres exactly as it went in,
-/// whatever `standard_conforming_strings` says, and nothing after a quote or
-/// a backslash is read as SQL. Crafted cases, then strings drawn from the
-/// characters that matter (a fixed seed: the same strings every run).
+/// whatever `standard_conforming_strings`, `client_encoding` (a session
+/// setting another client of a pooler could leave) or `backslash_quote`
+/// say, and nothing after a quote or a backslash is read as SQL. Crafted
+/// cases, among them the attack review's (a multi-byte character that, in
+/// GBK or SJIS, would swallow the escaping backslash), then strings drawn
+/// from the characters that matter (a fixed seed: the same every run).
 #[tokio::test]
-async fn every_literal_reads_back_as_its_text_under_either_string_setting() {
+async fn every_literal_reads_back_as_its_text_in_any_session_settings() {
     let db = TestDb::seeded().await;
     let mut texts: Vec<String> = [
         "",
@@ -400,13 +403,30 @@ async fn every_literal_reads_back_as_its_text_under_either_string_setting() {
         "E'",
         "é'ü\\ñ",
         "日本'語\\",
+        "\u{0803}\\', (select 1), $$",
+        "\u{8868}\\'; select 1; --",
+        "\u{1F600}'\u{10FFFF}\\",
         "{\"sub\":\"o'neil\\\\\",\"role\":\"authenticated\"}",
         "line\nbreak\ttab\r",
     ]
     .map(str::to_owned)
     .to_vec();
     let alphabet = [
-        'a', '\'', '\\', ' ', ';', '-', 'é', '語', '"', '\n', 'E', '$',
+        'a',
+        '\'',
+        '\\',
+        ' ',
+        ';',
+        '-',
+        'é',
+        '語',
+        '"',
+        '\n',
+        'E',
+        '$',
+        '\u{0803}',
+        '\u{8868}',
+        '\u{1F600}',
     ];
     let mut seed: u64 = 0x5eed_1e77_e2a1;
     for _ in 0..300 {
@@ -414,29 +434,60 @@ async fn every_literal_reads_back_as_its_text_under_either_string_setting() {
         seed = seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        for i in 0..(seed >> 59) {
-            let pick = (seed >> (i % 48)) as usize % alphabet.len();
-            text.push(alphabet[pick]);
+        let mut draw = seed;
+        for _ in 0..(seed >> 59) {
+            draw = draw.rotate_left(7).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            text.push(alphabet[(draw >> 32) as usize % alphabet.len()]);
         }
         texts.push(text);
     }
-    let mut connection = db.pool.acquire().await.unwrap_or_else(|e| panic!("{e}"));
-    for setting in ["on", "off"] {
-        sqlx::raw_sql(&format!("set standard_conforming_strings = {setting}"))
-            .execute(&mut *connection)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+    let mut connection = PgConnection::connect(&db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (strings, encoding, backslash_quote) in [
+        ("on", "UTF8", "safe_encoding"),
+        ("off", "UTF8", "safe_encoding"),
+        ("off", "GBK", "on"),
+        ("off", "SJIS", "on"),
+        ("on", "BIG5", "on"),
+        ("off", "GB18030", "on"),
+    ] {
+        let settings = format!(
+            "standard_conforming_strings = {strings}, client_encoding = {encoding}, backslash_quote = {backslash_quote}"
+        );
+        sqlx::raw_sql(&format!(
+            "set standard_conforming_strings = {strings}; set client_encoding = '{encoding}'; \
+             set backslash_quote = {backslash_quote}"
+        ))
+        .execute(&mut connection)
+        .await
+        .unwrap_or_else(|e| panic!("{settings}: {e}"));
         for text in &texts {
             let literal = switchboard::store::sql_literal(text)
                 .unwrap_or_else(|| panic!("{text:?}: no literal"));
-            let rows = sqlx::raw_sql(&format!("select {literal}::text as t, 1 as n"))
-                .fetch_all(&mut *connection)
-                .await
-                .unwrap_or_else(|e| panic!("{text:?} as {literal}: {e}"));
-            assert_eq!(rows.len(), 1, "{text:?}: one statement, one row");
-            let back: String = sqlx::Row::get(&rows[0], "t");
-            assert_eq!(&back, text, "standard_conforming_strings = {setting}");
+            assert!(literal.is_ascii(), "{literal}");
+            // The text's bytes as bytea (hex: plain ASCII in any client
+            // encoding), and a second column nothing may displace.
+            let rows = sqlx::raw_sql(&format!(
+                "select pg_catalog.convert_to({literal}::text, 'UTF8') as b, 1 as n"
+            ))
+            .fetch_all(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("{settings}: {text:?} as {literal}: {e}"));
+            assert_eq!(
+                rows.len(),
+                1,
+                "{settings}: {text:?}: one statement, one row"
+            );
+            let back: Vec<u8> = sqlx::Row::get(&rows[0], "b");
+            let n: i32 = sqlx::Row::get(&rows[0], "n");
+            assert_eq!(
+                (back.as_slice(), n),
+                (text.as_bytes(), 1),
+                "{settings}: {text:?}"
+            );
         }
     }
+    connection.close().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(switchboard::store::sql_literal("a\0b"), None);
 }
