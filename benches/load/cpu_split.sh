@@ -83,8 +83,9 @@ print(r.ru_utime + r.ru_stime)' "$@"
 }
 ok_calls() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["statusCodeDistribution"].get("OK", 0))' "$1"; }
 
-# $1 case, $2 calls, $3 client CPU seconds, $4 ticks before, $5 after.
-record() { echo "$1 $2 $3 $4 $5" >>"$OUT/cases.txt"; }
+# $1 case, $2 calls, $3 client CPU seconds, $4 ticks before, $5 after,
+# $6 memory-tier calls offered meanwhile (beside only).
+record() { echo "$1 $2 $3 $4 $5 ${6:-0}" >>"$OUT/cases.txt"; }
 
 "$BENCH" --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c "$C" --connections "$CONNS" -z 1s -O json 127.0.0.1:$PORT >/dev/null
 pgbench -n -c "$C" -j 2 -T 1 -M simple -f "$OUT/claims.sql" "$PG/$DB" >/dev/null 2>&1
@@ -106,7 +107,7 @@ for round in $(seq "$ROUNDS"); do
   beside=$!
   sleep 1
   before=$(ticks); cpu=$(client pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" -l --log-prefix="$OUT/pgb" "$PG/$DB"); after=$(ticks)
-  record beside "$(cat "$OUT"/pgb.* | wc -l)" "$cpu" "$before" "$after"
+  record beside "$(cat "$OUT"/pgb.* | wc -l)" "$cpu" "$before" "$after" "$((rate * SECS))"
   rm -f "$OUT"/pgb.*
   wait "$beside"
 done
@@ -122,13 +123,21 @@ for line in open(sys.argv[1]):
     us = lambda ticks: 1e6 * ticks / hz / calls
     rows[case].append(dict(rate=calls / secs, pg=us(a[0] - b[0]), server=us(a[1] - b[1]) if case == "tenant" else 0.0,
                            client=1e6 * client / calls, idle=(a[2] - b[2]) / (a[3] - b[3])))
+    if case == "beside":
+        # Our server's CPU in the same window, per memory-tier call offered.
+        rows["memory"].append(dict(rate=int(f[11]) / secs, pg=0.0, server=1e6 * (a[1] - b[1]) / hz / int(f[11]),
+                                   client=float("nan"), idle=(a[2] - b[2]) / (a[3] - b[3])))
 labels = [("tenant", "ResolveAgent, tenant token: Postgres, our server, the load tool"),
           ("pgbench", "pgbench, the same statement: Postgres, pgbench"),
-          ("beside", "pgbench, the same statement, beside memory-tier calls at the tenant path's rate (open loop; their server and client not counted)")]
+          ("beside", "pgbench, the same statement, beside memory-tier calls at the tenant path's rate (open loop; their server and client not counted)"),
+          ("memory", "those memory-tier calls, same window: our server alone (the gRPC half of a call at this rate)")]
 print(f"CPU per call, µs (user + system), {c} in flight; median of {len(rows['tenant'])} interleaved rounds of {secs:.0f} s\n")
 print("| case | calls/s | Postgres | our server | client | sum | CPU idle |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for key, label in labels:
     m = lambda k: statistics.median(r[k] for r in rows[key])
+    if key == "memory":
+        print(f"| {label} | {m('rate'):.0f} | | {m('server'):.1f} | | | |")
+        continue
     print(f"| {label} | {m('rate'):.0f} | {m('pg'):.1f} | {m('server'):.1f} | {m('client'):.1f} | {m('pg') + m('server') + m('client'):.1f} | {100 * m('idle'):.0f} % |")
 PY
