@@ -9,9 +9,9 @@
 -- Here the three sub-selects sit in `resolve_number`'s own query, correlated
 -- with the agent row it has already read under RLS in the same snapshot, so
 -- the values are the same: seven table references, seven membership checks,
--- one plan cached per connection. Measured with pgbench on this statement
--- (BENCHMARKS.md, issue 16, fourth sitting): about a fifth more statements
--- per second at 16 clients, a tenth less latency at 2.
+-- one plan cached per connection. Measured with pgbench on the statement as
+-- the service sends it (BENCHMARKS.md, issue 16, fourth sitting): 26 % more
+-- statements per second at 16 clients.
 --
 -- RLS still decides: every table is read as the caller's role with the
 -- caller's claims, exactly the references the policies see, and the
