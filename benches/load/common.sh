@@ -45,3 +45,19 @@ wait_for_health() {
   if [[ -n ${4:-} ]]; then cat "$4" >&2; fi
   exit 1
 }
+
+# $1 binary, $2 port, then a command to run it under (valgrind, say), if
+# any: our service on the scratch database $DB with Redis, in the
+# background, logging to $OUT/server.$2.log. Sets SERVER to its pid and
+# waits until it answers (a minute, for valgrind's start).
+serve_scratch() {
+  local bin=$1 port=$2
+  shift 2
+  env SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPACE=$DB RUST_LOG=warn \
+    SWITCHBOARD_TENANT_MAX_CONCURRENT=0 REDIS_URL=redis://127.0.0.1:6379 \
+    SWITCHBOARD_LISTEN=127.0.0.1:$port SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$((port - 10000)) \
+    "$@" "$bin" serve >"$OUT/server.$port.log" 2>&1 &
+  PIDS+=($!)
+  SERVER=$!
+  wait_for_health "$port" 300 0.2 "$OUT/server.$port.log"
+}

@@ -36,13 +36,7 @@ trap cleanup EXIT
 
 build_release
 scratch_database "$DB"
-env SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPACE=$DB RUST_LOG=warn \
-  SWITCHBOARD_TENANT_MAX_CONCURRENT=0 REDIS_URL=redis://127.0.0.1:6379 \
-  SWITCHBOARD_LISTEN=127.0.0.1:$PORT SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$((PORT - 10000)) \
-  "$BIN" serve >"$OUT/server.log" 2>&1 &
-PIDS+=($!)
-SERVER=$!
-wait_for_health "$PORT" 100 0.1 "$OUT/server.log"
+serve_scratch "$BIN" "$PORT"
 
 SERVICE=$("$BIN" token --role service_role --jwt-secret "$SECRET")
 TENANT=$("$BIN" token --role authenticated --sub a0000000-0000-4000-8000-000000000003 --jwt-secret "$SECRET")

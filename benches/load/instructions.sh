@@ -42,19 +42,12 @@ trap cleanup EXIT
 build_release
 scratch_database "$DB"
 
-# $1 port: waits until it answers health checks (valgrind starts slowly).
-wait_for() { wait_for_health "$1" 600 0.2; }
-# $1 binary, $2 port, $3 "valgrind" or "": serves our service.
+# $1 binary, $2 port, $3 "valgrind" or "": serves our service; LAST is its pid.
 serve() {
   local wrap=()
   [[ $3 == valgrind ]] && wrap=(valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$2.%p" -q)
-  env SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPACE=$DB RUST_LOG=warn \
-    SWITCHBOARD_TENANT_MAX_CONCURRENT=0 REDIS_URL=redis://127.0.0.1:6379 \
-    SWITCHBOARD_LISTEN=127.0.0.1:$2 SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$(($2 - 10000)) \
-    "${wrap[@]}" "$1" serve >"$OUT/server.$2.log" 2>&1 &
-  PIDS+=($!)
-  LAST=$!
-  wait_for "$2"
+  serve_scratch "$1" "$2" "${wrap[@]}"
+  LAST=$SERVER
 }
 
 # The answer source for the bare server: ours, natively.
@@ -109,7 +102,7 @@ valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$((PORT + 2)).%p" -q \
   --token "$SERVICE" --called +18005550100 --caller +14155550123 >"$OUT/bare.log" 2>&1 &
 PIDS+=($!)
 BARE=$!
-wait_for $((PORT + 2))
+wait_for_health $((PORT + 2)) 300 0.2
 RESULTS+=("$(count bare-health $((PORT + 2)) $BARE "${HEALTH[@]}")")
 RESULTS+=("$(count bare $((PORT + 2)) $BARE "${MEMORY[@]}")")
 

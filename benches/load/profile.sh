@@ -33,15 +33,7 @@ trap cleanup EXIT
 
 build_release
 scratch_database "$DB"
-env SUPABASE_JWT_SECRET=$SECRET DATABASE_URL="$PG/$DB" SWITCHBOARD_REDIS_NAMESPACE=$DB RUST_LOG=warn \
-  SWITCHBOARD_TENANT_MAX_CONCURRENT=0 REDIS_URL=redis://127.0.0.1:6379 \
-  SWITCHBOARD_LISTEN=127.0.0.1:$PORT SWITCHBOARD_ADMIN_LISTEN=127.0.0.1:$((PORT - 10000)) \
-  "$BIN" serve >"$OUT/server.log" 2>&1 &
-PIDS+=($!)
-SERVER=$!
-# $1 port: waits until it answers health checks.
-wait_for() { wait_for_health "$1"; }
-wait_for "$PORT"
+serve_scratch "$BIN" "$PORT"
 SERVICE=$("$BIN" token --role service_role --jwt-secret "$SECRET")
 TENANT=$("$BIN" token --role authenticated --sub a0000000-0000-4000-8000-000000000003 --jwt-secret "$SECRET")
 CALL='{"called_number":"+18005550100","caller_number":"+14155550123"}'
@@ -59,7 +51,7 @@ case $CASE in
       --token "$SERVICE" --called +18005550100 --caller +14155550123 >"$OUT/bare.log" 2>&1 &
     PIDS+=($!)
     SERVER=$!
-    wait_for "$TARGET"
+    wait_for_health "$TARGET"
     cat "$OUT/bare.log" >&2
     LOAD=(--call $RESOLVE -d "$CALL" -H "authorization: Bearer $SERVICE")
     [[ $CASE == bare-health ]] && LOAD=(--call grpc.health.v1.Health.Check -d '{}')
