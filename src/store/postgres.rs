@@ -457,19 +457,14 @@ impl PgStore {
         // One buffer: the literals are written into the statement.
         let mut sql = String::with_capacity(160 + claims.json.len());
         sql.push_str("select * from switchboard_private.resolve_number(");
-        let literal = |sql: &mut String, value: &str| {
-            push_sql_literal(sql, value)
-                .then_some(())
-                .ok_or(Error::Internal)
-        };
-        literal(&mut sql, &claims.json)?;
+        push_sql_literal(&mut sql, &claims.json).ok_or(Error::Internal)?;
         sql.push_str(", '");
         sql.push_str(claims.role.as_str());
         sql.push_str("', ");
-        literal(&mut sql, called.as_str())?;
+        push_sql_literal(&mut sql, called.as_str()).ok_or(Error::Internal)?;
         sql.push_str(", ");
         match caller {
-            Some(caller) => literal(&mut sql, caller.as_str())?,
+            Some(caller) => push_sql_literal(&mut sql, caller.as_str()).ok_or(Error::Internal)?,
             None => sql.push_str("NULL"),
         }
         sql.push(')');

@@ -18,15 +18,15 @@ use std::fmt::Write;
 /// which Postgres text cannot.
 pub fn sql_literal(value: &str) -> Option<String> {
     let mut out = String::with_capacity(value.len() + 4);
-    push_sql_literal(&mut out, value).then_some(out)
+    push_sql_literal(&mut out, value).map(|()| out)
 }
 
 /// [`sql_literal`] appended to `out`, for a statement built in one buffer;
-/// `false`, with nothing appended, if the value holds a NUL. Copies the
+/// `None`, with nothing appended, if the value holds a NUL. Copies the
 /// ASCII runs between the bytes it must escape.
-pub fn push_sql_literal(out: &mut String, value: &str) -> bool {
+pub fn push_sql_literal(out: &mut String, value: &str) -> Option<()> {
     if value.contains('\0') {
-        return false;
+        return None;
     }
     out.push_str("E'");
     let mut run = value;
@@ -53,7 +53,7 @@ pub fn push_sql_literal(out: &mut String, value: &str) -> bool {
     }
     out.push_str(run);
     out.push('\'');
-    true
+    Some(())
 }
 
 #[cfg(test)]
@@ -78,8 +78,8 @@ mod tests {
     #[test]
     fn appending_writes_what_the_literal_is() {
         let mut out = String::from("select ");
-        assert!(push_sql_literal(&mut out, r#"{"sub":"o'neil\x"}"#));
+        assert!(push_sql_literal(&mut out, r#"{"sub":"o'neil\x"}"#).is_some());
         assert_eq!(out, r#"select E'{"sub":"o''neil\\x"}'"#);
-        assert!(!push_sql_literal(&mut String::new(), "a\0b"));
+        assert!(push_sql_literal(&mut String::new(), "a\0b").is_none());
     }
 }
