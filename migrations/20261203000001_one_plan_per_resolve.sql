@@ -18,6 +18,11 @@
 -- correlation only narrows (same agent, same org) what they allow.
 -- `route_extras` stays for the preload's `routes_after`.
 --
+-- And the role argument must name an API role (anon, authenticated,
+-- service_role): `none`, say, would have run the query as the session user,
+-- outside RLS (found by the attack review; the service only ever passes
+-- those three).
+--
 -- Same signature, same columns, same privileges. Re-runnable.
 
 create or replace function switchboard_private.resolve_number(
@@ -39,6 +44,13 @@ language plpgsql volatile
 set search_path = ''
 as $$
 begin
+  -- Only the API roles: `none` or another login role would read as the
+  -- session user, outside RLS (the service passes one of these three; this
+  -- holds for any other caller the owner grants it to).
+  if jwt_role is null or jwt_role not in ('anon', 'authenticated', 'service_role') then
+    raise exception 'resolve_number: % is not an API role', pg_catalog.quote_nullable(jwt_role)
+      using errcode = '42501';
+  end if;
   perform pg_catalog.set_config('request.jwt.claim', '', true),
           pg_catalog.set_config('request.jwt.claim.sub', '', true),
           pg_catalog.set_config('request.jwt.claim.role', '', true),

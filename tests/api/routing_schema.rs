@@ -287,8 +287,8 @@ type OnCall = (
 /// The call path (`resolve_number`) and the preload (`route_extras`, through
 /// `routes_after`) write the same three sub-selects twice (the call path's
 /// inline, for one cached plan). They must agree for every number, under a
-/// tenant's claims and with RLS out of the way, or a preloaded route would
-/// differ from one resolved on demand.
+/// tenant's claims and as service_role (which RLS lets through), or a
+/// preloaded route would differ from one resolved on demand.
 #[tokio::test]
 async fn the_preload_and_the_call_path_carry_the_same_route_extras() {
     let app = TestApp::spawn().await;
@@ -325,7 +325,10 @@ async fn the_preload_and_the_call_path_carry_the_same_route_extras() {
     let acme_admin =
         serde_json::json!({"role": "authenticated", "sub": user(Who::AcmeAdmin)}).to_string();
     let mut seen = 0;
-    for (claims, role) in [(acme_admin.as_str(), "authenticated"), ("{}", "none")] {
+    for (claims, role) in [
+        (acme_admin.as_str(), "authenticated"),
+        ("{}", "service_role"),
+    ] {
         for number in numbers {
             let mut tx = app.db.pool.begin().await.unwrap_or_else(|e| panic!("{e}"));
             let on_call: Option<OnCall> = sqlx::query_as(
@@ -386,6 +389,37 @@ async fn the_preload_and_the_call_path_carry_the_same_route_extras() {
             tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
         }
     }
-    // Acme's three numbers under its claims, all five with RLS out of the way.
+    // Acme's three numbers under its claims, all five as service_role.
     assert_eq!(seen, 8);
+}
+
+/// `resolve_number` takes the role to run as from its caller; anything but
+/// an API role (`none`, a login role, NULL) would run its query as the
+/// session user, outside RLS, so it is refused.
+#[tokio::test]
+async fn the_call_path_runs_only_as_an_api_role() {
+    let app = TestApp::spawn().await;
+    for role in ["'none'", "'postgres'", "'pg_read_all_data'", "null", "''"] {
+        let refused = as_postgres(
+            &app,
+            &format!(
+                "select * from switchboard_private.resolve_number('{{}}', {role}, '{ACME_NUMBER}', null)"
+            ),
+        )
+        .await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("is not an API role")),
+            "{role}: {refused:?}"
+        );
+    }
+    let served = as_postgres(
+        &app,
+        &format!(
+            "select * from switchboard_private.resolve_number('{{}}', 'service_role', '{ACME_NUMBER}', null)"
+        ),
+    )
+    .await;
+    assert_eq!(served, Ok(1), "service_role reads the route");
 }
