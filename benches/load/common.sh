@@ -1,7 +1,8 @@
-# Sourced by the load scripts (run.sh, profile.sh, instructions.sh): the
-# release builds, a scratch database with the migrations and the demo data,
-# and the clean-up of what a script started. Uses PG, PIDS and DB as the
-# scripts set them.
+# Sourced by the load scripts (run.sh, profile.sh, instructions.sh,
+# cpu_split.sh): the release builds, a scratch database with the migrations
+# and the demo data, our server on it, the tenant statement for pgbench, and
+# the clean-up of what a script started. Uses PG, PIDS, DB, OUT and SECRET
+# as the scripts set them.
 
 # The service, the load tool and the bare floor, release builds; sets BIN,
 # BENCH and BARE.
@@ -60,4 +61,16 @@ serve_scratch() {
   PIDS+=($!)
   SERVER=$!
   wait_for_health "$port" 300 0.2 "$OUT/server.$port.log"
+}
+
+# $1 a tenant's token, $2 a file: the tenant path's statement exactly as the
+# service sends it (one simple-protocol query: `store::tx::single_statement`
+# around `store::postgres::resolve_agent`), with the token's own claims,
+# written for pgbench (same text, same protocol as the load).
+tenant_statement() {
+  local claims
+  claims=$(python3 -c 'import base64,sys,json; p=sys.argv[1].split(".")[1]; c=json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))); print(json.dumps(c, separators=(",", ":"), sort_keys=True).replace("\x27", "\x27\x27"))' "$1")
+  cat >"$2" <<SQL
+SET LOCAL ROLE NONE\; SET LOCAL statement_timeout = '5000ms'\; select * from switchboard_private.resolve_number('$claims', 'authenticated', '+18005550100', '+14155550123');
+SQL
 }

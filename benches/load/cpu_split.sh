@@ -42,11 +42,7 @@ SERVICE=$("$BIN" token --role service_role --jwt-secret "$SECRET")
 TENANT=$("$BIN" token --role authenticated --sub a0000000-0000-4000-8000-000000000003 --jwt-secret "$SECRET")
 CALL='{"called_number":"+18005550100","caller_number":"+14155550123"}'
 RESOLVE=switchboard.v1.AgentService.ResolveAgent
-# The tenant path's statement as the service sends it (as in run.sh).
-CLAIMS=$(python3 -c 'import base64,sys,json; p=sys.argv[1].split(".")[1]; c=json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))); print(json.dumps(c, separators=(",", ":"), sort_keys=True).replace("\x27", "\x27\x27"))' "$TENANT")
-cat >"$OUT/claims.sql" <<SQL
-SET LOCAL ROLE NONE\; SET LOCAL statement_timeout = '5000ms'\; select * from switchboard_private.resolve_number('$CLAIMS', 'authenticated', '+18005550100', '+14155550123');
-SQL
+tenant_statement "$TENANT" "$OUT/claims.sql"
 
 # CPU ticks so far: "postgres server idle total".
 ticks() {
@@ -80,6 +76,15 @@ ok_calls() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["st
 # $1 case, $2 calls, $3 client CPU seconds, $4 ticks before, $5 after,
 # $6 memory-tier calls offered meanwhile (beside only).
 record() { echo "$1 $2 $3 $4 $5 ${6:-0}" >>"$OUT/cases.txt"; }
+# $1 case, $2 as record's: pgbench on the statement for SECS, recorded.
+pgbench_case() {
+  local before after cpu
+  before=$(ticks)
+  cpu=$(client pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" -l --log-prefix="$OUT/pgb" "$PG/$DB")
+  after=$(ticks)
+  record "$1" "$(cat "$OUT"/pgb.* | wc -l)" "$cpu" "$before" "$after" "${2:-0}"
+  rm -f "$OUT"/pgb.*
+}
 
 "$BENCH" --call $RESOLVE -d "$CALL" -H "authorization: Bearer $TENANT" -c "$C" --connections "$CONNS" -z 1s -O json 127.0.0.1:$PORT >/dev/null
 pgbench -n -c "$C" -j 2 -T 1 -M simple -f "$OUT/claims.sql" "$PG/$DB" >/dev/null 2>&1
@@ -90,9 +95,7 @@ for round in $(seq "$ROUNDS"); do
   record tenant "$calls" "$cpu" "$before" "$after"
   rate=$((calls / SECS))
 
-  before=$(ticks); cpu=$(client pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" -l --log-prefix="$OUT/pgb" "$PG/$DB"); after=$(ticks)
-  record pgbench "$(cat "$OUT"/pgb.* | wc -l)" "$cpu" "$before" "$after"
-  rm -f "$OUT"/pgb.*
+  pgbench_case pgbench
 
   # The same statements beside gRPC work that never reaches Postgres: the
   # memory tier at the rate the tenant path just ran at.
@@ -100,9 +103,7 @@ for round in $(seq "$ROUNDS"); do
     --rps "$rate" -z "$((SECS + 2))s" -O json 127.0.0.1:$PORT >/dev/null &
   beside=$!
   sleep 1
-  before=$(ticks); cpu=$(client pgbench -n -c "$C" -j 2 -T "$SECS" -M simple -f "$OUT/claims.sql" -l --log-prefix="$OUT/pgb" "$PG/$DB"); after=$(ticks)
-  record beside "$(cat "$OUT"/pgb.* | wc -l)" "$cpu" "$before" "$after" "$((rate * SECS))"
-  rm -f "$OUT"/pgb.*
+  pgbench_case beside "$((rate * SECS))"
   wait "$beside"
 done
 

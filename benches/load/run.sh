@@ -97,14 +97,8 @@ PIDS+=($!)
 echo $! >"$OUT/pid-${BASE_PORT}0"
 wait_for ${BASE_PORT}0
 
-# The tenant path's statement exactly as the service sends it (one
-# simple-protocol query: `store::tx::single_statement` around
-# `store::postgres::resolve_agent`), with the token's own claims, for
-# pgbench: same text, same protocol, same connection count as the load.
-CLAIMS=$(python3 -c 'import base64,sys; p=sys.argv[1].split(".")[1]; import json; c=json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))); print(json.dumps(c, separators=(",", ":"), sort_keys=True).replace("\x27", "\x27\x27"))' "$TENANT")
-cat >"$OUT/claims.sql" <<SQL
-SET LOCAL ROLE NONE\; SET LOCAL statement_timeout = '5000ms'\; select * from switchboard_private.resolve_number('$CLAIMS', 'authenticated', '+18005550100', '+14155550123');
-SQL
+# The tenant path's statement for pgbench, at the load's connection count.
+tenant_statement "$TENANT" "$OUT/claims.sql"
 
 # $1 name, $2 calls in flight, $3 connections, $4 port, $5 token or -,
 # $6 method, $7 data
