@@ -423,3 +423,58 @@ async fn the_call_path_runs_only_as_an_api_role() {
     .await;
     assert_eq!(served, Ok(1), "service_role reads the route");
 }
+
+/// `resolve_number` sets `request.jwt.claim.sub` from the claims it is
+/// given (auth.uid() reads that setting before it parses the claims, so the
+/// policies parse them once, not once per table). Whatever a neighbour left
+/// in that setting on a pooled connection, the policies see the caller's
+/// own `sub`; claims without one see nothing; and the neighbour's session
+/// value is back after the statement (transaction-local, like the rest).
+#[tokio::test]
+async fn the_call_path_reads_its_user_from_the_claims_it_is_given() {
+    let app = TestApp::spawn().await;
+    let mut conn = app
+        .db
+        .pool
+        .acquire()
+        .await
+        .unwrap_or_else(|e| panic!("acquire: {e}"));
+    let neighbour = user(Who::BluebirdAdmin);
+    sqlx::raw_sql(&format!(
+        "select set_config('request.jwt.claim.sub', '{neighbour}', false)"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap_or_else(|e| panic!("the neighbour's setting: {e}"));
+
+    let acme = serde_json::json!({"role": "authenticated", "sub": user(Who::AcmeAdmin)});
+    let no_sub = serde_json::json!({"role": "authenticated"});
+    for (claims, number, expected) in [
+        (&acme, ACME_NUMBER, Some(ACME)),
+        (&acme, BLUEBIRD_NUMBER, None),
+        (&no_sub, BLUEBIRD_NUMBER, None),
+        (&no_sub, ACME_NUMBER, None),
+    ] {
+        let org: Option<(uuid::Uuid,)> = sqlx::query_as(
+            "select org_id from switchboard_private.resolve_number($1, 'authenticated', $2, null)",
+        )
+        .bind(claims.to_string())
+        .bind(number)
+        .fetch_optional(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{claims} {number}: {e}"));
+        assert_eq!(
+            org.map(|(o,)| o.to_string()),
+            expected.map(str::to_string),
+            "{claims} calling {number}"
+        );
+    }
+    let (left,): (String,) = sqlx::query_as("select current_setting('request.jwt.claim.sub')")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("current_setting: {e}"));
+    assert_eq!(
+        left, neighbour,
+        "the session's own value, after the statement"
+    );
+}
