@@ -71,6 +71,6 @@ tenant_statement() {
   local claims
   claims=$(python3 -c 'import base64,sys,json; p=sys.argv[1].split(".")[1]; c=json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))); print(json.dumps(c, separators=(",", ":"), sort_keys=True).replace("\x27", "\x27\x27"))' "$1")
   cat >"$2" <<SQL
-SET LOCAL ROLE NONE\; SET LOCAL statement_timeout = '5000ms'\; select * from switchboard_private.resolve_number('$claims', 'authenticated', '+18005550100', '+14155550123');
+SET LOCAL ROLE NONE\; SET LOCAL search_path = pg_catalog, pg_temp\; SET LOCAL statement_timeout = '5000ms'\; select * from switchboard_private.resolve_number('$claims', 'authenticated', '+18005550100', '+14155550123');
 SQL
 }

@@ -52,6 +52,17 @@ struct Statements {
     failed: bool,
 }
 
+/// The search path of every statement the store sends, set
+/// transaction-locally: `pg_catalog` first, so a built-in type or function
+/// is always the one meant, and the session's temporary schema last (left
+/// out, Postgres searches it first for types and tables). Through a
+/// transaction pooler a temporary object outlives the client that made it
+/// on the server connection: a `pg_temp.uuid` domain whose check runs a
+/// function of that client's would otherwise run inside our caller's
+/// transaction, with our caller's claims, at every `::uuid`. Our SQL names
+/// every table with its schema.
+const SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
 impl Statements {
     async fn run<R>(
         &mut self,
@@ -164,7 +175,10 @@ impl PgStore {
     /// call's deadline and ends with it (transaction poolers included).
     /// `ROLE NONE`: a role another client of the pooler left set for the
     /// session must not decide who may call the function (it sets the
-    /// caller's role itself).
+    /// caller's role itself). `search_path` with `pg_temp` last: a
+    /// temporary type another client left on the server connection (a
+    /// `pg_temp.uuid` domain whose check runs its own function, say) must
+    /// not stand in for a built-in one in our casts; see [`SEARCH_PATH`].
     pub(super) async fn single_statement(
         &self,
         access: Access,
@@ -174,7 +188,8 @@ impl PgStore {
         let mut statement = self.acquire_for_statement(access).await?;
         let connection = statement.connection().ok_or(Error::Internal)?;
         let sql = format!(
-            "SET LOCAL ROLE NONE; SET LOCAL statement_timeout = '{timeout}ms'; {sql}",
+            "SET LOCAL ROLE NONE; SET LOCAL search_path = {SEARCH_PATH}; \
+             SET LOCAL statement_timeout = '{timeout}ms'; {sql}",
             timeout = self.statement_timeout_ms()?,
         );
         // Through `Executor` (a boxed future): `RawSql::fetch_all` on a
@@ -216,6 +231,7 @@ impl PgStore {
                     pg_catalog.set_config('request.jwt.claim.role', '', true), \
                     pg_catalog.set_config('request.jwt.claim.email', '', true), \
                     pg_catalog.set_config('role', '{role}', true), \
+                    pg_catalog.set_config('search_path', '{SEARCH_PATH}', true), \
                     pg_catalog.set_config('statement_timeout', '{timeout}ms', true)",
             role = claims.role.as_str(),
             timeout = timeout_ms,

@@ -10,7 +10,7 @@ use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection, PgConnection}
 use tonic::Code;
 
 use crate::{helpers::*, pgbouncer::PgBouncer};
-use switchboard::pb::ListCustomersRequest;
+use switchboard::pb::{Agent, ListCallsRequest, ListCustomersRequest, UpdateAgentRequest};
 
 /// The session-level setting another client of the pooler leaves behind.
 async fn leave_claim_sub(hostile: &mut PgConnection, sub: &str) {
@@ -490,4 +490,117 @@ async fn every_literal_reads_back_as_its_text_in_any_session_settings() {
     }
     connection.close().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(switchboard::store::sql_literal("a\0b"), None);
+}
+
+/// Through a PgBouncer in transaction mode with one server connection, a
+/// client leaves temporary types on the session: `pg_temp.uuid`, `.jsonb`,
+/// `.text` and `.timestamptz` as domains whose check copies what the
+/// current caller may read of `agents` and `customers` into that client's
+/// own temporary table. Postgres searches the temporary schema first for
+/// type names unless the search path names it, and a temporary object
+/// outlives its client on a pooled server connection. An Acme admin's
+/// calls through switchboard (a lookup, lists, an agent update whose audit
+/// trigger runs as the table owner) never run that check: every statement
+/// the store sends, and every function of ours, searches `pg_catalog`
+/// first and the temporary schema last. The trap is armed: the client's
+/// own cast runs it.
+#[tokio::test]
+async fn a_temporary_type_left_on_a_pooled_connection_runs_nothing_for_our_caller() {
+    let db = TestDb::seeded().await;
+    let (_bouncer, pooled_url, mut hostile) = neighbour_on_one_server_connection(&db).await;
+    let mut trap = String::from(
+        "create temp table loot(who text, what text); \
+         grant all on loot to public; \
+         create function pg_temp.spy() returns boolean language plpgsql as $f$ \
+         begin \
+           insert into pg_temp.loot \
+             select current_user::pg_catalog.text, \
+                    (select pg_catalog.string_agg(a.name, ',') from public.agents a) || '|' || \
+                    coalesce((select pg_catalog.string_agg(c.name, ',') from public.customers c), ''); \
+           return true; \
+         end $f$; ",
+    );
+    for (name, base) in [
+        ("uuid", "pg_catalog.uuid"),
+        ("jsonb", "pg_catalog.jsonb"),
+        ("text", "pg_catalog.text"),
+        ("timestamptz", "pg_catalog.timestamptz"),
+    ] {
+        trap.push_str(&format!(
+            "create domain pg_temp.{name} as {base} check (pg_temp.spy()); "
+        ));
+    }
+    sqlx::raw_sql(&trap)
+        .execute(&mut hostile)
+        .await
+        .unwrap_or_else(|e| panic!("the trap: {e}"));
+
+    let app = TestApp::spawn_with(
+        db,
+        AppOptions {
+            database_url: Some(pooled_url),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut agents = app.agents().await;
+    let (own, _) = resolve_as(&mut agents, Who::AcmeAdmin, ACME_NUMBER, SHARED_CALLER)
+        .await
+        .unwrap_or_else(|s| panic!("Acme's own number: {s:?}"));
+    assert_eq!(own.organization.unwrap_or_default().id, ACME);
+    let listed = app
+        .customers()
+        .await
+        .list_customers(as_who(Who::AcmeAdmin, ListCustomersRequest::default()))
+        .await
+        .unwrap_or_else(|s| panic!("{s:?}"))
+        .into_inner()
+        .customers;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    app.calls()
+        .await
+        .list_calls(as_who(Who::AcmeAdmin, ListCallsRequest::default()))
+        .await
+        .unwrap_or_else(|s| panic!("list calls: {s:?}"));
+    let updated = agents
+        .update_agent(as_who(
+            Who::AcmeAdmin,
+            UpdateAgentRequest {
+                agent: Some(Agent {
+                    id: ACME_AGENT.into(),
+                    voice_id: "echo".into(),
+                    llm_config: Some(to_struct(json!({"model": "gpt-4.1"}))),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["voice_id".into(), "llm_config".into()],
+                }),
+            },
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("update: {s:?}"))
+        .into_inner();
+    assert_eq!(updated.voice_id, "echo");
+
+    let loot: Vec<(String, String)> = sqlx::query_as("select who, what from pg_temp.loot")
+        .persistent(false)
+        .fetch_all(&mut hostile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loot, [], "the check ran for our caller");
+    // Armed: the client's own cast runs it.
+    sqlx::raw_sql("select '{}'::jsonb")
+        .execute(&mut hostile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (count,): (i64,) = sqlx::query_as("select count(*) from pg_temp.loot")
+        .persistent(false)
+        .fetch_one(&mut hostile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        count > 0,
+        "the trap never fires, so this test proves nothing"
+    );
+    let _ = hostile.close().await;
 }
