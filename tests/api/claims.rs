@@ -82,9 +82,8 @@ async fn a_role_left_on_a_pooled_connection_does_not_stop_the_lookup() {
     let app = TestApp::spawn_with(
         db,
         AppOptions {
-            database_url: Some(pooled_url),
             memory_tier: false,
-            ..AppOptions::default()
+            ..through(pooled_url)
         },
     )
     .await;
@@ -124,14 +123,7 @@ async fn a_claim_left_on_a_pooled_connection_does_not_speak_for_the_caller() {
         .unwrap_or_default();
     leave_claim_sub(&mut hostile, &bluebird_viewer).await;
 
-    let app = TestApp::spawn_with(
-        db,
-        AppOptions {
-            database_url: Some(pooled_url),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(db, through(pooled_url)).await;
     let listed = app
         .customers()
         .await
@@ -159,6 +151,15 @@ async fn a_claim_left_on_a_pooled_connection_does_not_speak_for_the_caller() {
     // The setting was there all along: the calls shared its connection.
     assert_eq!(claim_sub_on_the_server(&mut hostile).await, bluebird_viewer);
     let _ = hostile.close().await;
+}
+
+/// Our service's options with its database through the pooler at
+/// `pooled_url`.
+fn through(pooled_url: String) -> AppOptions {
+    AppOptions {
+        database_url: Some(pooled_url),
+        ..AppOptions::default()
+    }
 }
 
 /// PostgREST's way into a transaction: the caller's claims and role.
@@ -535,14 +536,7 @@ async fn a_temporary_type_left_on_a_pooled_connection_runs_nothing_for_our_calle
         .await
         .unwrap_or_else(|e| panic!("the trap: {e}"));
 
-    let app = TestApp::spawn_with(
-        db,
-        AppOptions {
-            database_url: Some(pooled_url),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(db, through(pooled_url)).await;
     let mut agents = app.agents().await;
     let (own, _) = resolve_as(&mut agents, Who::AcmeAdmin, ACME_NUMBER, SHARED_CALLER)
         .await

@@ -1190,7 +1190,7 @@ async fn rows_stay_in_their_org_and_nobody_edits_their_own_profile() {
 }
 
 /// Supabase's database linter, the rules that concern RLS: functions with
-/// a fixed `search_path`; no SECURITY DEFINER function the API roles can
+/// a fixed `search_path` (ours: `pg_temp` last, every one); no SECURITY DEFINER function the API roles can
 /// call in an exposed schema; `auth.*()` and the membership helper in
 /// policies wrapped in `(select …)` (evaluated once per statement, not per
 /// row); no policy reading user-editable `user_metadata`.
@@ -1219,11 +1219,13 @@ async fn lint(db: &TestDb) -> Vec<String> {
         }
         // With pg_temp unnamed (`search_path = ''` included) the session's
         // temporary schema is searched first for types and tables: a
-        // caller's `pg_temp.uuid` would run its code as the owner.
-        if *definer && !temp_last {
-            findings.push(format!(
-                "{function} is SECURITY DEFINER and does not search pg_temp last"
-            ));
+        // caller's `pg_temp.uuid` would run its code as the owner in a
+        // SECURITY DEFINER function, and in any function a SECURITY
+        // DEFINER trigger calls (`agent_row_changes` from the audit
+        // trigger, found by the attack review of issue 16), or, through a
+        // pooler, inside another client's transaction. Every function.
+        if !temp_last {
+            findings.push(format!("{function} does not search pg_temp last"));
         }
         if *definer && *callable && schemas.contains(schema) {
             findings.push(format!(
@@ -1282,7 +1284,7 @@ async fn the_catalog_passes_the_linter_rules_and_the_lint_can_fail() {
     for expected in [
         "rogue_lookup() has no fixed search_path",
         "rogue_lookup() is SECURITY DEFINER, exposed and callable by anon/authenticated",
-        "rogue_lookup() is SECURITY DEFINER and does not search pg_temp last",
+        "rogue_lookup() does not search pg_temp last",
         "policy rogue_notes_select on rogue_notes calls auth.uid() per row: wrap it in (select …)",
         "policy rogue_notes_select on rogue_notes calls auth.jwt() per row: wrap it in (select …)",
         "policy rogue_notes_select on rogue_notes reads user_metadata, which users edit",
