@@ -34,8 +34,11 @@ impl fmt::Display for DatabaseIdentity {
 // One simple query (one implicit transaction): `ROLE NONE` undoes a role
 // another client of a transaction pooler left set for the session, and the
 // search path puts its temporary schema last (`tx::SEARCH_PATH`).
-const READ: &str = "SET LOCAL ROLE NONE; SET LOCAL search_path = pg_catalog, pg_temp; \
-                    select id from switchboard_private.database_identity";
+const READ: &str = concat!(
+    "SET LOCAL ROLE NONE; SET LOCAL search_path = ",
+    super::tx::search_path!(),
+    "; select id from switchboard_private.database_identity"
+);
 
 const RETIRE: &str = "\
     with old as (select id from switchboard_private.database_identity for update) \

@@ -61,7 +61,13 @@ struct Statements {
 /// function of that client's would otherwise run inside our caller's
 /// transaction, with our caller's claims, at every `::uuid`. Our SQL names
 /// every table with its schema.
-const SEARCH_PATH: &str = "pg_catalog, pg_temp";
+macro_rules! search_path {
+    () => {
+        "pg_catalog, pg_temp"
+    };
+}
+pub(super) use search_path;
+const SEARCH_PATH: &str = search_path!();
 
 impl Statements {
     async fn run<R>(
