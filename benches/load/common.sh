@@ -68,9 +68,16 @@ serve_scratch() {
 # around `store::postgres::resolve_agent`), with the token's own claims,
 # written for pgbench (same text, same protocol as the load).
 tenant_statement() {
+  claims_statement "$(python3 -c 'import base64,sys; p=sys.argv[1].split(".")[1]; print(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)).decode())' "$1")" "$2"
+}
+
+# $1 claims (JSON), $2 a file, $3 the role (authenticated): the same
+# statement for those claims, compacted with sorted keys as the service
+# writes them.
+claims_statement() {
   local claims
-  claims=$(python3 -c 'import base64,sys,json; p=sys.argv[1].split(".")[1]; c=json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))); print(json.dumps(c, separators=(",", ":"), sort_keys=True).replace("\x27", "\x27\x27"))' "$1")
+  claims=$(python3 -c 'import sys,json; print(json.dumps(json.loads(sys.argv[1]), separators=(",", ":"), sort_keys=True).replace("\x27", "\x27\x27"))' "$1")
   cat >"$2" <<SQL
-SET LOCAL ROLE NONE\; SET LOCAL search_path = pg_catalog, pg_temp\; SET LOCAL statement_timeout = '5000ms'\; select * from switchboard_private.resolve_number('$claims', 'authenticated', '+18005550100', '+14155550123');
+SET LOCAL ROLE NONE\; SET LOCAL search_path = pg_catalog, pg_temp\; SET LOCAL statement_timeout = '5000ms'\; select * from switchboard_private.resolve_number('$claims', '${3:-authenticated}', '+18005550100', '+14155550123');
 SQL
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per tenant statement inside Postgres (issue 16): the
-# statement the tenant path sends, exactly as `tenant_statement` writes it
+# statement the tenant path sends, exactly as `claims_statement` writes it
 # for pgbench, run N times by a single-user Postgres under callgrind. A
 # count this machine's noise does not move (pgbench's rate on the same
 # statement moved 2x within an hour), for the one part of a tenant call
@@ -63,13 +63,6 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -w stop >/dev/null
 
 # The statements, one line each (single-user mode ends a query at a newline).
 source benches/load/common.sh
-token() {
-  python3 - "$1" <<'PY'
-import base64, json, sys
-b = lambda o: base64.urlsafe_b64encode(json.dumps(o, separators=(",", ":")).encode()).decode().rstrip("=")
-print(b({"alg": "HS256", "typ": "JWT"}) + "." + b(json.loads(sys.argv[1])) + ".x")
-PY
-}
 SUB=a0000000-0000-4000-8000-000000000003
 # What `switchboard token` signs for the load scripts.
 SHORT="{\"aud\":\"authenticated\",\"exp\":1796082719,\"iat\":1796079119,\"iss\":\"switchboard-dev\",\"role\":\"authenticated\",\"sub\":\"$SUB\"}"
@@ -77,8 +70,8 @@ SHORT="{\"aud\":\"authenticated\",\"exp\":1796082719,\"iat\":1796079119,\"iss\":
 SUPABASE="{\"aal\":\"aal1\",\"amr\":[{\"method\":\"password\",\"timestamp\":1796079119}],\"app_metadata\":{\"provider\":\"email\",\"providers\":[\"email\"]},\"aud\":\"authenticated\",\"email\":\"grace@acme-dental.example\",\"exp\":1796082719,\"iat\":1796079119,\"is_anonymous\":false,\"iss\":\"https://abcdefghijklmnopqrst.supabase.co/auth/v1\",\"phone\":\"\",\"role\":\"authenticated\",\"session_id\":\"5f0c1a0e-7c2b-4a57-9a7e-2f4b1c3d5e6f\",\"sub\":\"$SUB\",\"user_metadata\":{\"email\":\"grace@acme-dental.example\",\"email_verified\":true,\"full_name\":\"Grace Hopper\",\"phone_verified\":false,\"sub\":\"$SUB\"}}"
 SERVICE='{"role":"service_role"}'
 statement() { # $1 claims, $2 role: the line
-  tenant_statement "$(token "$1")" "$WORK/stmt.sql"
-  sed -e 's/\\;/;/g' -e "s/'authenticated', '+1800/'$2', '+1800/" "$WORK/stmt.sql" | tr '\n' ' '
+  claims_statement "$1" "$WORK/stmt.sql" "$2"
+  sed -e 's/\\;/;/g' "$WORK/stmt.sql" | tr '\n' ' '
 }
 statement "$SHORT" authenticated >"$WORK/tenant.line"
 statement "$SUPABASE" authenticated >"$WORK/supabase.line"
