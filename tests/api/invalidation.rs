@@ -432,6 +432,58 @@ async fn forged_and_garbage_notifications_never_flush() {
     voice_becomes(&agents, ACME_NUMBER, "sage", Duration::from_secs(1)).await;
 }
 
+/// Every replica probes its listener every few seconds, and every replica
+/// hears every probe. A probe changes nothing, so another replica's (or a
+/// payload shaped like one) costs no outbox read: with many replicas on a
+/// busy database those reads are what made a listener's own probe come
+/// back while it was reading, and count as unheard.
+#[tokio::test]
+async fn other_replicas_probes_cost_no_outbox_read() {
+    const PROBES: usize = 60;
+    let app = TestApp::spawn().await;
+    let received = "switchboard_invalidation_notifications_total";
+    let reads = "switchboard_invalidation_outbox_reads_total";
+    let reads_before = metric(&app, reads).await.unwrap_or(0.0);
+    let mut stranger = Stranger::connect(&app.db).await;
+    // One at a time, each received before the next goes: each would have
+    // cost a read of its own (or, arriving during the one before's, a read
+    // after it).
+    let started = Instant::now();
+    for i in 0..PROBES {
+        let received_before = metric(&app, received).await.unwrap_or(0.0);
+        sqlx::query("select pg_notify('switchboard_invalidate', $1)")
+            .bind(format!("probe:{:032x}:{i}", i % 7))
+            .execute(&mut stranger.conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        within_named("the probe received", Duration::from_secs(30), || async {
+            metric(&app, received).await.unwrap_or(0.0) > received_before
+        })
+        .await;
+    }
+    let read = metric(&app, reads).await.unwrap_or(f64::MAX) - reads_before;
+    eprintln!(
+        "{PROBES} probes of other replicas in {:?}: {read} outbox reads",
+        started.elapsed()
+    );
+    stranger.drop_role(&app.db).await;
+    // Its own polls go on (one per PROBE_EVERY, 3 s): far fewer than one a
+    // probe.
+    assert!(
+        read < (PROBES / 4) as f64,
+        "{read} outbox reads for {PROBES} probes"
+    );
+    assert_eq!(
+        metric(&app, "switchboard_invalidation_listener_deaf").await,
+        Some(0.0)
+    );
+    // A change still wakes it.
+    let agents = app.agents().await;
+    warm(&agents, ACME_NUMBER).await;
+    app.db.exec(&set_voice_sql(ACME_AGENT, "sage")).await;
+    voice_becomes(&agents, ACME_NUMBER, "sage", Duration::from_secs(1)).await;
+}
+
 /// Anyone can LISTEN: what the triggers send must name no number, org or
 /// anything else of a tenant's.
 #[tokio::test]
