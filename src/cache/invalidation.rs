@@ -107,6 +107,11 @@ const BUSY_AT_MOST: u32 = 2;
 /// The least time between a probe that came back busy and the next one: a
 /// database too busy to let the listener idle gets no probe storm.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// After a probe is sent, how long the listener puts off reading the outbox
+/// for a change that woke it, so that the probe finds it idle: without
+/// this, changes (or anyone's NOTIFY, timed to the probe) would make its
+/// probes come back during its reads and count as unheard.
+const PROBE_QUIET: Duration = Duration::from_millis(250);
 /// The longest a connected listener takes to reach a verdict: a window of
 /// probes, unheard ones timing out and heard ones waiting `PROBE_EVERY`
 /// for the next (a probe follows an unheard one at once), each put off at
@@ -273,7 +278,6 @@ pub(crate) fn spawn_pg_listener(
         let mut cursor: Option<OutboxCursor> = None;
         let instance = format!("{PROBE_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let mut attempt = 0;
-        let mut next_probe = 0;
         loop {
             let mut listener = match connect_listener(&database_url).await {
                 Ok(listener) => listener,
@@ -295,11 +299,9 @@ pub(crate) fn spawn_pg_listener(
                 listener: &mut listener,
                 probe_pool: &probe_pool,
                 state: &state,
-                probes: Probes::new(&instance, next_probe),
+                probes: Probes::new(&instance),
             };
-            let ended = session.run(&mut cursor).await;
-            next_probe = session.probes.next;
-            match ended {
+            match session.run(&mut cursor).await {
                 Ok(()) => tracing::warn!("invalidation listener lost its connection"),
                 Err(error) => tracing::warn!(%error, "invalidation listener failed"),
             }
@@ -372,7 +374,7 @@ impl Session<'_> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut woken = self.drain_buffered();
         loop {
-            if woken {
+            if woken && !self.probes.quiet() {
                 self.catch_up(cursor, true).await?;
                 woken = self.drain_buffered();
             }
@@ -395,6 +397,7 @@ impl Session<'_> {
                             }
                         }
                         Woken::OtherProbe => {}
+                        Woken::Change if self.probes.quiet() => woken = true,
                         Woken::Change => {
                             self.catch_up(cursor, true).await?;
                             woken = self.drain_buffered();
@@ -416,6 +419,11 @@ impl Session<'_> {
                     if self.probes.overdue() {
                         self.unheard();
                     }
+                    if last_prune.elapsed() >= PRUNE_EVERY && !self.probes.quiet() {
+                        self.prune().await;
+                        woken |= self.drain_buffered();
+                        last_prune = Instant::now();
+                    }
                     if self.probes.due() {
                         // A poll, for a listener that hears nothing; then
                         // the probe, so that it arrives while this listener
@@ -424,11 +432,6 @@ impl Session<'_> {
                         self.catch_up(cursor, true).await?;
                         woken |= self.drain_buffered();
                         self.probes.send(self.probe_pool, &sent_tx);
-                    }
-                    if last_prune.elapsed() >= PRUNE_EVERY {
-                        self.prune().await;
-                        woken |= self.drain_buffered();
-                        last_prune = Instant::now();
                     }
                 }
             }
@@ -560,7 +563,6 @@ pub(crate) const DEAF: &str =
 struct Probes {
     /// This listener's prefix: a probe of another replica is a wake-up.
     instance: String,
-    next: u64,
     /// The probe on its way, and when its NOTIFY committed (`None` until
     /// the pool says it did).
     outstanding: Option<(u64, Option<Instant>)>,
@@ -601,13 +603,9 @@ enum ProbeSent {
 }
 
 impl Probes {
-    /// `next`: the first number to send. A new connection's probes carry
-    /// on from the last one's, so a probe of the old session committing
-    /// late is not taken for one of the new.
-    fn new(instance: &str, next: u64) -> Self {
+    fn new(instance: &str) -> Self {
         Probes {
             instance: instance.to_owned(),
-            next,
             outstanding: None,
             last_sent: None,
             recent: 0,
@@ -620,7 +618,7 @@ impl Probes {
     fn classify(&self, payload: &str) -> Woken {
         if let Some(rest) = payload.strip_prefix(self.instance.as_str()) {
             if let Some(number) = rest.strip_prefix(':') {
-                // Ours by its prefix; a number we did not write matches no
+                // Ours by its prefix; an id we did not write matches no
                 // probe on its way.
                 return Woken::OurProbe(number.parse().unwrap_or(u64::MAX));
             }
@@ -632,13 +630,31 @@ impl Probes {
         }
     }
 
-    /// No probe on its way, and the last one is `PROBE_EVERY` old, or it
-    /// went unheard (the next verdict should not wait), or it came back
-    /// busy `RESEND_AFTER` ago.
+    /// No probe on its way, and: the last one came back busy
+    /// `RESEND_AFTER` ago; or it went unheard (the next verdict should not
+    /// wait); or it is `PROBE_EVERY` old.
     fn due(&self) -> bool {
         let since = |wait| self.last_sent.is_none_or(|t| t.elapsed() >= wait);
         self.outstanding.is_none()
-            && (self.recent & 1 == 1 || (self.again && since(RESEND_AFTER)) || since(PROBE_EVERY))
+            && if self.again {
+                since(RESEND_AFTER)
+            } else {
+                self.recent & 1 == 1 || since(PROBE_EVERY)
+            }
+    }
+
+    /// A probe is on its way: committed less than `PROBE_QUIET` ago, or
+    /// sent less than twice that ago and not yet committed. The listener
+    /// runs no statement of its own meanwhile, so that the probe finds it
+    /// idle; a change that woke it is read once this passes.
+    fn quiet(&self) -> bool {
+        match self.outstanding {
+            None => false,
+            Some((_, Some(committed))) => committed.elapsed() < PROBE_QUIET,
+            Some((_, None)) => self
+                .last_sent
+                .is_some_and(|t| t.elapsed() < PROBE_QUIET * 2),
+        }
     }
 
     /// The probe on its way came back while the listener ran a statement of
@@ -653,6 +669,7 @@ impl Probes {
         self.outstanding = None;
         self.busy += 1;
         if self.busy > BUSY_AT_MOST {
+            self.busy = 0;
             self.record(true);
             self.late = None;
             true
@@ -665,8 +682,7 @@ impl Probes {
     /// Sent from the pool, in a task of its own: a pool that waits for a
     /// connection must not hold up notifications.
     fn send(&mut self, pool: &PgPool, sent: &mpsc::Sender<(u64, ProbeSent)>) {
-        let probe = self.next;
-        self.next += 1;
+        let probe = probe_id();
         self.outstanding = Some((probe, None));
         self.last_sent = Some(Instant::now());
         self.again = false;
@@ -713,8 +729,7 @@ impl Probes {
         }
     }
 
-    /// One of this listener's probes arrived (a late one too).
-    /// True if it was the probe on its way, or the last one counted
+    /// One of this listener's probes arrived while it was idle. True if it was the probe on its way, or the last one counted
     /// unheard; any other number (an older probe, a forged one) is no
     /// verdict.
     fn heard(&mut self, probe: u64) -> bool {
@@ -724,7 +739,10 @@ impl Probes {
             return false;
         }
         if outstanding {
+            // A verdict on the probe on its way: the busy count starts
+            // again. A late one's is no verdict on this one.
             self.outstanding = None;
+            self.busy = 0;
         }
         self.late = None;
         self.record(false);
@@ -741,14 +759,13 @@ impl Probes {
             return false;
         }
         self.outstanding = None;
+        self.busy = 0;
         self.late = Some(probe);
         self.record(true);
         true
     }
 
-    /// A verdict: the busy count starts again for the next one.
     fn record(&mut self, unheard: bool) {
-        self.busy = 0;
         self.recent = ((self.recent << 1) | u32::from(unheard)) & ((1 << PROBE_WINDOW) - 1);
     }
 
@@ -756,6 +773,12 @@ impl Probes {
     fn unheard(&self) -> u32 {
         self.recent.count_ones()
     }
+}
+
+/// A probe's id: random, so that nobody who sees this listener's probes
+/// (anyone may LISTEN) can send a copy of the next one before it goes.
+fn probe_id() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }
 
 /// An error that says the database was not reached (as opposed to one it
@@ -872,8 +895,7 @@ mod tests {
 
     /// A probe sent and committed now.
     fn committed(probes: &mut Probes) -> u64 {
-        let probe = probes.next;
-        probes.next += 1;
+        let probe = probe_id();
         probes.outstanding = Some((probe, None));
         probes.last_sent = Some(Instant::now());
         probes.again = false;
@@ -883,7 +905,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn two_unheard_among_the_last_three_are_deafness_even_with_one_heard_between() {
-        let mut probes = Probes::new("probe:x", 0);
+        let mut probes = Probes::new("probe:x");
         committed(&mut probes);
         tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
         assert!(probes.overdue());
@@ -905,7 +927,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_late_probe_is_not_deafness_and_two_are() {
-        let mut probes = Probes::new("probe:x", 0);
+        let mut probes = Probes::new("probe:x");
         let first = committed(&mut probes);
         tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
         assert!(probes.overdue());
@@ -938,7 +960,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_the_database_did_not_take_starts_no_clock() {
         for outcome in [ProbeSent::Refused, ProbeSent::Unreachable] {
-            let mut probes = Probes::new("probe:x", 0);
+            let mut probes = Probes::new("probe:x");
             probes.outstanding = Some((0, None));
             probes.last_sent = Some(Instant::now());
             probes.sent(0, outcome);
@@ -950,7 +972,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_probe_in_flight_is_not_late_before_it_commits() {
-        let mut probes = Probes::new("probe:x", 0);
+        let mut probes = Probes::new("probe:x");
         probes.outstanding = Some((0, None));
         tokio::time::advance(PROBE_TIMEOUT * 4).await;
         assert!(!probes.overdue());
@@ -958,7 +980,7 @@ mod tests {
 
     #[test]
     fn only_this_listeners_probes_are_its_own_and_no_probe_is_a_change() {
-        let probes = Probes::new("probe:abc", 0);
+        let probes = Probes::new("probe:abc");
         assert_eq!(probes.classify("probe:abc:7"), Woken::OurProbe(7));
         assert_eq!(probes.classify("probe:abc:x"), Woken::OurProbe(u64::MAX));
         assert_eq!(probes.classify("probe:abcd:7"), Woken::OtherProbe);
@@ -970,10 +992,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_probe_back_while_the_listener_was_busy_is_no_verdict_and_goes_again() {
-        let mut probes = Probes::new("probe:x", 0);
+        let mut probes = Probes::new("probe:x");
         let probe = committed(&mut probes);
         // Another number (not the probe on its way) changes nothing.
-        assert!(!probes.came_back_busy(probe + 1));
+        assert!(!probes.came_back_busy(probe.wrapping_add(1)));
         assert!(!probes.due());
         assert!(!probes.came_back_busy(probe));
         assert!(!probes.due(), "no storm: not before RESEND_AFTER");
@@ -997,11 +1019,68 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn after_a_miss_a_busy_return_still_waits_before_it_goes_again() {
+        let mut probes = Probes::new("probe:x");
+        committed(&mut probes);
+        tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(probes.overdue());
+        assert!(probes.due(), "a miss: the next goes at once");
+        let probe = committed(&mut probes);
+        assert!(!probes.came_back_busy(probe));
+        assert!(!probes.due(), "busy: not before RESEND_AFTER, miss or not");
+        tokio::time::advance(RESEND_AFTER).await;
+        assert!(probes.due());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_listener_keeps_quiet_while_its_probe_is_young() {
+        let mut probes = Probes::new("probe:x");
+        assert!(!probes.quiet(), "nothing on its way");
+        let probe = committed(&mut probes);
+        assert!(probes.quiet());
+        tokio::time::advance(PROBE_QUIET).await;
+        assert!(
+            !probes.quiet(),
+            "a change waits PROBE_QUIET after the commit"
+        );
+        // Not yet committed: twice that from the send, at most.
+        probes.outstanding = Some((probe_id(), None));
+        probes.last_sent = Some(Instant::now());
+        tokio::time::advance(PROBE_QUIET).await;
+        assert!(probes.quiet());
+        tokio::time::advance(PROBE_QUIET).await;
+        assert!(!probes.quiet());
+        probes.outstanding = None;
+        let probe2 = committed(&mut probes);
+        assert_ne!(probe, probe2, "ids are not a sequence");
+        assert!(probes.heard(probe2));
+        assert!(!probes.quiet(), "heard: nothing to keep quiet for");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_probe_heard_does_not_reset_the_busy_count_of_the_one_on_its_way() {
+        let mut probes = Probes::new("probe:x");
+        let late = committed(&mut probes);
+        tokio::time::advance(PROBE_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(probes.overdue());
+        for _ in 0..BUSY_AT_MOST {
+            let probe = committed(&mut probes);
+            assert!(!probes.came_back_busy(probe));
+        }
+        let probe = committed(&mut probes);
+        assert!(probes.heard(late), "the late one still proves hearing");
+        assert!(
+            probes.came_back_busy(probe),
+            "but not a verdict on this one"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn returns_during_statements_put_a_verdict_off_only_so_often() {
         // Through a pooler a deaf listener's probe (or a neighbour's forged
         // copy) comes back during its statements now and then: that must
         // not keep it from being found deaf.
-        let mut probes = Probes::new("probe:x", 0);
+        let mut probes = Probes::new("probe:x");
         for verdict in 1..=DEAF_AFTER {
             for _ in 0..BUSY_AT_MOST {
                 let probe = committed(&mut probes);
@@ -1013,7 +1092,7 @@ mod tests {
             assert_eq!(probes.unheard(), verdict);
         }
         // A verdict starts the count again: one heard between busy returns.
-        let mut probes = Probes::new("probe:x", 0);
+        let mut probes = Probes::new("probe:x");
         for _ in 0..3 {
             let probe = committed(&mut probes);
             assert!(!probes.came_back_busy(probe));

@@ -484,6 +484,71 @@ async fn other_replicas_probes_cost_no_outbox_read() {
     voice_becomes(&agents, ACME_NUMBER, "sage", Duration::from_secs(1)).await;
 }
 
+/// A neighbour floods the channel with wake-ups (any login role may
+/// NOTIFY): each costs the listener an outbox read, and its own probes
+/// came back during those reads, where they prove nothing, and counted as
+/// unheard until it was declared deaf and dropped its memory tier. Now it
+/// reads nothing while a young probe is on its way, and keeps hearing.
+#[tokio::test]
+async fn a_flood_of_wake_ups_does_not_make_a_hearing_listener_deaf() {
+    const PROBES: usize = 6;
+    let app = TestApp::spawn().await;
+    let unheard = "switchboard_invalidation_probes_unheard_total";
+    let unheard_before = metric(&app, unheard).await.unwrap_or(0.0);
+    // The test watches the channel too, to count the app's probes: the
+    // event that says its verdicts were reached under the flood.
+    let mut watcher = sqlx::postgres::PgListener::connect(&app.db.direct_url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    watcher
+        .listen("switchboard_invalidate")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Stranger { role, mut conn } = Stranger::connect(&app.db).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                conn.execute("NOTIFY switchboard_invalidate")
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                sent += 1;
+            }
+            let _ = conn.close().await;
+            sent
+        }
+    });
+    let mut probes = 0;
+    let started = Instant::now();
+    while probes < PROBES {
+        let notification = tokio::time::timeout(Duration::from_secs(60), watcher.try_recv())
+            .await
+            .unwrap_or_else(|_| panic!("no notification for 60 s"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the watcher lost its connection"));
+        if notification.payload().starts_with("probe:") {
+            probes += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{probes} probes in 120 s"
+        );
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.await.unwrap_or_else(|e| panic!("{e}"));
+    app.db.exec(&format!("drop role if exists {role}")).await;
+    let unheard = metric(&app, unheard).await.unwrap_or(f64::MAX) - unheard_before;
+    eprintln!("{probes} probes in {took:?} beside {sent} wake-ups: {unheard} unheard");
+    assert_eq!(unheard, 0.0, "probes counted unheard under the flood");
+    assert_eq!(
+        metric(&app, "switchboard_invalidation_listener_deaf").await,
+        Some(0.0)
+    );
+}
+
 /// Anyone can LISTEN: what the triggers send must name no number, org or
 /// anything else of a tenant's.
 #[tokio::test]
