@@ -20,11 +20,14 @@
 //! proves nothing either way, and a single late one on a loaded machine is
 //! not deafness. Nor is one that came back while the listener ran a
 //! statement of its own (no proof through a pooler, but no miss either):
-//! that one is sent again. A probe's notification, this replica's or
-//! another's, carries no change, so it never costs an outbox read: with many
-//! replicas on one database, each would otherwise read the outbox at every
-//! other replica's probe, and its own probe would come back during those
-//! reads and count as unheard on a busy database.
+//! that one is sent again, and only the third such return in a row counts
+//! as unheard. So that a probe finds the listener idle, the listener runs
+//! no statement while a young probe is on its way (`PROBE_QUIET`). A
+//! probe's notification, this replica's or another's, carries no change, so
+//! it never costs an outbox read: with many replicas on one database, each
+//! would otherwise read the outbox at every other replica's probe, and its
+//! own probe would come back during those reads. Probe ids are random, so
+//! nobody who LISTENs can send a copy of the next one ahead of it.
 //!
 //! Either connection may drop. While the listener is disconnected the
 //! memory tier keeps serving (a call must not fail because the database
@@ -51,7 +54,7 @@ use crate::{
 };
 
 pub(crate) const PG_CHANNEL: &str = "switchboard_invalidate";
-/// How every replica's probe payload starts (then its instance and number).
+/// How every replica's probe payload starts (then its instance and id).
 const PROBE_PREFIX: &str = "probe:";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,10 +110,11 @@ const BUSY_AT_MOST: u32 = 2;
 /// The least time between a probe that came back busy and the next one: a
 /// database too busy to let the listener idle gets no probe storm.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
-/// After a probe is sent, how long the listener puts off reading the outbox
-/// for a change that woke it, so that the probe finds it idle: without
-/// this, changes (or anyone's NOTIFY, timed to the probe) would make its
-/// probes come back during its reads and count as unheard.
+/// After a probe commits (twice this after it is sent, until the pool says
+/// it committed), how long the listener puts off reading the outbox for a
+/// change that woke it, so that the probe finds it idle: without this,
+/// changes (or anyone's NOTIFY, timed to the probe) would make its probes
+/// come back during its reads.
 const PROBE_QUIET: Duration = Duration::from_millis(250);
 /// The longest a connected listener takes to reach a verdict: a window of
 /// probes, unheard ones timing out and heard ones waiting `PROBE_EVERY`
@@ -583,7 +587,7 @@ struct Probes {
 /// What a notification's payload says, to the listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Woken {
-    /// One of this listener's probes (its number).
+    /// One of this listener's probes (its id).
     OurProbe(u64),
     /// Another replica's probe (or a payload shaped like one): no change.
     OtherProbe,
@@ -643,18 +647,17 @@ impl Probes {
             }
     }
 
-    /// A probe is on its way: committed less than `PROBE_QUIET` ago, or
-    /// sent less than twice that ago and not yet committed. The listener
+    /// A probe is on its way, sent less than twice `PROBE_QUIET` ago and,
+    /// if it committed, committed less than `PROBE_QUIET` ago. The listener
     /// runs no statement of its own meanwhile, so that the probe finds it
     /// idle; a change that woke it is read once this passes.
     fn quiet(&self) -> bool {
-        match self.outstanding {
-            None => false,
-            Some((_, Some(committed))) => committed.elapsed() < PROBE_QUIET,
-            Some((_, None)) => self
-                .last_sent
-                .is_some_and(|t| t.elapsed() < PROBE_QUIET * 2),
-        }
+        let Some((_, committed)) = self.outstanding else {
+            return false;
+        };
+        self.last_sent
+            .is_some_and(|t| t.elapsed() < PROBE_QUIET * 2)
+            && committed.is_none_or(|t| t.elapsed() < PROBE_QUIET)
     }
 
     /// The probe on its way came back while the listener ran a statement of
@@ -690,7 +693,11 @@ impl Probes {
         let payload = format!("{}:{probe}", self.instance);
         let sent = sent.clone();
         tokio::spawn(async move {
-            let reached = match outbox::notify(&pool, PG_CHANNEL, &payload).await {
+            // A connection that hangs without an error must not hold the
+            // probe, and with it the regular outbox read, for ever.
+            let notified =
+                tokio::time::timeout(PROBE_TIMEOUT, outbox::notify(&pool, PG_CHANNEL, &payload));
+            let reached = match notified.await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
                 Ok(()) => ProbeSent::Committed,
                 Err(error) if unreachable(&error) => {
                     tracing::debug!(%error, "probe not sent: the database is unreachable from the pool");
@@ -729,9 +736,9 @@ impl Probes {
         }
     }
 
-    /// One of this listener's probes arrived while it was idle. True if it was the probe on its way, or the last one counted
-    /// unheard; any other number (an older probe, a forged one) is no
-    /// verdict.
+    /// One of this listener's probes arrived while it was idle. True if it
+    /// was the probe on its way, or the last one counted unheard; any other
+    /// id (an older probe, a forged one) is no verdict.
     fn heard(&mut self, probe: u64) -> bool {
         let outstanding =
             matches!(self.outstanding, Some((outstanding, _)) if outstanding == probe);
@@ -1043,13 +1050,21 @@ mod tests {
             !probes.quiet(),
             "a change waits PROBE_QUIET after the commit"
         );
-        // Not yet committed: twice that from the send, at most.
-        probes.outstanding = Some((probe_id(), None));
+        // Not yet committed: twice that from the send, at most, and a late
+        // commit does not make it longer.
+        let slow = probe_id();
+        probes.outstanding = Some((slow, None));
         probes.last_sent = Some(Instant::now());
         tokio::time::advance(PROBE_QUIET).await;
         assert!(probes.quiet());
-        tokio::time::advance(PROBE_QUIET).await;
-        assert!(!probes.quiet());
+        tokio::time::advance(PROBE_QUIET - Duration::from_millis(1)).await;
+        probes.sent(slow, ProbeSent::Committed);
+        assert!(probes.quiet());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !probes.quiet(),
+            "no longer than twice PROBE_QUIET from the send"
+        );
         probes.outstanding = None;
         let probe2 = committed(&mut probes);
         assert_ne!(probe, probe2, "ids are not a sequence");
