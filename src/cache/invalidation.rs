@@ -421,7 +421,7 @@ impl Session<'_> {
                 }
                 _ = ticker.tick() => {
                     if self.probes.overdue() {
-                        self.unheard();
+                        self.report_unheard();
                     }
                     if last_prune.elapsed() >= PRUNE_EVERY && !self.probes.quiet() {
                         self.prune().await;
@@ -453,7 +453,7 @@ impl Session<'_> {
             match self.probes.classify(notification.payload()) {
                 Woken::OurProbe(probe) => {
                     if self.probes.came_back_busy(probe) {
-                        self.unheard();
+                        self.report_unheard();
                     }
                 }
                 Woken::OtherProbe => {}
@@ -465,7 +465,7 @@ impl Session<'_> {
 
     /// A probe counted as unheard: the metric, and deafness if it is the
     /// `DEAF_AFTER`th of the window.
-    fn unheard(&self) {
+    fn report_unheard(&self) {
         self.cache.invalidations().probes_unheard.inc();
         if self.probes.unheard() >= DEAF_AFTER {
             self.deaf();
@@ -685,10 +685,7 @@ impl Probes {
     /// Sent from the pool, in a task of its own: a pool that waits for a
     /// connection must not hold up notifications.
     fn send(&mut self, pool: &PgPool, sent: &mpsc::Sender<(u64, ProbeSent)>) {
-        let probe = probe_id();
-        self.outstanding = Some((probe, None));
-        self.last_sent = Some(Instant::now());
-        self.again = false;
+        let probe = self.begin();
         let pool = pool.clone();
         let payload = format!("{}:{probe}", self.instance);
         let sent = sent.clone();
@@ -720,6 +717,15 @@ impl Probes {
             };
             let _ = sent.send((probe, reached)).await;
         });
+    }
+
+    /// A new probe on its way (not yet committed): its id.
+    fn begin(&mut self) -> u64 {
+        let probe = probe_id();
+        self.outstanding = Some((probe, None));
+        self.last_sent = Some(Instant::now());
+        self.again = false;
+        probe
     }
 
     /// The pool's answer: the NOTIFY committed (the clock starts), or it
@@ -902,10 +908,7 @@ mod tests {
 
     /// A probe sent and committed now.
     fn committed(probes: &mut Probes) -> u64 {
-        let probe = probe_id();
-        probes.outstanding = Some((probe, None));
-        probes.last_sent = Some(Instant::now());
-        probes.again = false;
+        let probe = probes.begin();
         probes.sent(probe, ProbeSent::Committed);
         probe
     }
@@ -968,9 +971,8 @@ mod tests {
     async fn a_probe_the_database_did_not_take_starts_no_clock() {
         for outcome in [ProbeSent::Refused, ProbeSent::Unreachable] {
             let mut probes = Probes::new("probe:x");
-            probes.outstanding = Some((0, None));
-            probes.last_sent = Some(Instant::now());
-            probes.sent(0, outcome);
+            let probe = probes.begin();
+            probes.sent(probe, outcome);
             tokio::time::advance(PROBE_TIMEOUT * 4).await;
             assert!(!probes.overdue(), "{outcome:?}");
             assert_eq!(probes.unheard(), 0, "{outcome:?}");
@@ -980,7 +982,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_in_flight_is_not_late_before_it_commits() {
         let mut probes = Probes::new("probe:x");
-        probes.outstanding = Some((0, None));
+        probes.begin();
         tokio::time::advance(PROBE_TIMEOUT * 4).await;
         assert!(!probes.overdue());
     }
@@ -1052,9 +1054,7 @@ mod tests {
         );
         // Not yet committed: twice that from the send, at most, and a late
         // commit does not make it longer.
-        let slow = probe_id();
-        probes.outstanding = Some((slow, None));
-        probes.last_sent = Some(Instant::now());
+        let slow = probes.begin();
         tokio::time::advance(PROBE_QUIET).await;
         assert!(probes.quiet());
         tokio::time::advance(PROBE_QUIET - Duration::from_millis(1)).await;
